@@ -1,0 +1,45 @@
+"""transformer_pde: the mean-field dynamics of self-attention.
+
+Tokens move as interacting particles under attention; as their number grows their
+empirical measure follows the Transformer PDE. This package simulates the particles,
+and (in later modules) the PDE and its Gaussian closed forms, with checks that tie
+the levels together. See ``DESIGN.md`` and ``MATH.md`` of the project.
+"""
+
+from __future__ import annotations
+
+from .attention import (
+    Attention,
+    L2Attention,
+    MultiHeadAttention,
+    SigmoidAttention,
+    SinkhornAttention,
+    SinkhornConvergenceWarning,
+    SoftmaxAttention,
+    UnnormalizedAttention,
+)
+from .dynamics import NORMS, TokenDynamics
+from .geometry import Euclidean, Sphere
+from .integrate import METHODS, RunInfo, Trajectory, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "SoftmaxAttention",
+    "UnnormalizedAttention",
+    "L2Attention",
+    "SigmoidAttention",
+    "SinkhornAttention",
+    "MultiHeadAttention",
+    "SinkhornConvergenceWarning",
+    "TokenDynamics",
+    "NORMS",
+    "Euclidean",
+    "Sphere",
+    "simulate",
+    "Trajectory",
+    "RunInfo",
+    "METHODS",
+    "__version__",
+]

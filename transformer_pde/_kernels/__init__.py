@@ -1,0 +1,1 @@
+"""Numba kernels (private): one module per family; they trust their inputs."""

@@ -1,0 +1,412 @@
+r"""Attention variants: the interaction between tokens, without time stepping.
+
+Each variant is a small immutable object holding the inverse temperature ``beta``
+and the matrices ``Q``, ``K`` (shape (k, d), default the identity of the data
+dimension) and ``V`` (shape (d, d), default the identity). Given tokens
+:math:`x_1, \dots, x_n \in \mathbb R^d` with masses :math:`a_j` (default
+:math:`1/n`, i.e. the empirical measure) it returns the attention output
+
+.. math::
+
+    A_i = \sum_{j} W_{ij}\, V x_j, \qquad \ell_{ij} = \beta \langle Q x_i, K x_j \rangle,
+
+whose weight matrix :math:`W` depends on the variant (MATH.md 1.1, 2.1, 3.1).
+The output is *not* projected to any tangent space: that is the job of
+:class:`transformer_pde.TokenDynamics`.
+
+Three views of the same map are offered:
+
+- :meth:`Attention.velocity`: the Numba kernel (parallel over tokens, O(n d) memory,
+  log-sum-exp stabilised); what the integrators call.
+- :meth:`Attention.velocity_reference`: a readable dense NumPy computation
+  ``weights(x) @ (x @ V.T)``; tests check that both agree to 1e-12.
+- :meth:`Attention.weights`: the dense n x n matrix :math:`W` (diagnostics, small n).
+
+References: Geshkovski, Letrouit, Polyanskiy, Rigollet, *A mathematical perspective on
+Transformers* (arXiv 2312.10794); Castin, Ablin, Carrillo, Peyré, *A unified perspective
+on the dynamics of deep Transformers* (arXiv 2501.18322); Sander, Ablin, Blondel, Peyré,
+*Sinkformers* (arXiv 2110.11773).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import expit, log_softmax, logsumexp
+
+from . import _validation as _v
+from ._kernels import attention as _k
+
+__all__ = [
+    "Attention",
+    "SoftmaxAttention",
+    "UnnormalizedAttention",
+    "L2Attention",
+    "SigmoidAttention",
+    "SinkhornAttention",
+    "MultiHeadAttention",
+    "SinkhornConvergenceWarning",
+]
+
+
+class SinkhornConvergenceWarning(RuntimeWarning):
+    """Sinkhorn scaling stopped at ``n_iter`` sweeps before reaching ``tol``."""
+
+
+def _log_mass(mass: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(mass)
+
+
+class Attention:
+    """Base class of the single-head variants (not instantiated directly).
+
+    Parameters
+    ----------
+    beta : float
+        Inverse temperature, written out separately from ``Q`` and ``K``.
+    Q, K : array_like, shape (k, d), optional
+        Query and key matrices; the identity of the data dimension when ``None``.
+    V : array_like, shape (d, d), optional
+        Value matrix; the identity when ``None``.
+    """
+
+    #: attention of token i depends on the order of the tokens (masked variants)
+    causal: bool = False
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
+        self.beta = _v.as_real(beta, "beta")
+        self.Q = None if Q is None else _v.as_matrix(Q, "Q", (None, None))
+        self.K = None if K is None else _v.as_matrix(K, "K", (None, None))
+        self.V = None if V is None else _v.as_matrix(V, "V", (None, None))
+        if self.Q is not None and self.K is not None and self.Q.shape != self.K.shape:
+            raise ValueError(
+                f"Q and K must have the same shape (k, d), got Q {self.Q.shape} and K {self.K.shape}"
+            )
+        if self.V is not None and self.V.shape[0] != self.V.shape[1]:
+            raise ValueError(f"V must be square (d, d), got shape {self.V.shape}")
+        dims = {m.shape[1] for m in (self.Q, self.K, self.V) if m is not None}
+        if len(dims) > 1:
+            raise ValueError(f"Q, K and V must act on the same dimension d, got d in {sorted(dims)}")
+        self.dim: int | None = dims.pop() if dims else None
+        given = [(name, m) for name, m in (("Q", self.Q), ("K", self.K)) if m is not None]
+        if len(given) == 1 and given[0][1].shape[0] != given[0][1].shape[1]:
+            name, m = given[0]
+            raise ValueError(
+                f"{name} of shape {m.shape} is not square, so the other of Q, K must be given "
+                "with the same shape (its default, the identity, is (d, d))"
+            )
+
+    # -- shared helpers -------------------------------------------------------------
+    def _params(self) -> str:
+        return f"beta={self.beta:g}"
+
+    def __repr__(self) -> str:
+        mats = ", ".join(
+            f"{name}={'I' if m is None else 'array' + str(m.shape)}"
+            for name, m in (("Q", self.Q), ("K", self.K), ("V", self.V))
+        )
+        return f"{type(self).__name__}({self._params()}, {mats})"
+
+    def _check(self, x, mass):
+        x = _v.as_tokens(x, "x")
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise ValueError(
+                f"x has token dimension d={x.shape[1]}, but {type(self).__name__} acts on "
+                f"dimension {self.dim} (from the shapes of Q, K, V)"
+            )
+        return x, _v.as_mass(mass, x.shape[0])
+
+    def _projections(self, x: np.ndarray):
+        """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
+        qx = self.beta * (x if self.Q is None else x @ self.Q.T)
+        kx = x if self.K is None else x @ self.K.T
+        vx = x if self.V is None else x @ self.V.T
+        return (np.ascontiguousarray(qx), np.ascontiguousarray(kx), np.ascontiguousarray(vx))
+
+    def logits(self, x, mass=None) -> np.ndarray:
+        r"""Dense logits :math:`\ell_{ij} = \beta\langle Qx_i, Kx_j\rangle`, shape (n, n)."""
+        x, _ = self._check(x, mass)
+        qx, kx, _ = self._projections(x)
+        return qx @ kx.T
+
+    # -- the three views --------------------------------------------------------------
+    def weights(self, x, mass=None) -> np.ndarray:
+        """Dense weight matrix W, shape (n, n), with ``A_i = sum_j W_ij V x_j``.
+
+        Parameters
+        ----------
+        x : array_like, shape (n, d)
+            Tokens.
+        mass : array_like, shape (n,), optional
+            Nonnegative token masses (normalised to sum 1); uniform ``1/n`` by default.
+        """
+        x, mass = self._check(x, mass)
+        return self._weights_reference(x, mass)
+
+    def velocity_reference(self, x, mass=None) -> np.ndarray:
+        """Attention output computed densely in NumPy, shape (n, d). See :meth:`weights`."""
+        x, mass = self._check(x, mass)
+        _, _, vx = self._projections(x)
+        return self._weights_reference(x, mass) @ vx
+
+    def velocity(self, x, mass=None) -> np.ndarray:
+        """Attention output from the Numba kernel, shape (n, d). See :meth:`weights`."""
+        x, mass = self._check(x, mass)
+        qx, kx, vx = self._projections(x)
+        out = np.empty_like(vx)
+        self._kernel(x, mass, qx, kx, vx, out)
+        return out
+
+    def _weights_reference(self, x, mass):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _kernel(self, x, mass, qx, kx, vx, out):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SoftmaxAttention(Attention):
+    r"""Softmax self-attention (SA).
+
+    .. math::
+
+        W_{ij} = \frac{a_j e^{\beta\langle Qx_i, Kx_j\rangle}}
+                      {\sum_{k} a_k e^{\beta\langle Qx_i, Kx_k\rangle}},
+
+    with the sums restricted to :math:`j, k \le i` when ``causal=True`` (masked
+    attention: token i attends to itself and the tokens before it).
+    MATH.md 1.1 and 2.1.
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    causal : bool
+        Apply the causal mask.
+    """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False):
+        super().__init__(beta, Q, K, V)
+        if not isinstance(causal, (bool, np.bool_)):
+            raise TypeError(f"causal must be a bool, got {causal!r}")
+        self.causal = bool(causal)
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}, causal={self.causal}"
+
+    def _column_bias(self, kx: np.ndarray) -> np.ndarray:
+        return np.zeros(kx.shape[0])
+
+    def _logits_reference(self, x):
+        qx, kx, _ = self._projections(x)
+        return qx @ kx.T
+
+    def _weights_reference(self, x, mass):
+        logits = self._logits_reference(x) + _log_mass(mass)[None, :]
+        if self.causal:
+            logits = np.where(np.tri(len(x), dtype=bool), logits, -np.inf)
+        return np.exp(log_softmax(logits, axis=1))
+
+    def _kernel(self, x, mass, qx, kx, vx, out):
+        colw = _log_mass(mass) + self._column_bias(kx)
+        _k.softmax_field(qx, kx, vx, colw, self.causal, out)
+
+
+class L2Attention(SoftmaxAttention):
+    r"""Softmax attention with :math:`L^2` logits.
+
+    .. math::
+
+        W_{ij} = \operatorname{softmax}_j\Big(\log a_j - \frac{\beta}{2}\|Qx_i - Kx_j\|^2\Big).
+
+    The term :math:`-\frac\beta2\|Qx_i\|^2` does not depend on j and cancels, so the
+    kernel computes :math:`\beta\langle Qx_i, Kx_j\rangle - \frac\beta2\|Kx_j\|^2`;
+    on the sphere with ``Q = K = I`` this is softmax attention. MATH.md 3.1.
+    """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
+        super().__init__(beta, Q, K, V, causal=False)
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}"
+
+    def _column_bias(self, kx):
+        return -0.5 * self.beta * np.einsum("jc,jc->j", kx, kx)
+
+    def _logits_reference(self, x):
+        qx = x if self.Q is None else x @ self.Q.T
+        kx = x if self.K is None else x @ self.K.T
+        diff = qx[:, None, :] - kx[None, :, :]
+        return -0.5 * self.beta * np.einsum("ijc,ijc->ij", diff, diff)
+
+
+class UnnormalizedAttention(Attention):
+    r"""Unnormalized self-attention (USA): no softmax denominator.
+
+    .. math::
+
+        W_{ij} = a_j\, e^{\beta\langle Qx_i, Kx_j\rangle}
+        \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j).
+
+    MATH.md 2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
+    :math:`\beta \approx 700` the output overflows float64 (the true value does).
+    """
+
+    def _weights_reference(self, x, mass):
+        qx, kx, _ = self._projections(x)
+        return mass[None, :] * np.exp(qx @ kx.T)
+
+    def _kernel(self, x, mass, qx, kx, vx, out):
+        _k.exp_field(qx, kx, vx, _log_mass(mass), out)
+
+
+class SigmoidAttention(Attention):
+    r"""Sigmoid attention (no normalization).
+
+    .. math::
+
+        W_{ij} = a_j\, \sigma\big(\beta\langle Qx_i, Kx_j\rangle + b\big),
+        \qquad \sigma(z) = \frac{1}{1 + e^{-z}}.
+
+    MATH.md 3.1. Parameters as :class:`Attention` plus ``bias`` :math:`b` (not scaled
+    by beta).
+    """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, bias: float = 0.0):
+        super().__init__(beta, Q, K, V)
+        self.bias = _v.as_real(bias, "bias")
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}, bias={self.bias:g}"
+
+    def _weights_reference(self, x, mass):
+        qx, kx, _ = self._projections(x)
+        return mass[None, :] * expit(qx @ kx.T + self.bias)
+
+    def _kernel(self, x, mass, qx, kx, vx, out):
+        _k.sigmoid_field(qx, kx, vx, self.bias, mass, out)
+
+
+class SinkhornAttention(Attention):
+    r"""Sinkformer attention: the softmax kernel scaled to be doubly stochastic.
+
+    The plan :math:`\pi_{ij} = a_i a_j e^{f_i + g_j + \beta\langle Qx_i, Kx_j\rangle}`
+    has both marginals equal to the masses :math:`a` (log-domain Sinkhorn on the
+    potentials f, g) and :math:`W_{ij} = \pi_{ij}/a_i`. For the empirical measure
+    (:math:`a = 1/n`) the rows and the columns of W sum to 1. MATH.md 3.1, 5.2.
+
+    Each sweep makes the rows exact, then measures the column error
+    :math:`\max_j |\log(\sum_i \pi_{ij}/a_j)|`; iterations stop when it is at most
+    ``tol`` or after ``n_iter`` sweeps, with a :class:`SinkhornConvergenceWarning` in
+    the latter case. ``n_iter=1`` is softmax attention. Rows are always exact, so the
+    output is a convex combination of the values.
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    n_iter : int
+        Maximum number of Sinkhorn sweeps.
+    tol : float
+        Stopping tolerance on the column log-marginal error.
+    """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, n_iter: int = 1000,
+                 tol: float = 1e-13):
+        super().__init__(beta, Q, K, V)
+        self.n_iter = _v.as_positive_int(n_iter, "n_iter")
+        self.tol = _v.as_positive(tol, "tol")
+        #: ``(sweeps, column error)`` of the most recent scaling
+        self.last_status: tuple[int, float] | None = None
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}, n_iter={self.n_iter}, tol={self.tol:g}"
+
+    def _report(self, n_done: int, err: float) -> None:
+        self.last_status = (int(n_done), float(err))
+        if err > self.tol:
+            warnings.warn(
+                f"SinkhornAttention did not converge: column log-marginal error {err:.3g} > "
+                f"tol={self.tol:g} after n_iter={self.n_iter} sweeps; increase n_iter or tol",
+                SinkhornConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def _weights_reference(self, x, mass):
+        qx, kx, _ = self._projections(x)
+        logits = qx @ kx.T
+        loga = _log_mass(mass)
+        g = np.zeros(len(x))
+        err, n_done = np.inf, 0
+        for it in range(self.n_iter):
+            f = -logsumexp(logits + (g + loga)[None, :], axis=1)
+            col = logsumexp(logits + (f + loga)[:, None], axis=0)
+            err = float(np.max(np.abs(col + g)))
+            n_done = it + 1
+            if err <= self.tol:
+                break
+            if it + 1 < self.n_iter:
+                g = -col
+        self._report(n_done, err)
+        return np.exp(logits + f[:, None] + (g + loga)[None, :])
+
+    def _kernel(self, x, mass, qx, kx, vx, out):
+        loga = _log_mass(mass)
+        f, g, n_done, err = _k.sinkhorn_potentials(qx, kx, loga, self.n_iter, self.tol)
+        self._report(n_done, err)
+        _k.plan_field(qx, kx, vx, f, g + loga, out)
+
+
+class MultiHeadAttention:
+    r"""Multi-head attention: the sum of its heads' outputs.
+
+    .. math::
+
+        A_i = \sum_{h=1}^H A^{(h)}_i,
+
+    where each head is a single-head variant whose ``V`` maps :math:`\mathbb R^d` to
+    :math:`\mathbb R^d` (so it includes that head's share of the output projection,
+    :math:`W_h^\top V_h` in MATH.md 3.1) and whose ``Q``, ``K`` may be (k_h, d) blocks.
+
+    Parameters
+    ----------
+    heads : sequence of Attention
+        At least one single-head attention object (not itself multi-head).
+    """
+
+    def __init__(self, heads: Sequence[Attention]):
+        if isinstance(heads, Attention) or not isinstance(heads, Sequence):
+            raise TypeError(
+                f"heads must be a list of attention objects, got {type(heads).__name__}"
+            )
+        if len(heads) == 0:
+            raise ValueError("heads must contain at least one attention object, got an empty list")
+        for h, head in enumerate(heads):
+            if not isinstance(head, Attention):
+                raise TypeError(
+                    f"heads[{h}] must be a single-head attention object (e.g. SoftmaxAttention), "
+                    f"got {type(head).__name__}"
+                )
+        dims = {head.dim for head in heads if head.dim is not None}
+        if len(dims) > 1:
+            raise ValueError(f"all heads must act on the same dimension d, got d in {sorted(dims)}")
+        self.heads = tuple(heads)
+        self.dim = dims.pop() if dims else None
+        self.causal = any(head.causal for head in heads)
+
+    def __repr__(self) -> str:
+        return f"MultiHeadAttention([{', '.join(map(repr, self.heads))}])"
+
+    def weights(self, x, mass=None) -> np.ndarray:
+        """Per-head weight matrices, shape (H, n, n)."""
+        return np.stack([head.weights(x, mass) for head in self.heads])
+
+    def velocity_reference(self, x, mass=None) -> np.ndarray:
+        """Sum of the heads' dense NumPy outputs, shape (n, d)."""
+        return sum(head.velocity_reference(x, mass) for head in self.heads)
+
+    def velocity(self, x, mass=None) -> np.ndarray:
+        """Sum of the heads' kernel outputs, shape (n, d)."""
+        return sum(head.velocity(x, mass) for head in self.heads)

@@ -1,0 +1,177 @@
+r"""Token dynamics = attention + geometry + normalization scheme.
+
+On the sphere, tokens are written :math:`x_j = r_j\theta_j` with
+:math:`\theta_j\in\mathbb S^{d-1}`; attention acts on the directions,
+:math:`A_j = \sum_k W_{jk}(\Theta) V\theta_k`, and the normalization scheme decides how
+direction and radius move (MATH.md 4.5, Karagodin-Ge-Polyanskiy-Rigollet,
+arXiv 2510.22026):
+
+.. math::
+
+    \dot\theta_j = \frac{1}{s_j(t)} P^\perp_{\theta_j} A_j, \qquad \dot r_j = \text{(scheme)}.
+
+======== ============================= ========================== =====================
+norm     discrete layer                state velocity             state space
+======== ============================= ========================== =====================
+post     x <- N(x + Attn(x))           P_x A                      sphere
+pre      x <- x + Attn(N(x))           A                          R^d (r carried)
+peri     x <- x + N(Attn(N(x)))        A / |A|                    R^d (r carried)
+mix      post for t <= tau, pre after  r P_theta A, then A        R^d (r carried)
+ngpt     x <- N(x + a_t(N(Attn)-x))    alpha(t) P_x A / |A|       sphere
+cod      depth-scaled LN               P_x A / sqrt(t + 1)        sphere
+======== ============================= ========================== =====================
+
+(The pre-LN row follows from :math:`s_j = r_j`, :math:`\dot r_j = \langle\theta_j, A_j\rangle`:
+:math:`\dot x_j = \dot r_j\theta_j + r_j\dot\theta_j = A_j`; peri-LN likewise.)
+In Euclidean geometry there is no normalization: :math:`\dot x_i = A_i(x)` (MATH.md 1.1, 3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import _validation as _v
+from .attention import Attention, MultiHeadAttention
+from .geometry import Euclidean, Sphere, as_geometry
+
+__all__ = ["TokenDynamics", "NORMS"]
+
+#: normalization schemes accepted on the sphere (the first is the default)
+NORMS = ("post", "pre", "peri", "mix", "ngpt", "cod")
+_ON_SPHERE = {"post", "ngpt", "cod"}
+
+
+class TokenDynamics:
+    r"""The vector field moving n tokens: attention, geometry and normalization.
+
+    Parameters
+    ----------
+    attention : Attention or MultiHeadAttention
+        The interaction.
+    geometry : {"sphere", "euclidean"}
+        Where tokens live. On the sphere attention acts on directions.
+    norm : {"post", "pre", "peri", "mix", "ngpt", "cod"} or None
+        Normalization scheme (table in the module docstring). ``None`` means ``"post"``
+        on the sphere and no normalization in Euclidean space (the only choice there).
+    alpha : float or callable, optional
+        nGPT step size :math:`\alpha_t > 0` (a constant or a function of t).
+    tau : float, optional
+        Mix-LN switching time: post-LN for :math:`t \le \tau`, pre-LN after.
+
+    Attributes
+    ----------
+    state_space : Euclidean or Sphere
+        The manifold the state x lives on (what the integrators retract onto).
+    """
+
+    def __init__(self, attention, geometry: str = "sphere", norm: str | None = None, *,
+                 alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0):
+        if not isinstance(attention, (Attention, MultiHeadAttention)):
+            raise TypeError(
+                "attention must be an attention object such as tp.SoftmaxAttention(...), "
+                f"got {type(attention).__name__}"
+            )
+        self.attention = attention
+        self.geometry = as_geometry(geometry)
+        if isinstance(self.geometry, Euclidean):
+            if norm not in (None, "none"):
+                raise ValueError(
+                    f"norm must be None in Euclidean geometry (no normalization), got {norm!r}; "
+                    f"use geometry='sphere' for the schemes {NORMS}"
+                )
+            self.norm = "none"
+        else:
+            norm = "post" if norm is None else norm
+            if norm not in NORMS:
+                raise ValueError(f"norm must be one of {NORMS} on the sphere, got {norm!r}")
+            self.norm = norm
+        if callable(alpha):
+            self.alpha = alpha
+        else:
+            self.alpha = _v.as_positive(alpha, "alpha")
+        self.tau = _v.as_real(tau, "tau")
+        self.state_space = (
+            Sphere() if self.norm in _ON_SPHERE else Euclidean()
+        )
+
+    @property
+    def dim(self) -> int | None:
+        """Token dimension fixed by the attention matrices (None if any d works)."""
+        return self.attention.dim
+
+    @property
+    def autonomous(self) -> bool:
+        """Whether the velocity does not depend on t."""
+        return self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
+
+    def __repr__(self) -> str:
+        return f"TokenDynamics({self.attention!r}, geometry={self.geometry.name!r}, norm={self.norm!r})"
+
+    # -- public ----------------------------------------------------------------------
+    def check_state(self, x, name: str = "x") -> np.ndarray:
+        """Validate a state (n, d): finite, right dimension, on the sphere where required."""
+        x = _v.as_tokens(x, name, d=self.dim)
+        self.state_space.check(x, name)
+        if self.norm in ("pre", "peri", "mix"):
+            norms = np.linalg.norm(x, axis=1)
+            if np.any(norms == 0.0):
+                raise ValueError(
+                    f"{name} must have nonzero tokens for norm={self.norm!r} (x = r theta), "
+                    f"but token {int(np.argmin(norms))} is zero"
+                )
+        return x
+
+    def velocity(self, x, t: float = 0.0, mass=None) -> np.ndarray:
+        """Velocity of the state x at time t, shape (n, d) -> (n, d), Numba kernels.
+
+        Parameters
+        ----------
+        x : array_like, shape (n, d)
+            State (on the unit sphere for norm in {"post", "ngpt", "cod"}).
+        t : float
+            Time (used by "mix", "cod" and a time-dependent nGPT ``alpha``).
+        mass : array_like, shape (n,), optional
+            Token masses of a weighted empirical measure; uniform by default.
+        """
+        x = self.check_state(x)
+        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity, mass)
+
+    def velocity_reference(self, x, t: float = 0.0, mass=None) -> np.ndarray:
+        """As :meth:`velocity`, with the dense NumPy attention reference."""
+        x = self.check_state(x)
+        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity_reference, mass)
+
+    # -- private ---------------------------------------------------------------------
+    def _rhs(self, x: np.ndarray, t: float, attend, mass=None) -> np.ndarray:
+        """The velocity, trusting x (what the integrators call)."""
+        norm = self.norm
+        if norm == "none":
+            return attend(x, mass)
+        if norm in _ON_SPHERE:
+            theta, r = x, None
+        else:
+            r = np.linalg.norm(x, axis=1, keepdims=True)
+            theta = x / r
+        a = attend(theta, mass)
+        if norm == "post":
+            return self.geometry.project(theta, a)
+        if norm == "pre":
+            return a
+        if norm == "mix":
+            return r * self.geometry.project(theta, a) if t <= self.tau else a
+        if norm == "cod":
+            return self.geometry.project(theta, a) / np.sqrt(t + 1.0)
+        # peri and ngpt divide by |A_j|
+        size = np.linalg.norm(a, axis=1, keepdims=True)
+        if np.any(size == 0.0):
+            j = int(np.argmin(size))
+            raise FloatingPointError(
+                f"norm={norm!r} divides by |A_j|, but the attention output of token {j} is zero "
+                f"at t={t:g}"
+            )
+        if norm == "peri":
+            return a / size
+        alpha = self.alpha(t) if callable(self.alpha) else self.alpha
+        return alpha * self.geometry.project(theta, a) / size

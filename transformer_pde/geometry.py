@@ -1,0 +1,81 @@
+r"""Where tokens live: Euclidean space or the unit sphere.
+
+A geometry knows tangent projections, retractions and membership checks, nothing about
+attention. On the sphere :math:`\mathbb S^{d-1}`
+
+.. math::
+
+    P^\perp_x v = v - \langle x, v\rangle x, \qquad R(y) = y / \|y\|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Euclidean", "Sphere", "SPHERE_TOL", "as_geometry"]
+
+#: largest accepted deviation ``max_i | |x_i| - 1 |`` of tokens given on the sphere
+SPHERE_TOL = 1e-6
+
+
+class Euclidean:
+    """Flat :math:`\\mathbb R^d`: projection and retraction are the identity."""
+
+    name = "euclidean"
+
+    def project(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Tangent projection (identity), shapes (n, d) -> (n, d)."""
+        return v
+
+    def retract(self, y: np.ndarray) -> np.ndarray:
+        """Retraction onto the manifold (identity), shape (n, d)."""
+        return y
+
+    def check(self, x: np.ndarray, name: str = "x") -> None:
+        """Every point of R^d is admissible."""
+
+    def __repr__(self) -> str:
+        return "Euclidean()"
+
+
+class Sphere:
+    r"""The unit sphere :math:`\mathbb S^{d-1} \subset \mathbb R^d`.
+
+    .. math::
+
+        P^\perp_x v = v - \langle x, v\rangle x, \qquad R(y) = \frac{y}{\|y\|}.
+    """
+
+    name = "sphere"
+
+    def project(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Project each row of v (n, d) onto the tangent space at the row of x (n, d)."""
+        return v - np.einsum("ij,ij->i", x, v)[:, None] * x
+
+    def retract(self, y: np.ndarray) -> np.ndarray:
+        """Normalise each row of y (n, d) to unit length."""
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    def check(self, x: np.ndarray, name: str = "x") -> None:
+        """Raise ``ValueError`` if some token is farther than ``SPHERE_TOL`` from unit norm."""
+        dev = np.abs(np.linalg.norm(x, axis=1) - 1.0)
+        i = int(np.argmax(dev))
+        if dev[i] > SPHERE_TOL:
+            raise ValueError(
+                f"{name} must lie on the unit sphere (| |x_i| - 1 | <= {SPHERE_TOL:g}), but token "
+                f"{i} has norm {np.linalg.norm(x[i]):.10g}; normalise with x / |x| first"
+            )
+
+    def __repr__(self) -> str:
+        return "Sphere()"
+
+
+def as_geometry(geometry) -> Euclidean | Sphere:
+    """A geometry object from ``"sphere"``, ``"euclidean"`` or an instance."""
+    if isinstance(geometry, (Euclidean, Sphere)):
+        return geometry
+    if isinstance(geometry, str):
+        table = {"sphere": Sphere, "euclidean": Euclidean}
+        if geometry in table:
+            return table[geometry]()
+    raise ValueError(f"geometry must be 'sphere' or 'euclidean', got {geometry!r}")
