@@ -60,6 +60,17 @@ def _log_mass(mass: np.ndarray) -> np.ndarray:
         return np.log(mass)
 
 
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.T)
+
+
+#: the fused per-row softmax kernel is used while k + d is at most this; above it,
+#: BLAS computes tiles of logits and values (measured crossover, benchmarks/)
+_FUSED_MAX_KD = 32
+#: entries in one (B, n) tile of logits on the BLAS path (16 MiB of float64)
+_TILE_ENTRIES = 2**21
+
+
 class Attention:
     """Base class of the single-head variants (not instantiated directly).
 
@@ -117,7 +128,12 @@ class Attention:
                 f"x has token dimension d={x.shape[1]}, but {type(self).__name__} acts on "
                 f"dimension {self.dim} (from the shapes of Q, K, V)"
             )
-        return x, _v.as_mass(mass, x.shape[0])
+        mass = _v.as_mass(mass, x.shape[0])
+        if self.causal and mass[0] == 0.0:
+            raise ValueError(
+                "mass[0] must be > 0 for causal attention: the first token attends only to itself"
+            )
+        return x, mass
 
     def _projections(self, x: np.ndarray):
         """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
@@ -211,7 +227,18 @@ class SoftmaxAttention(Attention):
 
     def _kernel(self, x, mass, qx, kx, vx, out):
         colw = _log_mass(mass) + self._column_bias(kx)
-        _k.softmax_field(qx, kx, vx, colw, self.causal, out)
+        n = len(x)
+        if qx.shape[1] + vx.shape[1] <= _FUSED_MAX_KD:
+            _k.softmax_field(qx, _t(kx), _t(vx), colw, self.causal, out)
+            return
+        rows = max(1, _TILE_ENTRIES // n)
+        for i0 in range(0, n, rows):
+            i1 = min(n, i0 + rows)
+            # causal rows never see sources beyond i1
+            n_src = i1 if self.causal else n
+            tile = qx[i0:i1] @ kx[:n_src].T
+            _k.softmax_rows(tile, colw[:n_src], self.causal, i0)
+            out[i0:i1] = tile @ vx[:n_src]
 
 
 class L2Attention(SoftmaxAttention):
@@ -259,7 +286,7 @@ class UnnormalizedAttention(Attention):
         return mass[None, :] * np.exp(qx @ kx.T)
 
     def _kernel(self, x, mass, qx, kx, vx, out):
-        _k.exp_field(qx, kx, vx, _log_mass(mass), out)
+        _k.exp_field(qx, _t(kx), _t(vx), _log_mass(mass), out)
 
 
 class SigmoidAttention(Attention):
@@ -286,7 +313,7 @@ class SigmoidAttention(Attention):
         return mass[None, :] * expit(qx @ kx.T + self.bias)
 
     def _kernel(self, x, mass, qx, kx, vx, out):
-        _k.sigmoid_field(qx, kx, vx, self.bias, mass, out)
+        _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, mass, out)
 
 
 class SinkhornAttention(Attention):
@@ -354,9 +381,11 @@ class SinkhornAttention(Attention):
 
     def _kernel(self, x, mass, qx, kx, vx, out):
         loga = _log_mass(mass)
-        f, g, n_done, err = _k.sinkhorn_potentials(qx, kx, loga, self.n_iter, self.tol)
+        kxT = _t(kx)
+        f, g, n_done, err = _k.sinkhorn_potentials(qx, kxT, _t(qx), kx, loga, self.n_iter,
+                                                   self.tol)
         self._report(n_done, err)
-        _k.plan_field(qx, kx, vx, f, g + loga, out)
+        _k.plan_field(qx, kxT, _t(vx), f, g + loga, out)
 
 
 class MultiHeadAttention:
