@@ -51,6 +51,18 @@ __all__ = [
 ]
 
 
+def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
+    """Return ``out`` (n, d), or raise ``FloatingPointError`` naming the first bad token."""
+    bad = ~np.all(np.isfinite(out), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FloatingPointError(
+            f"{who}: the output is not finite for token {i} ({int(bad.sum())} tokens in all); "
+            "it overflows float64 (unnormalized or sigmoid weights grow like exp(beta <Qx, Ky>))"
+        )
+    return out
+
+
 class SinkhornConvergenceWarning(RuntimeWarning):
     """Sinkhorn scaling stopped at ``n_iter`` sweeps before reaching ``tol``."""
 
@@ -169,8 +181,15 @@ class Attention:
         return self._weights_reference(x, mass) @ vx
 
     def velocity(self, x, mass=None) -> np.ndarray:
-        """Attention output from the Numba kernel, shape (n, d). See :meth:`weights`."""
+        """Attention output from the Numba kernel, shape (n, d). See :meth:`weights`.
+
+        Raises ``FloatingPointError`` if the output overflows float64.
+        """
         x, mass = self._check(x, mass)
+        return check_finite_output(self._velocity(x, mass), repr(self))
+
+    def _velocity(self, x, mass):
+        """The kernel on trusted inputs (what the integrators call)."""
         qx, kx, vx = self._projections(x)
         out = np.empty_like(vx)
         self._kernel(x, mass, qx, kx, vx, out)
@@ -439,3 +458,6 @@ class MultiHeadAttention:
     def velocity(self, x, mass=None) -> np.ndarray:
         """Sum of the heads' kernel outputs, shape (n, d)."""
         return sum(head.velocity(x, mass) for head in self.heads)
+
+    def _velocity(self, x, mass):
+        return sum(head._velocity(x, mass) for head in self.heads)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _validation as _v
-from .attention import Attention, MultiHeadAttention
+from .attention import Attention, MultiHeadAttention, check_finite_output
 from .geometry import Euclidean, Sphere, as_geometry
 
 __all__ = ["TokenDynamics", "NORMS"]
@@ -136,7 +136,8 @@ class TokenDynamics:
             Token masses of a weighted empirical measure; uniform by default.
         """
         x = self.check_state(x)
-        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity, mass)
+        v = self._rhs(x, _v.as_real(t, "t"), self.attention._velocity, _v.as_mass(mass, len(x)))
+        return check_finite_output(v, repr(self))
 
     def velocity_reference(self, x, t: float = 0.0, mass=None) -> np.ndarray:
         """As :meth:`velocity`, with the dense NumPy attention reference."""
@@ -145,7 +146,9 @@ class TokenDynamics:
 
     # -- private ---------------------------------------------------------------------
     def _rhs(self, x: np.ndarray, t: float, attend, mass=None) -> np.ndarray:
-        """The velocity, trusting x (what the integrators call)."""
+        """The velocity, trusting x and mass (what the integrators call)."""
+        if mass is None:
+            mass = np.full(len(x), 1.0 / len(x))
         norm = self.norm
         if norm == "none":
             return attend(x, mass)

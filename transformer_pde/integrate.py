@@ -168,7 +168,7 @@ class _Stepper:
 
     def rhs(self, x, t):
         self.info.n_evals += 1
-        return self.dyn._rhs(x, t, self.dyn.attention.velocity)
+        return self.dyn._rhs(x, t, self.dyn.attention._velocity)
 
     def step(self, t, x, h, k1=None):
         """Return ``(x_new, error_estimate or None, last stage)``."""
