@@ -1,6 +1,6 @@
 r"""Attention variants: the interaction between tokens, without time stepping.
 
-Each variant is a small immutable object holding the inverse temperature ``beta``
+Each variant is a small object holding the inverse temperature ``beta``
 and the matrices ``Q``, ``K`` (shape (k, d), default the identity of the data
 dimension) and ``V`` (shape (d, d), default the identity). Given tokens
 :math:`x_1, \dots, x_n \in \mathbb R^d` with masses :math:`a_j` (default
@@ -347,7 +347,9 @@ class SinkhornAttention(Attention):
     :math:`\max_j |\log(\sum_i \pi_{ij}/a_j)|`; iterations stop when it is at most
     ``tol`` or after ``n_iter`` sweeps, with a :class:`SinkhornConvergenceWarning` in
     the latter case. ``n_iter=1`` is softmax attention. Rows are always exact, so the
-    output is a convex combination of the values.
+    output is a convex combination of the values. A tolerance below the round-off
+    floor of the logits, :math:`16\,\epsilon\,(1 + \max_i\|\beta Qx_i\|\max_j\|Kx_j\|)`
+    (relevant for beta of order 1e3), is raised to that floor.
 
     Parameters
     ----------
@@ -370,12 +372,17 @@ class SinkhornAttention(Attention):
     def _params(self) -> str:
         return f"beta={self.beta:g}, n_iter={self.n_iter}, tol={self.tol:g}"
 
-    def _report(self, n_done: int, err: float) -> None:
+    def _tolerance(self, qx, kx) -> float:
+        """``tol``, raised to the round-off floor of the logits (Cauchy-Schwarz bound)."""
+        bound = np.max(np.linalg.norm(qx, axis=1)) * np.max(np.linalg.norm(kx, axis=1))
+        return max(self.tol, 16.0 * np.finfo(float).eps * (1.0 + bound))
+
+    def _report(self, n_done: int, err: float, tol: float) -> None:
         self.last_status = (int(n_done), float(err))
-        if err > self.tol:
+        if err > tol:
             warnings.warn(
                 f"SinkhornAttention did not converge: column log-marginal error {err:.3g} > "
-                f"tol={self.tol:g} after n_iter={self.n_iter} sweeps; increase n_iter or tol",
+                f"tol={tol:g} after n_iter={self.n_iter} sweeps; increase n_iter or tol",
                 SinkhornConvergenceWarning,
                 stacklevel=3,
             )
@@ -384,6 +391,7 @@ class SinkhornAttention(Attention):
         qx, kx, _ = self._projections(x)
         logits = qx @ kx.T
         loga = _log_mass(mass)
+        tol = self._tolerance(qx, kx)
         g = np.zeros(len(x))
         err, n_done = np.inf, 0
         for it in range(self.n_iter):
@@ -391,19 +399,19 @@ class SinkhornAttention(Attention):
             col = logsumexp(logits + (f + loga)[:, None], axis=0)
             err = float(np.max(np.abs(col + g)))
             n_done = it + 1
-            if err <= self.tol:
+            if err <= tol:
                 break
             if it + 1 < self.n_iter:
                 g = -col
-        self._report(n_done, err)
+        self._report(n_done, err, tol)
         return np.exp(logits + f[:, None] + (g + loga)[None, :])
 
     def _kernel(self, x, mass, qx, kx, vx, out):
         loga = _log_mass(mass)
         kxT = _t(kx)
-        f, g, n_done, err = _k.sinkhorn_potentials(qx, kxT, _t(qx), kx, loga, self.n_iter,
-                                                   self.tol)
-        self._report(n_done, err)
+        tol = self._tolerance(qx, kx)
+        f, g, n_done, err = _k.sinkhorn_potentials(qx, kxT, _t(qx), kx, loga, self.n_iter, tol)
+        self._report(n_done, err, tol)
         _k.plan_field(qx, kxT, _t(vx), f, g + loga, out)
 
 

@@ -176,5 +176,5 @@ class TokenDynamics:
             )
         if norm == "peri":
             return a / size
-        alpha = self.alpha(t) if callable(self.alpha) else self.alpha
+        alpha = _v.as_positive(self.alpha(t), f"alpha({t:g})") if callable(self.alpha) else self.alpha
         return alpha * self.geometry.project(theta, a) / size
