@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
@@ -79,6 +80,9 @@ def _t(a: np.ndarray) -> np.ndarray:
 #: the fused per-row softmax kernel is used while k + d is at most this; above it,
 #: BLAS computes tiles of logits and values (measured crossover, benchmarks/)
 _FUSED_MAX_KD = 32
+#: below this many pairs one thread is faster than waking the others (and does not
+#: wait for a busy core)
+_SERIAL_MAX_PAIRS = 64 * 64
 #: entries in one (B, n) tile of logits on the BLAS path (16 MiB of float64)
 _TILE_ENTRIES = 2**21
 
@@ -192,7 +196,15 @@ class Attention:
         """The kernel on trusted inputs (what the integrators call)."""
         qx, kx, vx = self._projections(x)
         out = np.empty_like(vx)
-        self._kernel(x, mass, qx, kx, vx, out)
+        if len(x) ** 2 > _SERIAL_MAX_PAIRS:
+            self._kernel(x, mass, qx, kx, vx, out)
+            return out
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            self._kernel(x, mass, qx, kx, vx, out)
+        finally:
+            numba.set_num_threads(threads)
         return out
 
     def _weights_reference(self, x, mass):  # pragma: no cover - abstract

@@ -102,6 +102,11 @@ class TokenDynamics:
         return self.attention.dim
 
     @property
+    def breakpoints(self) -> tuple[float, ...]:
+        """Times where the field switches (mix-LN's tau): steppers land on them."""
+        return (self.tau,) if self.norm == "mix" else ()
+
+    @property
     def autonomous(self) -> bool:
         """Whether the velocity does not depend on t."""
         return self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
@@ -145,8 +150,14 @@ class TokenDynamics:
         return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity_reference, mass)
 
     # -- private ---------------------------------------------------------------------
-    def _rhs(self, x: np.ndarray, t: float, attend, mass=None) -> np.ndarray:
-        """The velocity, trusting x and mass (what the integrators call)."""
+    def _rhs(self, x: np.ndarray, t: float, attend, mass=None, piece: int | None = None
+             ) -> np.ndarray:
+        """The velocity, trusting x and mass (what the integrators call).
+
+        ``piece`` (0 or 1 for mix-LN) selects the side of the switch at ``tau``
+        explicitly, so a step that starts at tau can use the pre-LN branch throughout;
+        by default the side follows t (post-LN for t <= tau).
+        """
         if mass is None:
             mass = np.full(len(x), 1.0 / len(x))
         norm = self.norm
@@ -163,7 +174,8 @@ class TokenDynamics:
         if norm == "pre":
             return a
         if norm == "mix":
-            return r * self.geometry.project(theta, a) if t <= self.tau else a
+            pre_phase = t > self.tau if piece is None else piece >= 1
+            return a if pre_phase else r * self.geometry.project(theta, a)
         if norm == "cod":
             return self.geometry.project(theta, a) / np.sqrt(t + 1.0)
         # peri and ngpt divide by |A_j|

@@ -148,27 +148,47 @@ def _check_times(t_span, t_eval):
     return t0, t1, t_eval
 
 
-def _nonfinite_error(x_new, t, h, method) -> FloatingPointError:
-    bad = ~np.all(np.isfinite(x_new), axis=1)
+def _diagnose(stepper, x, t, h, x_bad) -> str:
+    """Say where a step from the finite state x at t went non-finite: the token whose
+    velocity overflows there if there is one, else the first token of x_bad that is bad."""
+    v = stepper.rhs(x, t)
+    bad_v = ~np.all(np.isfinite(v), axis=1)
+    if bad_v.any():
+        i = int(np.argmax(bad_v))
+        return (
+            f"the velocity of token i={i} is not finite at t={t:.9g} ({int(bad_v.sum())} tokens "
+            "in all): it overflows float64 (e.g. unnormalized attention with a large beta)"
+        )
+    bad = ~np.all(np.isfinite(x_bad), axis=1)
     i = int(np.argmax(bad))
-    return FloatingPointError(
-        f"simulate(method={method!r}) stopped: the state became non-finite in the step from "
-        f"t={t:.9g} to t={t + h:.9g}; first bad token i={i} ({int(bad.sum())} bad tokens in all). "
-        "The velocity overflowed (e.g. USA with large beta) or the step is unstable: "
-        "reduce dt or use method='dopri5'."
+    return (
+        f"token i={i} became non-finite in the step from t={t:.9g} to t={t + h:.9g} "
+        f"({int(bad.sum())} tokens in all): the step is unstable or the solution blows up; "
+        "reduce dt or use method='dopri5'"
     )
 
 
 class _Stepper:
-    """One explicit RK step with retraction; counts field evaluations."""
+    """One explicit RK step with retraction; counts field evaluations.
+
+    ``piece`` is the index of the smooth piece of a piecewise-defined field (mix-LN
+    switches at ``tau``) that the current step lies in: every stage of a step uses it,
+    so a step never straddles or mixes the two sides of a switch.
+    """
 
     def __init__(self, dyn: TokenDynamics, tab: Tableau, info: RunInfo):
         self.dyn, self.tab, self.info = dyn, tab, info
         self.space = dyn.state_space
+        self.breakpoints = np.asarray(dyn.breakpoints, dtype=float)
+        self.piece = 0
+
+    def start_at(self, t: float) -> None:
+        """Select the piece for steps starting at t (a switch time opens the next piece)."""
+        self.piece = int(np.searchsorted(self.breakpoints, t, side="right"))
 
     def rhs(self, x, t):
         self.info.n_evals += 1
-        return self.dyn._rhs(x, t, self.dyn.attention._velocity)
+        return self.dyn._rhs(x, t, self.dyn.attention._velocity, None, self.piece)
 
     def step(self, t, x, h, k1=None):
         """Return ``(x_new, error_estimate or None, last stage)``."""
@@ -280,7 +300,8 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t1 - t0, unit="t", desc=f"simulate[{method}]")
+        bar = tqdm(total=t1 - t0, desc=f"simulate[{method}]",
+                   bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
     x, t = x0.copy(), t0
     # saved times equal to t0 are the initial state itself
     k = int(np.searchsorted(t_eval, t0, side="right"))
@@ -300,16 +321,27 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     return Trajectory(t=t_eval.copy(), x=xs, dynamics=dyn, info=info)
 
 
+def _stops(t_eval, k, breakpoints, t):
+    """Times to land on after t, in order: ``(time, index into t_eval or -1)``."""
+    stops = [(float(te), i) for i, te in enumerate(t_eval) if i >= k]
+    stops += [(float(b), -1) for b in breakpoints if t < b < t_eval[-1] and b not in t_eval]
+    return sorted(stops)
+
+
 def _advance(stepper, x, t, h, x_new, bar):
     if not np.all(np.isfinite(x_new)):
-        raise _nonfinite_error(x_new, t, h, stepper.tab.name)
+        raise FloatingPointError(
+            f"simulate(method={stepper.tab.name!r}) stopped: "
+            + _diagnose(stepper, x, t, h, x_new)
+        )
     stepper.info._record(h)
     if bar is not None:
         bar.update(h)
 
 
 def _run_fixed(stepper, x, t, t_eval, k, xs, dt, max_steps, bar):
-    for target in t_eval[k:]:
+    for target, save in _stops(t_eval, k, stepper.breakpoints, t):
+        stepper.start_at(t)
         n_sub = max(1, int(np.ceil((target - t) / dt * (1.0 - 1e-12))))
         h = (target - t) / n_sub
         if stepper.info.n_steps + n_sub > max_steps:
@@ -319,47 +351,44 @@ def _run_fixed(stepper, x, t, t_eval, k, xs, dt, max_steps, bar):
             _advance(stepper, x, t, h, x_new, bar)
             x = x_new
             t = target if s == n_sub - 1 else t + h
-        xs[k] = x
-        k += 1
+        if save >= 0:
+            xs[save] = x
 
 
 def _run_adaptive(stepper, x, t, t_eval, k, xs, dt, rtol, atol, max_steps, bar):
     tab, info = stepper.tab, stepper.info
+    stepper.start_at(t)
     f = stepper.rhs(x, t)
     h = dt if dt is not None else _initial_step(stepper, x, t, f, rtol, atol, tab.order)
     exponent = -1.0 / tab.order  # error of the embedded pair is O(h^order)
-    t_end = t_eval[-1]
-    while k < len(t_eval):
-        if info.n_steps + info.n_rejected >= max_steps:
-            raise RuntimeError(f"simulate: more than max_steps={max_steps} steps at t={t:.9g}")
-        target = t_eval[k]
-        step = min(h, target - t)
-        landing = step >= target - t
-        if step <= 1e-14 * max(1.0, abs(t)):
-            raise FloatingPointError(
-                f"simulate(method='dopri5') stopped: step size underflow (h={step:.3g}) at "
-                f"t={t:.9g}; the solution may blow up or the field may be non-finite there"
-            )
-        x_new, err, f_new = stepper.step(t, x, step, k1=f)
-        scale = atol + rtol * np.maximum(np.abs(x), np.abs(x_new))
-        err_norm = float(np.sqrt(np.mean((err / scale) ** 2)))
-        if not np.isfinite(err_norm):
-            info.n_rejected += 1
-            h = 0.2 * step
-            continue
-        factor = min(5.0, max(0.2, 0.9 * err_norm ** exponent)) if err_norm > 0 else 5.0
-        if err_norm > 1.0:
-            info.n_rejected += 1
-            h = step * min(1.0, factor)
-            continue
-        _advance(stepper, x, t, step, x_new, bar)
-        x, f = x_new, f_new
-        t = target if landing else t + step
-        if landing:
-            xs[k] = x
-            k += 1
-            # a step shortened to land on a saved time does not shrink the next one
-            h = max(h, step * factor) if step < h else step * factor
-        else:
-            h = step * factor
-        h = min(h, t_end - t) if t < t_end else h
+    for target, save in _stops(t_eval, k, stepper.breakpoints, t):
+        while t < target:
+            if info.n_steps + info.n_rejected >= max_steps:
+                raise RuntimeError(f"simulate: more than max_steps={max_steps} steps at t={t:.9g}")
+            step = min(h, target - t)
+            landing = step >= target - t
+            x_new, err, f_new = stepper.step(t, x, step, k1=f)
+            scale = atol + rtol * np.maximum(np.abs(x), np.abs(x_new))
+            err_norm = float(np.sqrt(np.mean((err / scale) ** 2)))
+            if not np.isfinite(err_norm) or err_norm > 1.0:
+                info.n_rejected += 1
+                shrink = 0.2 if not np.isfinite(err_norm) else max(0.2, 0.9 * err_norm ** exponent)
+                h = step * min(1.0, shrink)
+                if h <= 1e-14 * max(1.0, abs(t)):
+                    raise FloatingPointError(
+                        f"simulate(method={tab.name!r}) stopped: step size underflow "
+                        f"(h={h:.3g}) at t={t:.9g}; " + _diagnose(stepper, x, t, step, x_new)
+                    )
+                continue
+            factor = min(5.0, 0.9 * err_norm ** exponent) if err_norm > 0 else 5.0
+            _advance(stepper, x, t, step, x_new, bar)
+            x, f = x_new, f_new
+            t = target if landing else t + step
+            # a step shortened to land on a stop does not shrink the next one
+            h = max(h, step * factor) if landing and step < h else step * factor
+        if save >= 0:
+            xs[save] = x
+        piece = stepper.piece
+        stepper.start_at(t)
+        if stepper.piece != piece:  # a switch of the field: the FSAL stage is stale
+            f = stepper.rhs(x, t)
