@@ -1,0 +1,136 @@
+"""The ``transformer-pde`` command: argument parsing only, no numerics.
+
+Usage::
+
+    transformer-pde demo [--out DIR] [--quick] [--seed S] [--n N] [--T T]
+                         [--beta-circle B] [--beta-sphere B] [--progress]
+    transformer-pde --version
+
+``python -m transformer_pde`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["main", "build_parser", "DEFAULT_OUT"]
+
+#: default folder of ``transformer-pde demo``, relative to the working directory
+DEFAULT_OUT = "transformer_pde_demo"
+
+
+def _token_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (tokens interact in pairs), got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0.0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``transformer-pde`` (sub-command ``demo``)."""
+    parser = argparse.ArgumentParser(
+        prog="transformer-pde",
+        description="Mean-field dynamics of self-attention: token particles, the "
+                    "Transformer PDE, and their checks.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulate attention tokens on the circle and the sphere; write a figure and a summary",
+        description="Simulate softmax self-attention tokens (post-LN, Q=K=V=I) from uniform "
+                    "random positions on the circle and on the sphere S^2, and write "
+                    "tokens.png and summary.json into a folder.",
+    )
+    demo.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                      help=f"folder to write into, created if missing (default: ./{DEFAULT_OUT})")
+    demo.add_argument("--quick", action="store_true",
+                      help="fewer tokens and a shorter time (n=32, T=15) unless given")
+    demo.add_argument("--seed", metavar="S", type=_nonnegative_int, default=0,
+                      help="seed of the random initial tokens (default: 0)")
+    demo.add_argument("--n", type=_token_count, default=None,
+                      help="number of tokens per run, >= 2 (default: 64, 32 with --quick)")
+    demo.add_argument("--T", type=_positive_float, default=None, dest="T",
+                      help="final time (default: 30, 15 with --quick)")
+    demo.add_argument("--beta-circle", metavar="B", type=_positive_float, default=9.0,
+                      help="inverse temperature on the circle (default: 9)")
+    demo.add_argument("--beta-sphere", metavar="B", type=_positive_float, default=1.0,
+                      help="inverse temperature on the sphere (default: 1)")
+    demo.add_argument("--progress", action="store_true", help="show progress bars")
+    return parser
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"transformer-pde demo: wrote {summary['out_dir']}")
+    print(f"  files: {', '.join(summary['files'])}")
+    for name, run in summary["runs"].items():
+        print(
+            f"  {name:6s} (d={run['d']}): n={run['n']} beta={run['beta']:g} T={run['T']:g} "
+            f"steps={run['steps']} | clusters {run['clusters_start']} -> {run['clusters_end']} "
+            f"| energy {run['energy_start']:.6g} -> {run['energy_end']:.6g} "
+            f"(max {run['energy_max']:.6g}) | max| |x|-1 | = {run['max_norm_deviation']:.1e} "
+            f"| {run['wall_time_s']:.2f} s"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``transformer-pde`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 if the command failed (the message goes to stderr).
+        Invalid arguments, ``--help`` and ``--version`` exit through ``SystemExit``
+        raised by argparse (status 2 for invalid arguments, 0 otherwise).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo  # lazily: parsing --help stays fast
+
+        out = Path(args.out).expanduser().absolute()
+        try:
+            summary = run_demo(out, n=args.n, beta_circle=args.beta_circle,
+                               beta_sphere=args.beta_sphere, T=args.T, seed=args.seed,
+                               quick=args.quick, progress=args.progress)
+        except (OSError, ValueError, TypeError, FloatingPointError) as exc:
+            print(f"transformer-pde demo: error: {exc}", file=sys.stderr)
+            return 1
+        _print_summary(summary)
+        return 0
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
+    return 2  # pragma: no cover

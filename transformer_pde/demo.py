@@ -1,0 +1,238 @@
+r"""The built-in demo behind ``transformer-pde demo``.
+
+Tokens start uniformly at random on the circle :math:`\mathbb S^1` and on the sphere
+:math:`\mathbb S^2` and move under softmax self-attention (SA) with post-LN and
+``Q = K = V = I`` (MATH.md 2.1, Geshkovski, Letrouit, Polyanskiy, Rigollet, arXiv
+2312.10794):
+
+.. math::
+
+    \dot x_i = P^\perp_{x_i}\Big(\frac{1}{Z_{\beta,i}}\sum_j e^{\beta\langle x_i, x_j\rangle}
+    x_j\Big), \qquad Z_{\beta,i} = \sum_k e^{\beta\langle x_i, x_k\rangle}.
+
+On the circle with :math:`\beta = 9` the uniform state first breaks into a few
+metastable clusters (about :math:`k^* \approx \sqrt{2\beta}`, MATH.md 2.4); on the sphere
+with :math:`\beta = 1` the tokens collapse to one cluster. Along the way the interaction
+energy
+
+.. math::
+
+    \mathsf E_\beta(X) = \frac{1}{2\beta n^2}\sum_{i,j} e^{\beta\langle x_i, x_j\rangle}
+
+never decreases (MATH.md 2.3) and is at most :math:`e^\beta/(2\beta)`, its value for a
+single cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.special import ive
+
+from . import _validation as _v
+from .attention import SoftmaxAttention
+from .dynamics import TokenDynamics
+from .integrate import simulate
+
+__all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
+
+#: file names written into the demo folder
+FIGURE_NAME = "tokens.png"
+SUMMARY_NAME = "summary.json"
+#: tokens i, j are in one cluster when <x_i, x_j> exceeds this (as in arXiv 2312.10794's code)
+CLUSTER_THRESHOLD = 0.9999
+#: number of saved times per run
+_N_SAVED = 301
+
+
+def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: float = 9.0,
+             beta_sphere: float = 1.0, T: float | None = None, seed: int = 0,
+             quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    r"""Simulate SA tokens on the circle and the sphere; write a figure and a summary.
+
+    Two runs of :func:`transformer_pde.simulate` (method ``"rk4"``, step
+    ``dt = min(0.05, 0.5 / beta)``) of :class:`transformer_pde.SoftmaxAttention` with
+    ``Q = K = V = I`` and post-LN (:class:`transformer_pde.TokenDynamics` on the sphere),
+    from n tokens drawn uniformly on :math:`\mathbb S^1` (d = 2) and on
+    :math:`\mathbb S^2` (d = 3) with ``np.random.default_rng(seed)``.
+
+    Writes into ``out_dir`` (created if missing; existing files of the same names are
+    replaced atomically, so a crash never leaves a half-written file):
+
+    - ``tokens.png``: angles of the circle tokens against time; the sphere tokens in 3-D
+      (initial points, trajectories, final points); cluster counts and the normalised
+      energy :math:`\mathsf E_\beta(t)\,/\,(e^\beta/2\beta)` against time.
+    - ``summary.json``: the returned dictionary.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        Folder to write into.
+    n : int, optional
+        Number of tokens in each run, n >= 2; 64 by default (32 with ``quick``).
+    beta_circle, beta_sphere : float
+        Inverse temperatures of the two runs, > 0.
+    T : float, optional
+        Final time, > 0; 30 by default (15 with ``quick``).
+    seed : int
+        Seed of the initial tokens (``np.random.default_rng(seed)``), >= 0.
+    quick : bool
+        Smaller defaults for ``n`` and ``T`` (for tests; a second or two).
+    progress : bool
+        Show tqdm progress bars.
+
+    Returns
+    -------
+    dict
+        JSON-compatible summary: ``version``, ``seed``, ``quick``, ``out_dir`` (absolute),
+        ``files`` and ``runs``, a dict with keys ``"circle"`` and ``"sphere"`` each holding
+        ``n``, ``d``, ``beta``, ``T``, ``method``, ``dt``, ``steps``, ``saved_times``,
+        ``wall_time_s``, ``max_norm_deviation`` (:math:`\max_{t,i} |\,\|x_i(t)\| - 1|`
+        over saved times), ``clusters_start``, ``clusters_end`` (groups of tokens with
+        :math:`\langle x_i, x_j\rangle > 0.9999`, connected components),
+        ``energy_start``, ``energy_end``, ``energy_max`` (:math:`e^\beta/2\beta`),
+        ``energy_min_relative_increment`` (the smallest
+        :math:`(\mathsf E(t_{k+1}) - \mathsf E(t_k)) / \mathsf E(t_k)` over saved times;
+        >= 0 up to round-off), and for the circle ``k_star``, the fastest-growing mode
+        :math:`\arg\max_k k^2 I_k(\beta)` of the linearised mean-field equation, about
+        the number of metastable clusters (MATH.md 2.4).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For invalid parameters (the message names the parameter).
+    OSError
+        If ``out_dir`` cannot be created or written.
+    """
+    n = (32 if quick else 64) if n is None else _v.as_positive_int(n, "n")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 (tokens interact in pairs), got {n}")
+    T = (15.0 if quick else 30.0) if T is None else _v.as_positive(T, "T")
+    beta_circle = _v.as_positive(beta_circle, "beta_circle")
+    beta_sphere = _v.as_positive(beta_sphere, "beta_sphere")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r} of type {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not isinstance(quick, (bool, np.bool_)):
+        raise TypeError(f"quick must be a bool, got {quick!r}")
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(seed))
+
+    circle = _run(2, n, beta_circle, T, rng, progress)
+    sphere = _run(3, n, beta_sphere, T, rng, progress)
+    circle["summary"]["k_star"] = _fastest_mode(beta_circle)
+
+    from . import __version__
+
+    summary: dict[str, Any] = {
+        "model": "SoftmaxAttention (SA), Q = K = V = I, post-LN, tokens uniform at t = 0",
+        "version": __version__,
+        "seed": int(seed),
+        "quick": bool(quick),
+        "out_dir": str(out),
+        "files": [FIGURE_NAME, SUMMARY_NAME],
+        "runs": {"circle": circle["summary"], "sphere": sphere["summary"]},
+    }
+
+    from . import plotting  # lazily: matplotlib is loaded only when a figure is made
+
+    fig = plotting.demo_figure(
+        {**circle, "title": _title("circle", circle["summary"])},
+        {**sphere, "title": _title("sphere", sphere["summary"])},
+    )
+    _atomic_write(out / FIGURE_NAME, lambda f: fig.savefig(f, format="png", dpi=110))
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    _atomic_write(out / SUMMARY_NAME, lambda f: f.write(text.encode("utf-8")))
+    return summary
+
+
+def _run(d: int, n: int, beta: float, T: float, rng: np.random.Generator,
+         progress: bool) -> dict[str, Any]:
+    """One simulation from uniform tokens on S^{d-1}, with its time series and summary."""
+    x0 = rng.normal(size=(n, d))
+    x0 /= np.linalg.norm(x0, axis=1, keepdims=True)  # normalised Gaussians are uniform
+    dyn = TokenDynamics(SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
+    dt = min(0.05, 0.5 / beta)  # RK4 is accurate and stable for beta * dt <= 0.5
+    traj = simulate(dyn, x0, (0.0, T), t_eval=np.linspace(0.0, T, _N_SAVED), method="rk4",
+                    dt=dt, progress=progress)
+    clusters = np.array([_count_clusters(x) for x in traj.x])
+    energy = np.array([_energy(x, beta) for x in traj.x])
+    deviation = float(np.max(np.abs(np.linalg.norm(traj.x, axis=2) - 1.0)))
+    summary = {
+        "n": n,
+        "d": d,
+        "beta": beta,
+        "T": T,
+        "method": "rk4",
+        "dt": dt,
+        "steps": traj.info.n_steps,
+        "saved_times": len(traj.t),
+        "wall_time_s": round(traj.info.wall_time, 4),
+        "max_norm_deviation": deviation,
+        "clusters_start": int(clusters[0]),
+        "clusters_end": int(clusters[-1]),
+        "energy_start": float(energy[0]),
+        "energy_end": float(energy[-1]),
+        "energy_max": float(np.exp(beta) / (2.0 * beta)),
+        "energy_min_relative_increment": float(np.min(np.diff(energy) / energy[:-1])),
+    }
+    return {"t": traj.t, "x": traj.x, "clusters": clusters, "energy": energy, "beta": beta,
+            "summary": summary}
+
+
+def _count_clusters(x: np.ndarray, threshold: float = CLUSTER_THRESHOLD) -> int:
+    """Groups of tokens x (n, d) linked by <x_i, x_j> > threshold (connected components).
+
+    For well-separated clusters this equals the rank of the 0/1 matrix
+    1{<x_i, x_j> > threshold} used by Geshkovski et al. (arXiv 2312.10794).
+    """
+    _, labels = connected_components(x @ x.T > threshold, directed=False)
+    return int(labels.max()) + 1
+
+
+def _energy(x: np.ndarray, beta: float) -> float:
+    """Interaction energy (1 / (2 beta n^2)) sum_ij exp(beta <x_i, x_j>) of tokens x (n, d)."""
+    n = x.shape[0]
+    return float(np.sum(np.exp(beta * (x @ x.T))) / (2.0 * beta * n * n))
+
+
+def _fastest_mode(beta: float, k_max: int = 200) -> int:
+    """argmax_k k^2 I_k(beta): the fastest-growing Fourier mode on the circle (MATH.md 2.4)."""
+    k = np.arange(1, k_max + 1)
+    return int(k[np.argmax(k**2 * ive(k, beta))])  # ive = I_k e^{-beta}: same argmax, no overflow
+
+
+def _title(name: str, s: dict[str, Any]) -> str:
+    return (rf"{name} $\mathbb{{S}}^{{{s['d'] - 1}}}$: n={s['n']}, $\beta$={s['beta']:g}, "
+            f"clusters {s['clusters_start']} $\\to$ {s['clusters_end']} at t={s['T']:g}")
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through a temporary file in its folder, then ``os.replace`` it.
+
+    ``write`` receives a binary file object. Readers see the old file or the complete
+    new one, never a partial write; on any error the temporary file is removed and the
+    old file (if any) is left untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # "x": never clobber; permissions follow the umask
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
