@@ -52,6 +52,27 @@ __all__ = [
 ]
 
 
+def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
+    """Whether the fused per-row kernel beats BLAS tiles for these k and d."""
+    return qx.shape[1] + vx.shape[1] <= _FUSED_MAX_KD
+
+
+def _tiled(qx, kx, vx, colw, kind, bias, causal, out):
+    """out_i = scale_i sum_j W_ij vx_j over tiles of rows: BLAS logits, Numba weights.
+
+    Memory O(B n) with B = _TILE_ENTRIES // n rows per tile; never an n x n array.
+    """
+    n = len(kx)
+    rows = max(1, _TILE_ENTRIES // n)
+    scale = np.empty(rows)
+    for i0 in range(0, len(qx), rows):
+        i1 = min(len(qx), i0 + rows)
+        n_src = min(n, i1) if causal else n  # causal rows never see sources beyond i1
+        tile = qx[i0:i1] @ kx[:n_src].T
+        _k.weight_rows(tile, colw[:n_src], kind, bias, causal, i0, scale)
+        out[i0:i1] = (tile @ vx[:n_src]) * scale[: i1 - i0, None]
+
+
 def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
     """Return ``out`` (n, d), or raise ``FloatingPointError`` naming the first bad token."""
     bad = ~np.all(np.isfinite(out), axis=1)
@@ -79,7 +100,7 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 #: the fused per-row softmax kernel is used while k + d is at most this; above it,
 #: BLAS computes tiles of logits and values (measured crossover, benchmarks/)
-_FUSED_MAX_KD = 32
+_FUSED_MAX_KD = 48
 #: below this many pairs one thread is faster than waking the others (and does not
 #: wait for a busy core)
 _SERIAL_MAX_PAIRS = 64 * 64
@@ -258,18 +279,10 @@ class SoftmaxAttention(Attention):
 
     def _kernel(self, x, mass, qx, kx, vx, out):
         colw = _log_mass(mass) + self._column_bias(kx)
-        n = len(x)
-        if qx.shape[1] + vx.shape[1] <= _FUSED_MAX_KD:
+        if _fused(qx, vx):
             _k.softmax_field(qx, _t(kx), _t(vx), colw, self.causal, out)
-            return
-        rows = max(1, _TILE_ENTRIES // n)
-        for i0 in range(0, n, rows):
-            i1 = min(n, i0 + rows)
-            # causal rows never see sources beyond i1
-            n_src = i1 if self.causal else n
-            tile = qx[i0:i1] @ kx[:n_src].T
-            _k.softmax_rows(tile, colw[:n_src], self.causal, i0)
-            out[i0:i1] = tile @ vx[:n_src]
+        else:
+            _tiled(qx, kx, vx, colw, _k.SOFTMAX, 0.0, self.causal, out)
 
 
 class L2Attention(SoftmaxAttention):
@@ -317,7 +330,10 @@ class UnnormalizedAttention(Attention):
         return mass[None, :] * np.exp(qx @ kx.T)
 
     def _kernel(self, x, mass, qx, kx, vx, out):
-        _k.exp_field(qx, _t(kx), _t(vx), _log_mass(mass), out)
+        if _fused(qx, vx):
+            _k.exp_field(qx, _t(kx), _t(vx), np.zeros(len(qx)), _log_mass(mass), out)
+        else:
+            _tiled(qx, kx, vx, _log_mass(mass), _k.EXP, 0.0, False, out)
 
 
 class SigmoidAttention(Attention):
@@ -344,7 +360,10 @@ class SigmoidAttention(Attention):
         return mass[None, :] * expit(qx @ kx.T + self.bias)
 
     def _kernel(self, x, mass, qx, kx, vx, out):
-        _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, mass, out)
+        if _fused(qx, vx):
+            _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, mass, out)
+        else:
+            _tiled(qx, kx, vx, mass, _k.SIGMOID, self.bias, False, out)
 
 
 class SinkhornAttention(Attention):
@@ -424,7 +443,7 @@ class SinkhornAttention(Attention):
         tol = self._tolerance(qx, kx)
         f, g, n_done, err = _k.sinkhorn_potentials(qx, kxT, _t(qx), kx, loga, self.n_iter, tol)
         self._report(n_done, err, tol)
-        _k.plan_field(qx, kxT, _t(vx), f, g + loga, out)
+        _k.exp_field(qx, kxT, _t(vx), f, g + loga, out)
 
 
 class MultiHeadAttention:

@@ -24,24 +24,19 @@ __all__ = ["main", "build_parser", "DEFAULT_OUT"]
 DEFAULT_OUT = "transformer_pde_demo"
 
 
-def _token_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (tokens interact in pairs), got {value}")
-    return value
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= minimum (``why`` explains the bound)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{why}, got {value}")
+        return value
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -75,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"folder to write into, created if missing (default: ./{DEFAULT_OUT})")
     demo.add_argument("--quick", action="store_true",
                       help="fewer tokens and a shorter time (n=32, T=15) unless given")
-    demo.add_argument("--seed", metavar="S", type=_nonnegative_int, default=0,
+    demo.add_argument("--seed", metavar="S", type=_int_at_least(0), default=0,
                       help="seed of the random initial tokens (default: 0)")
-    demo.add_argument("--n", type=_token_count, default=None,
+    demo.add_argument("--n", type=_int_at_least(2, " (tokens interact in pairs)"), default=None,
                       help="number of tokens per run, >= 2 (default: 64, 32 with --quick)")
     demo.add_argument("--T", type=_positive_float, default=None, dest="T",
                       help="final time (default: 30, 15 with --quick)")
