@@ -614,3 +614,14 @@ def test_mix_ln_keeps_rk4_order_across_the_switch(rng):
     slope = np.polyfit(np.log(dts), np.log(errs), 1)[0]
     # the declared order is 4; 0.2 is the margin for a fitted slope
     assert abs(slope - 4.0) < 0.2, (slope, errs)
+
+
+def test_initial_tokens_slightly_off_the_sphere_are_normalised(rng):
+    # accepted within SPHERE_TOL, then normalised: every saved state (x[0] included) has
+    # unit norms to round-off (a few eps), not to the 1e-7 of the input
+    x0 = random_sphere(rng, 6, 3) * (1.0 + 1e-7)
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))
+    traj = tp.simulate(dyn, x0, (0.0, 1.0), t_eval=[0.0, 1.0], dt=0.1)
+    assert np.max(np.abs(np.linalg.norm(traj.x, axis=2) - 1.0)) < 4 * np.finfo(float).eps
+    np.testing.assert_allclose(traj.x[0], x0 / np.linalg.norm(x0, axis=1, keepdims=True),
+                               rtol=0, atol=1e-15)

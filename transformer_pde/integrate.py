@@ -248,7 +248,8 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
         The model.
     x0 : array_like, shape (n, d)
         Initial tokens (unit vectors for norm in {"post", "ngpt", "cod"}, within
-        :data:`transformer_pde.geometry.SPHERE_TOL`).
+        :data:`transformer_pde.geometry.SPHERE_TOL`; they are normalised before the run,
+        so ``x[0]`` has unit norms to round-off).
     t_span : (float, float)
         Start and end times, ``t0 < t1``.
     t_eval : array_like, shape (nt,), optional
@@ -281,7 +282,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     """
     if not isinstance(dyn, TokenDynamics):
         raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
-    x0 = dyn.check_state(x0, "x0")
+    x0 = dyn.state_space.snap(dyn.check_state(x0, "x0"))
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     tab = METHODS[method]
