@@ -572,3 +572,20 @@ def test_large_dimension_takes_tile_path_and_matches_reference(rng):
                 make_attention("sigmoid", d, rng)):
         x = random_sphere(rng, n, d)
         assert rel_err(att.velocity(x), att.velocity_reference(x)) < 1e-12
+
+
+@pytest.mark.parametrize("name", NON_CAUSAL)
+def test_field_at_other_targets_restricts_the_velocity(name, rng):
+    """_field(targets, sources, mass) is the mean-field velocity of the weighted sources at
+    arbitrary points (what the grid solver uses): at targets that are some of the sources
+    it must equal those rows of the velocity (Sinkhorn: its potentials come from the
+    sources' self-transport, so they are the same too)."""
+    n, d = 30, 3
+    att = make_attention(name, d, rng, causal_head=False)
+    x = random_sphere(rng, n, d)
+    mass = make_mass(rng, n)
+    mass /= mass.sum()  # _field trusts its inputs: masses already normalised
+    rows = [0, 4, 7, 19]
+    # same kernels, same sums: agreement to a few ulps of the output
+    got = att._field(np.ascontiguousarray(x[rows]), x, mass)
+    assert rel_err(got, att.velocity(x, mass)[rows]) < 1e-13

@@ -30,6 +30,7 @@ on the dynamics of deep Transformers* (arXiv 2501.18322); Sander, Ablin, Blondel
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 
@@ -50,6 +51,28 @@ __all__ = [
     "MultiHeadAttention",
     "SinkhornConvergenceWarning",
 ]
+
+
+@contextlib.contextmanager
+def _threads_for(pairs: int):
+    """Run the kernels on one thread when there are too few pairs to share out."""
+    if pairs > _SERIAL_MAX_PAIRS:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _softmax(qx, kx, vx, colw, causal, out):
+    """out_i = sum_j softmax_j(<qx_i, kx_j> + colw_j) vx_j: fused kernel or BLAS tiles."""
+    if _fused(qx, vx):
+        _k.softmax_field(qx, _t(kx), _t(vx), colw, causal, out)
+    else:
+        _tiled(qx, kx, vx, colw, _k.SOFTMAX, 0.0, causal, out)
 
 
 def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
@@ -215,23 +238,25 @@ class Attention:
 
     def _velocity(self, x, mass):
         """The kernel on trusted inputs (what the integrators call)."""
-        qx, kx, vx = self._projections(x)
-        out = np.empty_like(vx)
-        if len(x) ** 2 > _SERIAL_MAX_PAIRS:
-            self._kernel(x, mass, qx, kx, vx, out)
-            return out
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            self._kernel(x, mass, qx, kx, vx, out)
-        finally:
-            numba.set_num_threads(threads)
+        return self._field(x, x, mass, self.causal)
+
+    def _field(self, targets, sources, mass, causal=False):
+        """Attention output (m, d) at ``targets`` (m, d) of the sources (n, d) with masses
+        (n,), on trusted inputs: the mean-field velocity of a weighted point set. The
+        causal index mask (source j <= target i) needs ``targets is sources``."""
+        qx = self.beta * (targets if self.Q is None else targets @ self.Q.T)
+        kx = sources if self.K is None else sources @ self.K.T
+        vx = sources if self.V is None else sources @ self.V.T
+        out = np.empty((len(targets), vx.shape[1]))
+        with _threads_for(len(targets) * len(sources)):
+            self._kernel(mass, np.ascontiguousarray(qx), np.ascontiguousarray(kx),
+                         np.ascontiguousarray(vx), out, causal)
         return out
 
     def _weights_reference(self, x, mass):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _kernel(self, x, mass, qx, kx, vx, out):  # pragma: no cover - abstract
+    def _kernel(self, mass, qx, kx, vx, out, causal):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -277,12 +302,8 @@ class SoftmaxAttention(Attention):
             logits = np.where(np.tri(len(x), dtype=bool), logits, -np.inf)
         return np.exp(log_softmax(logits, axis=1))
 
-    def _kernel(self, x, mass, qx, kx, vx, out):
-        colw = _log_mass(mass) + self._column_bias(kx)
-        if _fused(qx, vx):
-            _k.softmax_field(qx, _t(kx), _t(vx), colw, self.causal, out)
-        else:
-            _tiled(qx, kx, vx, colw, _k.SOFTMAX, 0.0, self.causal, out)
+    def _kernel(self, mass, qx, kx, vx, out, causal):
+        _softmax(qx, kx, vx, _log_mass(mass) + self._column_bias(kx), causal, out)
 
 
 class L2Attention(SoftmaxAttention):
@@ -329,9 +350,9 @@ class UnnormalizedAttention(Attention):
         qx, kx, _ = self._projections(x)
         return mass[None, :] * np.exp(qx @ kx.T)
 
-    def _kernel(self, x, mass, qx, kx, vx, out):
+    def _kernel(self, mass, qx, kx, vx, out, causal):
         if _fused(qx, vx):
-            _k.exp_field(qx, _t(kx), _t(vx), np.zeros(len(qx)), _log_mass(mass), out)
+            _k.exp_field(qx, _t(kx), _t(vx), _log_mass(mass), out)
         else:
             _tiled(qx, kx, vx, _log_mass(mass), _k.EXP, 0.0, False, out)
 
@@ -359,7 +380,7 @@ class SigmoidAttention(Attention):
         qx, kx, _ = self._projections(x)
         return mass[None, :] * expit(qx @ kx.T + self.bias)
 
-    def _kernel(self, x, mass, qx, kx, vx, out):
+    def _kernel(self, mass, qx, kx, vx, out, causal):
         if _fused(qx, vx):
             _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, mass, out)
         else:
@@ -437,13 +458,23 @@ class SinkhornAttention(Attention):
         self._report(n_done, err, tol)
         return np.exp(logits + f[:, None] + (g + loga)[None, :])
 
-    def _kernel(self, x, mass, qx, kx, vx, out):
+    def _field(self, targets, sources, mass, causal=False):
+        """The plan's conditional mean at ``targets``: with the potential g of the self-
+        transport of the sources, row i of the plan is softmax_j(l_ij + g_j + log a_j)
+        (the row potential f_i only normalises it), which extends to any target point."""
+        qs, ks, vs = self._projections(sources)
         loga = _log_mass(mass)
-        kxT = _t(kx)
-        tol = self._tolerance(qx, kx)
-        f, g, n_done, err = _k.sinkhorn_potentials(qx, kxT, _t(qx), kx, loga, self.n_iter, tol)
+        tol = self._tolerance(qs, ks)
+        with _threads_for(len(sources) ** 2):
+            _, g, n_done, err = _k.sinkhorn_potentials(qs, _t(ks), _t(qs), ks, loga,
+                                                       self.n_iter, tol)
         self._report(n_done, err, tol)
-        _k.exp_field(qx, kxT, _t(vx), f, g + loga, out)
+        qx = qs if targets is sources else self.beta * (
+            targets if self.Q is None else targets @ self.Q.T)
+        out = np.empty((len(targets), vs.shape[1]))
+        with _threads_for(len(targets) * len(sources)):
+            _softmax(np.ascontiguousarray(qx), ks, vs, g + loga, False, out)
+        return out
 
 
 class MultiHeadAttention:
@@ -500,3 +531,6 @@ class MultiHeadAttention:
 
     def _velocity(self, x, mass):
         return sum(head._velocity(x, mass) for head in self.heads)
+
+    def _field(self, targets, sources, mass, causal=False):
+        return sum(head._field(targets, sources, mass, causal) for head in self.heads)

@@ -261,11 +261,10 @@ def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol):
 
 
 @numba.njit(**_JIT)
-def exp_field(qx, kyT, vyT, rowf, colw, out):
-    """out_i = sum_j exp(<qx_i, ky_j> + rowf_i + colw_j) vy_j, unnormalised.
+def exp_field(qx, kyT, vyT, colw, out):
+    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
 
-    Summed with the row maximum factored out, then scaled back: USA (rowf = 0) and a
-    Sinkhorn plan (rowf = f, colw = g + log a).
+    Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
     m = qx.shape[0]
     n = kyT.shape[1]
@@ -274,5 +273,5 @@ def exp_field(qx, kyT, vyT, rowf, colw, out):
         bits = np.empty(n, dtype=np.int64)
         mx = _logits_row(qx, i, kyT, colw, n, buf)
         _exp_shifted(buf, n, mx, bits)
-        _weighted_sum(buf, vyT, n, np.exp(mx + rowf[i]), out, i)
+        _weighted_sum(buf, vyT, n, np.exp(mx), out, i)
     return out
