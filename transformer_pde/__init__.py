@@ -21,6 +21,14 @@ from .attention import (
 from .dynamics import NORMS, TokenDynamics
 from .geometry import Euclidean, Sphere
 from .integrate import METHODS, RunInfo, Trajectory, simulate
+from .meanfield import (
+    CartesianGrid,
+    CausalCircleGrid,
+    CircleGrid,
+    Density,
+    DensityTrajectory,
+    solve_meanfield,
+)
 
 __version__ = "0.1.0"
 
@@ -41,5 +49,11 @@ __all__ = [
     "Trajectory",
     "RunInfo",
     "METHODS",
+    "CircleGrid",
+    "CausalCircleGrid",
+    "CartesianGrid",
+    "Density",
+    "DensityTrajectory",
+    "solve_meanfield",
     "__version__",
 ]

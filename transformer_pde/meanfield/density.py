@@ -1,0 +1,126 @@
+r"""A probability density on a grid: the grid and the cell values.
+
+Values are densities w.r.t. length or area, so the total mass is
+:math:`\sum_c \rho_c\,|c| = 1`; the measure a density stands for in the attention field
+is :math:`\mu = \sum_c \rho_c |c|\,\delta_{x_c}` (midpoint quadrature, second order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import _validation as _v
+from .grids import CausalCircleGrid, Grid
+
+__all__ = ["Density"]
+
+
+class Density:
+    """A density on a grid.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid.
+    values : array_like, shape grid.shape
+        Nonnegative, finite values (a density w.r.t. length/area); not renormalised.
+    """
+
+    def __init__(self, grid: Grid, values):
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grid must be a grid such as tp.CircleGrid(256), got {type(grid).__name__}")
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != grid.shape:
+            raise ValueError(f"values must have the grid's shape {grid.shape}, got {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("values must be finite")
+        if np.any(values < 0.0):
+            raise ValueError(f"values must be nonnegative (a density), got minimum {values.min():.3g}")
+        self.grid = grid
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"Density({self.grid!r}, mass={self.mass():.12g})"
+
+    # -- constructors ------------------------------------------------------------
+    @classmethod
+    def uniform(cls, grid: Grid) -> Density:
+        """The uniform probability density on the grid (on a causal grid: uniform in s and theta)."""
+        return cls(grid, np.full(grid.shape, 1.0 / grid.volumes.sum()))
+
+    @classmethod
+    def from_function(cls, grid: Grid, f: Callable) -> Density:
+        """Sample ``f`` at the cell centres and normalise to unit mass.
+
+        ``f`` receives ``grid.coordinates``: the angles (M,) on a :class:`CircleGrid`, the
+        pair ``(s, theta)`` (each (S, M)) on a :class:`CausalCircleGrid`, and the centres
+        (*shape, d) otherwise (unit vectors on the sphere, points on a Cartesian grid).
+        Midpoint values are second-order accurate cell averages.
+        """
+        coords = grid.coordinates
+        values = f(*coords) if isinstance(grid, CausalCircleGrid) else f(coords)
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != grid.shape:
+            raise ValueError(
+                f"f must return one value per cell, shape {grid.shape}; got shape {values.shape}"
+            )
+        return cls._normalised(grid, values, "f")
+
+    @classmethod
+    def from_samples(cls, grid: Grid, x, weights=None) -> Density:
+        """Histogram of points x (N, d): cell mass / cell volume, normalised to unit mass.
+
+        Points outside a Cartesian grid are dropped (with their mass). On a causal grid
+        use ``from_function`` instead (the positions s are not part of x).
+        """
+        if isinstance(grid, CausalCircleGrid):
+            raise TypeError("from_samples needs token positions; on a CausalCircleGrid use from_function")
+        x = _v.as_tokens(x, "x", d=grid.dim)
+        w = _v.as_mass(weights, len(x), "weights")
+        cells = grid.cell_of(x)
+        keep = cells >= 0
+        if not keep.any():
+            raise ValueError("x has no point inside the grid")
+        mass = np.bincount(cells[keep], weights=w[keep], minlength=grid.size)
+        return cls._normalised(grid, mass.reshape(grid.shape) / grid.volumes, "x")
+
+    @classmethod
+    def _normalised(cls, grid, values, name):
+        if not np.all(np.isfinite(values)) or np.any(values < 0.0):
+            raise ValueError(f"{name} must give finite nonnegative values")
+        total = float(np.sum(values * grid.volumes))
+        if total <= 0.0:
+            raise ValueError(f"{name} gives zero mass on the grid")
+        return cls(grid, values / total)
+
+    # -- diagnostics -------------------------------------------------------------------
+    def mass(self) -> float:
+        r"""Total mass :math:`\sum_c \rho_c |c|`."""
+        return float(np.sum(self.values * self.grid.volumes))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        r"""Mean (d,) and covariance (d, d) of :math:`\mu = \sum_c \rho_c|c|\delta_{x_c}`,
+        in ambient coordinates (normalised by the mass)."""
+        w = (self.values * self.grid.volumes).ravel()
+        x = np.asarray(self.grid.centers).reshape(-1, self.grid.dim)
+        w = w / w.sum()
+        mean = w @ x
+        xc = x - mean
+        return mean, (xc * w[:, None]).T @ xc
+
+    def sample(self, n: int, rng=None) -> np.ndarray:
+        """Draw n points from the density (a cell by mass, then uniform in it), shape (n, d).
+
+        On a :class:`CausalCircleGrid` returns ``(s, x)``: fibre positions (n,) (the
+        fibre's upper end k/S) and points (n, 2).
+        """
+        n = _v.as_positive_int(n, "n")
+        rng = _v.as_rng(rng)
+        p = (self.values * self.grid.volumes).ravel()
+        cells = rng.choice(self.grid.size, size=n, p=p / p.sum())
+        x = self.grid.sample_cells(cells, rng)
+        if isinstance(self.grid, CausalCircleGrid):
+            return self.grid.positions[cells // self.grid.n_cells], x
+        return x

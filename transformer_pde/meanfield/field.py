@@ -1,0 +1,225 @@
+r"""The mean-field velocity at the faces of a grid.
+
+For a density :math:`\rho` on a grid the measure is
+:math:`\mu = \sum_c \rho_c|c|\,\delta_{x_c}` and the face velocity is the normal
+component of the attention field,
+
+.. math::
+
+    u_f = \langle X[\mu](x_f), n_f\rangle, \qquad
+    X[\mu](x) = P^\perp_x A[\mu](x) \ \text{(sphere, post-LN)}, \quad A[\mu](x) \ \text{(R^d)},
+
+(the projection drops out: :math:`n_f` is tangent at :math:`x_f`), with
+:math:`A[\mu](x) = \int W(x, y)\,Vy\,d\mu(y)` as in :mod:`transformer_pde.attention`
+(MATH.md 2.2, 3.1).
+
+Two ways to compute it:
+
+- **quadrature** (any Q, K, V, any variant): the attention kernels with the faces as
+  targets and the cell centres as weighted sources, O(F N) work and O(F + N) memory.
+- **fast** (rotation-invariant models, Q = qI, K = kI, V = vI): the weights depend on
+  :math:`\langle x, y\rangle` only, so both sums are convolutions. On the circle with
+  faces at :math:`fh` and centres at :math:`(j+\frac12)h`,
+
+  .. math::
+
+      Z_f = \sum_j a_j\,w(\cos\psi_{f-j}), \qquad
+      N_f = -v\sum_j a_j\,w(\cos\psi_{f-j})\sin\psi_{f-j}, \qquad \psi_m = (m - \tfrac12)h,
+
+  are circular convolutions computed by FFT in O(M log M) (the continuous version has the
+  Fourier multipliers :math:`2\pi I_k(b)` of MATH.md 8; the discrete kernel makes the FFT
+  reproduce the quadrature sum exactly, up to round-off). Then :math:`u_f = N_f/Z_f`
+  (softmax, L2) or :math:`N_f` (USA, sigmoid).
+
+Only the model kinds the mean-field equation defines are accepted: attention on the
+sphere with post-LN (circle and sphere grids) or without normalization in
+:math:`\mathbb R^d` (Cartesian grids); masked attention only on
+:class:`~transformer_pde.meanfield.grids.CausalCircleGrid`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..attention import (
+    Attention,
+    L2Attention,
+    MultiHeadAttention,
+    SigmoidAttention,
+    SoftmaxAttention,
+    UnnormalizedAttention,
+)
+from ..dynamics import TokenDynamics
+from .grids import CausalCircleGrid, CircleGrid, Grid
+
+__all__ = ["face_velocity", "check_model", "RotationInvariant", "rotation_invariant"]
+
+METHODS = ("auto", "quadrature", "fast")
+
+
+@dataclass(frozen=True)
+class RotationInvariant:
+    r"""A head whose weights depend on :math:`c = \langle x, y\rangle` only.
+
+    ``kind`` is ``"softmax"`` (weights :math:`\propto e^{bc}`, normalised), ``"exp"``
+    (:math:`e^{bc}`, USA) or ``"sigmoid"`` (:math:`\sigma(bc + \text{bias})`); the output is
+    multiplied by the scalar ``v`` (V = vI).
+    """
+
+    kind: str
+    b: float
+    v: float
+    bias: float = 0.0
+
+
+def _scalar(m, d) -> float | None:
+    """q if m is None (q = 1) or m == q I (d x d), else None."""
+    if m is None:
+        return 1.0
+    if m.shape != (d, d):
+        return None
+    q = m[0, 0]
+    return float(q) if np.array_equal(m, q * np.eye(d)) else None
+
+
+def rotation_invariant(head: Attention, d: int) -> RotationInvariant | None:
+    """The rotation-invariant description of a single head, or None if it has none."""
+    q, k, v = (_scalar(m, d) for m in (head.Q, head.K, head.V))
+    if q is None or k is None or v is None:
+        return None
+    b = head.beta * q * k
+    if type(head) in (SoftmaxAttention, L2Attention):
+        # L2 logits -(beta/2)|qx - ky|^2 = beta q k <x, y> + const on the sphere
+        return RotationInvariant("softmax", b, v)
+    if type(head) is UnnormalizedAttention:
+        return RotationInvariant("exp", b, v)
+    if type(head) is SigmoidAttention:
+        return RotationInvariant("sigmoid", b, v, head.bias)
+    return None  # Sinkhorn: its potentials are not rotation-invariant for a general density
+
+
+def _heads(att) -> tuple[Attention, ...]:
+    return att.heads if isinstance(att, MultiHeadAttention) else (att,)
+
+
+def check_model(dyn: TokenDynamics, grid: Grid) -> None:
+    """Raise ValueError/TypeError unless ``dyn`` has a mean-field equation on ``grid``."""
+    if not isinstance(dyn, TokenDynamics):
+        raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a grid, got {type(grid).__name__}")
+    if grid.geometry == "sphere":
+        if dyn.geometry.name != "sphere" or dyn.norm != "post":
+            raise ValueError(
+                f"a {type(grid).__name__} needs TokenDynamics(..., geometry='sphere', norm='post'), "
+                f"got geometry={dyn.geometry.name!r}, norm={dyn.norm!r} (the other normalization "
+                "schemes carry a radius and have no mean-field equation on the sphere here)"
+            )
+    elif dyn.geometry.name != "euclidean":
+        raise ValueError(
+            f"a CartesianGrid needs TokenDynamics(..., geometry='euclidean'), got {dyn.geometry.name!r}"
+        )
+    if dyn.dim is not None and dyn.dim != grid.dim:
+        raise ValueError(f"the attention acts on d={dyn.dim} but {grid!r} lives in d={grid.dim}")
+    causal = any(h.causal for h in _heads(dyn.attention))
+    if causal and not isinstance(grid, CausalCircleGrid):
+        raise ValueError(
+            "masked (causal) attention has a mean-field equation on (s, theta): use "
+            "CausalCircleGrid(n_positions, n_cells)"
+        )
+    if isinstance(grid, CausalCircleGrid) and not all(
+        isinstance(h, SoftmaxAttention) and type(h) is SoftmaxAttention and h.causal
+        for h in _heads(dyn.attention)
+    ):
+        raise ValueError("a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True)")
+
+
+def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, method: str = "auto"
+                  ) -> np.ndarray:
+    """Normal velocity of the mean field at every face, shape (F,).
+
+    Parameters
+    ----------
+    dyn : TokenDynamics
+        The model (checked with :func:`check_model` by the caller).
+    grid : Grid
+        The grid.
+    rho : ndarray, shape grid.shape
+        Density values.
+    method : {"auto", "quadrature", "fast"}
+        ``"fast"`` requires every head to be rotation-invariant on a grid with a fast
+        path; ``"auto"`` uses it where available and quadrature otherwise.
+    """
+    a = (rho * grid.volumes).ravel()
+    u = np.zeros(len(grid.faces.areas))
+    for head in _heads(dyn.attention):
+        fast = _fast_path(grid, head) if method != "quadrature" else None
+        if method == "fast" and fast is None:
+            raise ValueError(
+                f"method='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
+                f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
+            )
+        u += fast(a) if fast is not None else _quadrature(head, grid, a)
+    return u
+
+
+def _quadrature(head: Attention, grid: Grid, a: np.ndarray) -> np.ndarray:
+    faces = grid.faces
+    sources = np.ascontiguousarray(np.asarray(grid.centers).reshape(-1, grid.dim))
+    if isinstance(grid, CausalCircleGrid):
+        m = grid.n_cells
+        targets = np.ascontiguousarray(faces.points[:m])
+        out = np.empty((grid.n_positions, m, grid.dim))
+        for k in range(grid.n_positions):  # fibre k attends to fibres 0..k
+            n_src = (k + 1) * m
+            out[k] = head._field(targets, sources[:n_src], a[:n_src])
+        field = out.reshape(-1, grid.dim)
+    else:
+        field = head._field(np.ascontiguousarray(faces.points), sources, a)
+    return np.einsum("fd,fd->f", field, faces.normals)
+
+
+def _fast_path(grid: Grid, head: Attention):
+    """A function a -> u (F,) for this head on this grid, or None."""
+    ri = rotation_invariant(head, grid.dim)
+    if ri is None:
+        return None
+    if isinstance(grid, CausalCircleGrid):
+        return lambda a: _circle_fft(ri, grid.circle, np.cumsum(a.reshape(grid.shape), axis=0)).ravel()
+    if isinstance(grid, CircleGrid):
+        return lambda a: _circle_fft(ri, grid, a)
+    fast = getattr(grid, "fast_face_velocity", None)
+    if fast is None:
+        return None
+    return lambda a: fast(ri, a)
+
+
+def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weights ``w`` of the cosines c and a factor s with true weight = s * w.
+
+    Softmax weights are shifted by their largest possible value (:math:`e^{b(c - 1)}`
+    for b >= 0), which cancels in the normalisation; USA weights keep the factor
+    :math:`e^{|b|}` apart so that it overflows only in the final product.
+    """
+    if ri.kind == "sigmoid":
+        z = ri.b * c + ri.bias
+        return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))),
+                        np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z)))), 1.0
+    w = np.exp(ri.b * c - abs(ri.b))
+    return w, float(np.exp(abs(ri.b))) if ri.kind == "exp" else 1.0
+
+
+def _circle_fft(ri: RotationInvariant, grid: CircleGrid, a: np.ndarray) -> np.ndarray:
+    """Face velocities from the masses a (..., M) by FFT (see the module docstring)."""
+    m = grid.n_cells
+    psi = (np.arange(m) - 0.5) * grid.h
+    w, scale = kernel_weights(ri, np.cos(psi))
+    fa = np.fft.rfft(a, axis=-1)
+    z = np.fft.irfft(fa * np.fft.rfft(w), n=m, axis=-1)
+    num = -ri.v * np.fft.irfft(fa * np.fft.rfft(w * np.sin(psi)), n=m, axis=-1)
+    if ri.kind == "softmax":
+        return num / z
+    with np.errstate(over="ignore"):
+        return num * scale
