@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_summary(summary: dict) -> None:
     print(f"transformer-pde demo: wrote {summary['out_dir']}")
     print(f"  files: {', '.join(summary['files'])}")
-    for name, run in summary["runs"].items():
+    for name in ("circle", "sphere"):
+        run = summary["runs"][name]
         print(
             f"  {name:6s} (d={run['d']}): n={run['n']} beta={run['beta']:g} T={run['T']:g} "
             f"steps={run['steps']} | clusters {run['clusters_start']} -> {run['clusters_end']} "
@@ -95,6 +96,13 @@ def _print_summary(summary: dict) -> None:
             f"(max {run['energy_max']:.6g}) | max| |x|-1 | = {run['max_norm_deviation']:.1e} "
             f"| {run['wall_time_s']:.2f} s"
         )
+    pde = summary["runs"]["circle_pde"]
+    print(
+        f"  circle mean field: M={pde['n_cells']} cells, steps={pde['steps']} | "
+        f"{pde['peaks_end']} density peaks vs {pde['particle_clusters_end']} particle clusters "
+        f"| mass drift {pde['mass_drift']:.1e}, min density {pde['min_density']:.1e} "
+        f"| {pde['wall_time_s']:.2f} s"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

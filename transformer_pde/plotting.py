@@ -24,6 +24,8 @@ __all__ = [
     "plot_circle_angles",
     "plot_sphere_tokens",
     "plot_series",
+    "plot_circle_density",
+    "plot_final_comparison",
     "demo_figure",
 ]
 
@@ -185,13 +187,77 @@ def plot_series(ax, t, series: Mapping[str, Sequence[float]], *, ylabel: str = "
     ax.legend(fontsize="small")
 
 
-def demo_figure(circle: Mapping, sphere: Mapping) -> Figure:
-    r"""The demo's four-panel figure.
+def plot_circle_density(ax, t, angles, density, *, cmap: str = "magma"):
+    r"""Draw a density on the circle against time as an image (angle vertical).
 
-    Top: angles of the circle tokens against time (:func:`plot_circle_angles`) and the
-    sphere tokens in 3-D (:func:`plot_sphere_tokens`). Bottom: the number of clusters
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    t : array_like, shape (nt,)
+        Times.
+    angles : array_like, shape (M,)
+        Cell-centre angles in radians on :math:`[0, 2\pi)`.
+    density : array_like, shape (nt, M)
+        Density values (w.r.t. angle); drawn on a log scale so near-empty regions show.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    density = np.asarray(density, dtype=np.float64)
+    if density.shape != (len(t), len(angles)):
+        raise ValueError(f"density must have shape (nt, M) = {(len(t), len(angles))}, got {density.shape}")
+    floor = 1e-4 * density.max()
+    image = ax.imshow(np.log10(np.maximum(density, floor)).T, origin="lower", aspect="auto",
+                      extent=(t[0], t[-1], 0.0, 2.0 * np.pi), cmap=cmap, interpolation="nearest")
+    ax.set_yticks(np.linspace(0.0, 2.0 * np.pi, 5))
+    ax.set_yticklabels(["0", r"$\pi/2$", r"$\pi$", r"$3\pi/2$", r"$2\pi$"])
+    ax.set_xlabel("t")
+    ax.set_ylabel(r"angle $\theta$ [rad]")
+    return image
+
+
+def plot_final_comparison(ax, x_end, angles, density_end, density_start=None, t_end=None):
+    """Histogram of the final particle angles against the final mean-field density.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    x_end : array_like, shape (n, 2)
+        Final tokens on the circle.
+    angles : array_like, shape (M,)
+        Cell-centre angles of the density.
+    density_end, density_start : array_like, shape (M,)
+        Final (and optionally initial) mean-field density; log scale.
+    t_end : float, optional
+        The final time, for the legend.
+    """
+    theta = circle_angles(x_end)
+    hist, _ = np.histogram(theta, bins=len(angles), range=(0.0, 2.0 * np.pi), density=True)
+    when = "" if t_end is None else f" at t={t_end:g}"
+    ax.stairs(hist, np.linspace(0.0, 2.0 * np.pi, len(angles) + 1), fill=True, color="tab:blue",
+              alpha=0.6, label=f"particles{when} (histogram)")
+    ax.plot(angles, density_end, color="k", linewidth=1.0, label=f"mean-field density{when}")
+    if density_start is not None:
+        ax.plot(angles, density_start, color="0.5", linewidth=0.8, linestyle="--",
+                label="mean-field density at t=0")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, 3.0 * max(hist.max(), float(np.max(density_end))))
+    ax.set_xlim(0.0, 2.0 * np.pi)
+    ax.set_xlabel(r"angle $\theta$ [rad]")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    ax.set_title("final state: particles and mean field")
+
+
+def demo_figure(circle: Mapping, sphere: Mapping, pde: Mapping | None = None) -> Figure:
+    r"""The demo's figure.
+
+    Top: angles of the circle tokens against time (:func:`plot_circle_angles`), the
+    circle's mean-field density against time with the same tokens drawn over it
+    (:func:`plot_circle_density`, when ``pde`` is given), and the sphere tokens in 3-D
+    (:func:`plot_sphere_tokens`). Bottom: the number of clusters (and of density peaks)
     and the interaction energy divided by its maximum :math:`e^\beta/(2\beta)` (the
-    value of a single cluster, MATH.md 2.3), against time, for both runs.
+    value of a single cluster, MATH.md 2.3), against time.
 
     Parameters
     ----------
@@ -199,27 +265,48 @@ def demo_figure(circle: Mapping, sphere: Mapping) -> Figure:
         One run each, with keys ``"t"`` (nt,), ``"x"`` (nt, n, d) with d = 2 resp. 3,
         ``"clusters"`` (nt,), ``"energy"`` (nt,), ``"beta"`` (float) and ``"title"``
         (str).
+    pde : mapping, optional
+        The circle's mean-field run: ``"t"`` (nt,), ``"angles"`` (M,), ``"density"``
+        (nt, M), ``"peaks"`` (nt,) and ``"title"``.
 
     Returns
     -------
     matplotlib.figure.Figure
         Save it with ``fig.savefig(path)``.
     """
-    fig = Figure(figsize=(12, 9.5), layout="constrained")
-    ax_c = fig.add_subplot(2, 2, 1)
+    cols = 3 if pde is not None else 2
+    fig = Figure(figsize=(6 * cols, 9.5), layout="constrained")
+    ax_c = fig.add_subplot(2, cols, 1)
     plot_circle_angles(ax_c, circle["t"], circle["x"])
     ax_c.set_title(circle["title"])
-    ax_s = fig.add_subplot(2, 2, 2, projection="3d")
+    if pde is not None:
+        ax_p = fig.add_subplot(2, cols, 2)
+        plot_circle_density(ax_p, pde["t"], pde["angles"], pde["density"])
+        theta = circle_angles(circle["x"])
+        for i in range(theta.shape[1]):  # the particles over the density, wraps cut
+            path = np.where(np.abs(np.diff(theta[:, i], prepend=theta[0, i])) > np.pi, np.nan,
+                            theta[:, i])
+            ax_p.plot(circle["t"], path, color="white", linewidth=0.3, alpha=0.6)
+        ax_p.set_title(pde["title"])
+    ax_s = fig.add_subplot(2, cols, cols, projection="3d")
     plot_sphere_tokens(ax_s, sphere["x"])
     ax_s.set_title(sphere["title"])
     label_c, label_s = rf"circle, $\beta$={circle['beta']:g}", rf"sphere, $\beta$={sphere['beta']:g}"
     times = {label_c: circle["t"], label_s: sphere["t"]}
-    ax_k = fig.add_subplot(2, 2, 3)
-    plot_series(ax_k, times, {label_c: circle["clusters"], label_s: sphere["clusters"]},
+    counts = {label_c: circle["clusters"], label_s: sphere["clusters"]}
+    if pde is not None:
+        label_p = "circle PDE: density peaks"
+        times[label_p] = pde["t"]
+        counts[label_p] = np.maximum(pde["peaks"], 1)
+    if pde is not None:
+        plot_final_comparison(fig.add_subplot(2, cols, cols + 1), circle["x"][-1], pde["angles"],
+                              pde["density"][-1], pde["density"][0], circle["t"][-1])
+    ax_k = fig.add_subplot(2, cols, cols + 2 if pde is not None else cols + 1)
+    plot_series(ax_k, times, counts,
                 ylabel=r"clusters (groups with $\langle x_i,x_j\rangle > 0.9999$)",
                 step=True, logy=True)
     ax_k.set_title("number of clusters")
-    ax_e = fig.add_subplot(2, 2, 4)
+    ax_e = fig.add_subplot(2, cols, 2 * cols)
     plot_series(
         ax_e, times,
         {label_c: np.asarray(circle["energy"]) / _energy_max(circle["beta"]),

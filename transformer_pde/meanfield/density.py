@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import _validation as _v
-from .grids import CausalCircleGrid, Grid
+from .grids import CausalCircleGrid, CircleGrid, Grid
 
 __all__ = ["Density"]
 
@@ -69,9 +69,12 @@ class Density:
         return cls._normalised(grid, values, "f")
 
     @classmethod
-    def from_samples(cls, grid: Grid, x, weights=None) -> Density:
-        """Histogram of points x (N, d): cell mass / cell volume, normalised to unit mass.
+    def from_samples(cls, grid: Grid, x, weights=None, bandwidth: float | None = None) -> Density:
+        r"""Histogram of points x (N, d): cell mass / cell volume, normalised to unit mass.
 
+        With ``bandwidth`` :math:`\sigma` (radians; :class:`CircleGrid` only) the histogram
+        is smoothed by the wrapped Gaussian kernel of standard deviation :math:`\sigma`
+        (a kernel density estimate; Fourier multipliers :math:`e^{-k^2\sigma^2/2}`).
         Points outside a Cartesian grid are dropped (with their mass). On a causal grid
         use ``from_function`` instead (the positions s are not part of x).
         """
@@ -83,8 +86,17 @@ class Density:
         keep = cells >= 0
         if not keep.any():
             raise ValueError("x has no point inside the grid")
-        mass = np.bincount(cells[keep], weights=w[keep], minlength=grid.size)
-        return cls._normalised(grid, mass.reshape(grid.shape) / grid.volumes, "x")
+        values = np.bincount(cells[keep], weights=w[keep], minlength=grid.size).reshape(grid.shape)
+        values = values / grid.volumes
+        if bandwidth is not None:
+            bandwidth = _v.as_positive(bandwidth, "bandwidth")
+            if not isinstance(grid, CircleGrid):
+                raise ValueError(f"bandwidth is supported on a CircleGrid only, got {grid!r}")
+            k = np.fft.rfftfreq(grid.n_cells, d=1.0 / grid.n_cells)
+            smooth = np.fft.irfft(np.fft.rfft(values) * np.exp(-0.5 * (k * bandwidth) ** 2),
+                                  n=grid.n_cells)
+            values = np.maximum(smooth, 0.0)  # the kernel is positive: only round-off is cut
+        return cls._normalised(grid, values, "x")
 
     @classmethod
     def _normalised(cls, grid, values, name):
