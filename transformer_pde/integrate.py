@@ -124,6 +124,14 @@ class Trajectory:
         return self.x.shape[2]
 
 
+def time_bar(total: float, desc: str):
+    """A tqdm progress bar over simulated time (advance it with ``bar.update(dt)``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc,
+                bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
+
+
 def _check_times(t_span, t_eval):
     try:
         t0, t1 = t_span
@@ -297,12 +305,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     stepper = _Stepper(dyn, tab, info)
     xs = np.empty((len(t_eval),) + x0.shape)
     start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t1 - t0, desc=f"simulate[{method}]",
-                   bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
+    bar = time_bar(t1 - t0, f"simulate[{method}]") if progress else None
     x, t = x0.copy(), t0
     # saved times equal to t0 are the initial state itself
     k = int(np.searchsorted(t_eval, t0, side="right"))

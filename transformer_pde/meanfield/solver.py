@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _validation as _v
 from ..dynamics import TokenDynamics
-from ..integrate import _check_times
+from ..integrate import _check_times, time_bar
 from .density import Density
 from .field import METHODS, check_model, face_velocity
 from .grids import CartesianGrid, Grid
@@ -200,12 +200,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     k = int(np.searchsorted(t_eval, t0, side="right"))
     out[:k] = rho0.values
     t = t0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t1 - t0, desc="solve_meanfield",
-                   bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
+    bar = time_bar(t1 - t0, "solve_meanfield") if progress else None
     start = time.perf_counter()
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
