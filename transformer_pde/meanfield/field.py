@@ -54,7 +54,7 @@ from ..attention import (
 from ..dynamics import TokenDynamics
 from .grids import CausalCircleGrid, CircleGrid, Grid
 
-__all__ = ["face_velocity", "check_model", "RotationInvariant", "rotation_invariant"]
+__all__ = ["face_velocity", "check_model", "rate_bound", "RotationInvariant", "rotation_invariant"]
 
 METHODS = ("auto", "quadrature", "fast")
 
@@ -134,6 +134,33 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
         for h in _heads(dyn.attention)
     ):
         raise ValueError("a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True)")
+
+
+def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
+    r"""A bound L on the rate at which the mean-field velocity can change, in 1/time.
+
+    For a head with logits :math:`\beta\langle Qx, Ky\rangle` on points of norm at most R,
+    :math:`b = |\beta|\,\|Q\|\|K\|R^2` bounds the logit variation and the field's
+    derivatives are at most :math:`\|V\|(1 + b)` (softmax, L2, Sinkhorn, sigmoid; the
+    sigmoid's slope is 1/4 of that) or :math:`\|V\|e^{b}(1 + b)` (USA, whose weights
+    reach :math:`e^b`); heads add. It sets the time scale of the dynamics, including the
+    growth of perturbations of a near-uniform density, whose velocity (and so the CFL
+    bound) is tiny: the solver keeps :math:`L\,\Delta t \le` cfl.
+    """
+    points = np.asarray(grid.centers).reshape(-1, grid.dim)
+    if grid.geometry == "euclidean":
+        corners = np.array(np.meshgrid(*[list(b) for b in grid.bounds])).reshape(grid.dim, -1).T
+        radius = float(np.max(np.linalg.norm(corners, axis=1)))
+    else:
+        radius = float(np.max(np.linalg.norm(points, axis=1)))
+    total = 0.0
+    for head in _heads(dyn.attention):
+        norm = [1.0 if m is None else float(np.linalg.norm(m, 2)) for m in (head.Q, head.K, head.V)]
+        b = abs(head.beta) * norm[0] * norm[1] * radius**2
+        growth = np.exp(min(b, 709.0)) if isinstance(head, UnnormalizedAttention) else 1.0
+        with np.errstate(over="ignore"):  # inf is the honest bound when e^b overflows
+            total += norm[2] * growth * (1.0 + b)
+    return total
 
 
 def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, method: str = "auto"

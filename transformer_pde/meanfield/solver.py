@@ -17,9 +17,13 @@ Shu and Osher (a convex combination of forward-Euler steps), with
     \Delta t = \text{cfl}\cdot\min_c \frac{|c|}{\sum_{f \ni c} |f|\,(u_f \cdot n_{f,c})^+
     + \kappa^{-1}\sum_{f\ni c}|f|/\delta_f}
 
-recomputed each step. Each forward-Euler stage of an upwind MC-limited scheme keeps the
-density nonnegative for cfl <= 1/2 (the face values lie between neighbouring cell
-values), so the SSP combination does too.
+recomputed each step, and further :math:`\Delta t \le \text{cfl}/L` with L the model's
+rate bound (:func:`~transformer_pde.meanfield.field.rate_bound`): near a uniform state the
+velocity is tiny and the CFL bound alone would step over the growth of perturbations.
+Each forward-Euler stage of an upwind MC-limited scheme keeps the density nonnegative
+while :math:`\Delta t` times its own outflow rate is at most 1/2 (the face values lie
+between neighbouring cell values); the step is redone with a smaller :math:`\Delta t`
+when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
 """
 
 from __future__ import annotations
@@ -34,10 +38,14 @@ from .. import _validation as _v
 from ..dynamics import TokenDynamics
 from ..integrate import _check_times, time_bar
 from .density import Density
-from .field import METHODS, check_model, face_velocity
+from .field import METHODS, check_model, face_velocity, rate_bound
 from .grids import CartesianGrid, Grid
 
 __all__ = ["solve_meanfield", "DensityTrajectory", "MeanFieldInfo", "MassLossWarning"]
+
+
+#: each forward-Euler stage keeps the density nonnegative while dt * rate <= 1/2
+_CFL_MAX = 0.5
 
 
 class MassLossWarning(UserWarning):
@@ -49,6 +57,7 @@ class MeanFieldInfo:
     """What a mean-field run did."""
 
     n_steps: int = 0
+    n_rejected: int = 0
     dt_min: float = np.inf
     dt_max: float = 0.0
     mass_drift: float = 0.0
@@ -129,7 +138,8 @@ class _Operator:
 def _distance(grid, a, b):
     if grid.geometry == "euclidean":
         return np.linalg.norm(a - b, axis=1)
-    return np.arccos(np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0))  # geodesic
+    # geodesic angle, accurate for close points (arccos of the dot product is not)
+    return 2.0 * np.arcsin(np.minimum(1.0, 0.5 * np.linalg.norm(a - b, axis=1)))
 
 
 def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.5,
@@ -192,6 +202,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     t0, t1, t_eval = _check_times(t_span, t_eval)
 
     op = _Operator(dyn, grid, method, kappa)
+    rate_model = rate_bound(dyn, grid)
     info = MeanFieldInfo(method=method)
     out = np.empty((len(t_eval),) + grid.shape)
     rho = rho0.values.ravel().copy()
@@ -209,13 +220,23 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                     if info.n_steps >= max_steps:
                         raise RuntimeError(f"solve_meanfield: more than max_steps={max_steps} steps at t={t:.9g}")
                     k1 = op(rho)
+                    rates = [op.rate]
                     if not np.isfinite(op.rate):
-                        _fail(rho + k1, t, 0.0, grid, "the face velocity is not finite")
-                    dt = cfl / op.rate if op.rate > 0 else target - t
-                    dt = min(dt, target - t)
-                    rho1 = rho + dt * k1
-                    rho2 = 0.75 * rho + 0.25 * (rho1 + dt * op(rho1))
-                    new = rho / 3.0 + 2.0 / 3.0 * (rho2 + dt * op(rho2))
+                        _fail(rho + k1, t, None, grid, "the face velocity is not finite")
+                    dt = min(cfl / max(op.rate, rate_model), target - t)
+                    while True:  # every stage must satisfy the positivity bound, not only the first
+                        rho1 = rho + dt * k1
+                        k2 = op(rho1)
+                        rates.append(op.rate)
+                        rho2 = 0.75 * rho + 0.25 * (rho1 + dt * k2)
+                        k3 = op(rho2)
+                        rates.append(op.rate)
+                        if dt * max(rates) <= _CFL_MAX or not np.all(np.isfinite(rates)):
+                            break
+                        dt = cfl / max(rates)
+                        info.n_rejected += 1
+                        del rates[1:]
+                    new = rho / 3.0 + 2.0 / 3.0 * (rho2 + dt * k3)
                     _check(new, t, dt, grid)
                     rho = new
                     t = target if dt >= target - t else t + dt
@@ -249,7 +270,8 @@ def _fail(new, t, dt, grid, what):
     bad = ~np.isfinite(new) | (new < 0.0)
     cell = int(np.argmax(bad)) if bad.any() else 0
     where = np.unravel_index(cell, grid.shape)
+    when = f"at t={t:.9g}" if dt is None else f"in the step from t={t:.9g} to t={t + dt:.9g}"
     raise FloatingPointError(
-        f"solve_meanfield stopped: {what} in the step from t={t:.9g} to t={t + dt:.9g}, "
-        f"first at cell {tuple(int(i) for i in where)} of {grid!r}"
+        f"solve_meanfield stopped: {what} {when}, first at cell "
+        f"{tuple(int(i) for i in where)} of {grid!r}"
     )
