@@ -27,6 +27,8 @@ from .meanfield import (
     CircleGrid,
     Density,
     DensityTrajectory,
+    SphereGrid,
+    solve_axisymmetric,
     solve_meanfield,
 )
 
@@ -52,8 +54,10 @@ __all__ = [
     "CircleGrid",
     "CausalCircleGrid",
     "CartesianGrid",
+    "SphereGrid",
     "Density",
     "DensityTrajectory",
     "solve_meanfield",
+    "solve_axisymmetric",
     "__version__",
 ]

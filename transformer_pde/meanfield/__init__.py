@@ -11,12 +11,16 @@ from .density import Density
 from .field import face_velocity
 from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 from .solver import DensityTrajectory, MassLossWarning, MeanFieldInfo, solve_meanfield
+from .sphere import AxisymmetricGrid, SphereGrid, solve_axisymmetric
 
 __all__ = [
     "Grid",
     "CircleGrid",
     "CausalCircleGrid",
     "CartesianGrid",
+    "SphereGrid",
+    "AxisymmetricGrid",
+    "solve_axisymmetric",
     "Density",
     "face_velocity",
     "solve_meanfield",
