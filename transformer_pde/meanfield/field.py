@@ -182,14 +182,43 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, method: str =
     a = (rho * grid.volumes).ravel()
     u = np.zeros(len(grid.faces.areas))
     for head in _heads(dyn.attention):
-        fast = _fast_path(grid, head) if method != "quadrature" else None
-        if method == "fast" and fast is None:
-            raise ValueError(
-                f"method='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
-                f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
-            )
-        u += fast(a) if fast is not None else _quadrature(head, grid, a)
+        u += _head_velocity(head, grid, a, method)
+        if getattr(grid, "balance_uniform", False) and rotation_invariant(head, grid.dim):
+            u -= _uniform_residual(head, grid, method) * (1.0 if _normalised(head) else a.sum())
     return u
+
+
+def _head_velocity(head: Attention, grid: Grid, a: np.ndarray, method: str) -> np.ndarray:
+    fast = _fast_path(grid, head) if method != "quadrature" else None
+    if method == "fast" and fast is None:
+        raise ValueError(
+            f"method='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
+            f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
+        )
+    return fast(a) if fast is not None else _quadrature(head, grid, a)
+
+
+def _normalised(head: Attention) -> bool:
+    """Whether the head's output does not scale with the total mass (softmax-type)."""
+    return not isinstance(head, (UnnormalizedAttention, SigmoidAttention))
+
+
+def _uniform_residual(head: Attention, grid: Grid, method: str) -> np.ndarray:
+    r"""The discrete face velocity of the uniform unit-mass density, for a rotation-
+    invariant head on a grid whose quadrature is not exactly rotation-invariant.
+
+    In the continuum this field vanishes by symmetry; on a reduced sphere grid the
+    midpoint rule leaves an O(h^3) residual that makes the uniform density drift.
+    Subtracting it (a "well-balanced" correction, consistent to that order and linear in
+    the mass for unnormalised heads) keeps the uniform density stationary to round-off
+    and leaves the dynamics of perturbations unchanged. Cached per grid, head and method.
+    """
+    cache = grid.__dict__.setdefault("_uniform_residuals", {})
+    key = (rotation_invariant(head, grid.dim), method)
+    if key not in cache:
+        uniform = np.asarray(grid.volumes, dtype=float).ravel()
+        cache[key] = _head_velocity(head, grid, uniform / uniform.sum(), method)
+    return cache[key]
 
 
 def _quadrature(head: Attention, grid: Grid, a: np.ndarray) -> np.ndarray:

@@ -17,9 +17,13 @@ Shu and Osher (a convex combination of forward-Euler steps), with
     \Delta t = \text{cfl}\cdot\min_c \frac{|c|}{\sum_{f \ni c} |f|\,(u_f \cdot n_{f,c})^+
     + \kappa^{-1}\sum_{f\ni c}|f|/\delta_f}
 
-recomputed each step, and further :math:`\Delta t \le \text{cfl}/L` with L the model's
-rate bound (:func:`~transformer_pde.meanfield.field.rate_bound`): near a uniform state the
-velocity is tiny and the CFL bound alone would step over the growth of perturbations.
+recomputed each step, and further :math:`\Delta t \le \text{cfl}/\lambda` with
+:math:`\lambda` the rate at which the face velocities change,
+:math:`\max_f|u_f^{n} - u_f^{n-1}| / (\Delta t_{n-1}\max_f|u_f^{n-1}|)`, measured over the
+previous step (the model's a-priori bound,
+:func:`~transformer_pde.meanfield.field.rate_bound`, for the first step and as a cap;
+the step grows at most 2x per step): near a uniform state the velocity is tiny and the
+CFL bound alone would step over the growth of perturbations, whose rate this is.
 Each forward-Euler stage of an upwind MC-limited scheme keeps the density nonnegative
 while :math:`\Delta t` times its own outflow rate is at most 1/2 (the face values lie
 between neighbouring cell values); the step is redone with a smaller :math:`\Delta t`
@@ -114,6 +118,7 @@ class _Operator:
     def __call__(self, rho_flat):
         rho = rho_flat.reshape(self.grid.shape)
         u = face_velocity(self.dyn, self.grid, rho, self.method)
+        self.u = u
         lo, hi = self.grid.reconstruct(rho)
         flux = self.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
         outflow = np.bincount(self.left, weights=self.areas * np.maximum(u, 0.0), minlength=self.n)
@@ -203,6 +208,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
 
     op = _Operator(dyn, grid, method, kappa)
     rate_model = rate_bound(dyn, grid)
+    lam = rate_model  # until a step has measured how fast the field changes
+    u_prev = dt_prev = dt_free = None
     info = MeanFieldInfo(method=method)
     out = np.empty((len(t_eval),) + grid.shape)
     rho = rho0.values.ravel().copy()
@@ -223,7 +230,15 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                     rates = [op.rate]
                     if not np.isfinite(op.rate):
                         _fail(rho + k1, t, None, grid, "the face velocity is not finite")
-                    dt = min(cfl / max(op.rate, rate_model), target - t)
+                    if u_prev is not None:
+                        size = float(np.max(np.abs(u_prev)))
+                        change = float(np.max(np.abs(op.u - u_prev))) / dt_prev
+                        lam = min(change / size, rate_model) if size > 0.0 else 0.0
+                    u_now = op.u
+                    # grow at most 2x a step: lam lags one step behind the field
+                    limit = np.inf if dt_free is None else 2.0 * dt_free
+                    dt_free = min(cfl / max(op.rate, lam), limit)
+                    dt = min(dt_free, target - t)
                     while True:  # every stage must satisfy the positivity bound, not only the first
                         rho1 = rho + dt * k1
                         k2 = op(rho1)
@@ -238,7 +253,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                         del rates[1:]
                     new = rho / 3.0 + 2.0 / 3.0 * (rho2 + dt * k3)
                     _check(new, t, dt, grid)
-                    rho = new
+                    rho, u_prev, dt_prev = new, u_now, dt
                     t = target if dt >= target - t else t + dt
                     info.n_steps += 1
                     info.dt_min, info.dt_max = min(info.dt_min, dt), max(info.dt_max, dt)

@@ -372,6 +372,10 @@ class SphereGrid(Grid):
     """
 
     geometry = "sphere"
+    #: subtract the discrete field of the uniform density for rotation-invariant heads
+    #: (see :func:`~transformer_pde.meanfield.field.face_velocity`): no grid of the
+    #: sphere integrates the kernel exactly, and the uniform state should stay put
+    balance_uniform = True
     dim = 3
 
     def __init__(self, n_lat: int, n_lon=None):
@@ -608,6 +612,10 @@ class AxisymmetricGrid(Grid):
     """
 
     geometry = "sphere"
+    #: subtract the discrete field of the uniform density for rotation-invariant heads
+    #: (see :func:`~transformer_pde.meanfield.field.face_velocity`): no grid of the
+    #: sphere integrates the kernel exactly, and the uniform state should stay put
+    balance_uniform = True
     dim = 3
 
     def __init__(self, n_theta: int):
