@@ -51,7 +51,8 @@ except ImportError:  # run from a checkout without installing: the repository ro
     import transformer_pde as tp
 
 from transformer_pde.meanfield.field import face_velocity, rotation_invariant
-from transformer_pde.meanfield.sphere import SphereGrid, funk_hecke_coefficients
+from transformer_pde.meanfield.sht import funk_hecke_coefficients
+from transformer_pde.meanfield.sphere import SphereGrid
 
 VARIANTS = ("softmax", "usa", "sigmoid")
 DEFAULT_N_LAT = (16, 32, 64, 128, 256)

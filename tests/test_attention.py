@@ -167,7 +167,8 @@ def test_usa_weights_closed_form(rng):
     mass = make_mass(rng, n)
     a = mass / mass.sum()
     w = att.weights(x, mass=mass)
-    np.testing.assert_allclose(w, a[None, :] * np.exp(hand_logits(att, x)), rtol=1e-13, atol=0)  # exp: ~10 eps
+    # exp: ~10 eps
+    np.testing.assert_allclose(w, a[None, :] * np.exp(hand_logits(att, x)), rtol=1e-13, atol=0)
     # the uniform case is v_i = (1/n) sum_j exp(logit_ij) V x_j (MATH.md 2.1)
     v = att.velocity(x)
     np.testing.assert_allclose(  # n eps relative

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from scipy.special import ive
 
-import transformer_pde as tp
 from transformer_pde.meanfield import CartesianGrid, CausalCircleGrid, CircleGrid, Density
 from transformer_pde.meanfield.grids import mc_slopes
 

@@ -22,12 +22,9 @@ from scipy.special import eval_legendre, spherical_in
 import transformer_pde as tp
 from transformer_pde.meanfield import Density, face_velocity
 from transformer_pde.meanfield.field import rotation_invariant
-from transformer_pde.meanfield.sphere import (
-    AxisymmetricGrid,
-    SphereGrid,
-    funk_hecke_coefficients,
-    solve_axisymmetric,
-)
+from transformer_pde.meanfield.axisymmetric import AxisymmetricGrid, solve_axisymmetric
+from transformer_pde.meanfield.sht import funk_hecke_coefficients
+from transformer_pde.meanfield.sphere import SphereGrid
 
 EPS = np.finfo(float).eps
 I3 = np.eye(3)
@@ -232,7 +229,7 @@ def test_fast_path_matches_quadrature(name):
 def test_series_degree_and_fallback(monkeypatch):
     """The series is cut where the Funk-Hecke coefficients are negligible (~6 + 9 sqrt(beta)
     for the exponential); past MAX_DEGREE the fast path falls back to the exact sums."""
-    from transformer_pde.meanfield import sphere
+    from transformer_pde.meanfield import sht
 
     w, g = funk_hecke_coefficients(rotation_invariant(tp.SoftmaxAttention(beta=9.0), 3))
     assert 20 <= len(w) - 1 <= 40
@@ -240,8 +237,8 @@ def test_series_degree_and_fallback(monkeypatch):
     l = np.arange(6)
     assert np.allclose(w[:6], 4 * np.pi * np.exp(-9.0) * spherical_in(l, 9.0), rtol=1e-13)
     assert np.allclose(g, w / 9.0, rtol=1e-15)
-    monkeypatch.setattr(sphere, "MAX_DEGREE", 40)
-    sphere._coefficients.cache_clear()
+    monkeypatch.setattr(sht, "MAX_DEGREE", 40)
+    sht._coefficients.cache_clear()
     try:
         dyn = _dyn(tp.SigmoidAttention(beta=20.0))
         assert funk_hecke_coefficients(rotation_invariant(dyn.attention, 3)) is None
@@ -250,7 +247,7 @@ def test_series_degree_and_fallback(monkeypatch):
         assert np.max(np.abs(face_velocity(dyn, grid, rho, "fast")
                              - face_velocity(dyn, grid, rho, "quadrature"))) < 1e-14
     finally:
-        sphere._coefficients.cache_clear()
+        sht._coefficients.cache_clear()
 
 
 def test_general_matrices_use_quadrature(rng):

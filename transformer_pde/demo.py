@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any

@@ -313,7 +313,8 @@ def demo_figure(circle: Mapping, sphere: Mapping, pde: Mapping | None = None) ->
          label_s: np.asarray(sphere["energy"]) / _energy_max(sphere["beta"])},
         ylabel=r"$E_\beta(t)\,/\,(e^\beta/2\beta)$",
     )
-    ax_e.set_title(r"interaction energy $E_\beta = \frac{1}{2\beta n^2}\sum_{ij} e^{\beta\langle x_i,x_j\rangle}$")
+    ax_e.set_title(r"interaction energy "
+                   r"$E_\beta = \frac{1}{2\beta n^2}\sum_{ij} e^{\beta\langle x_i,x_j\rangle}$")
     return fig
 
 

@@ -16,8 +16,8 @@ weighted sums. The exponential is a branch-free range-reduced Taylor polynomial
 (``_exp_le0``, relative error < 3e-16 on [-700, 0]) because the scalar libm call does
 not vectorise, and with ``fastmath={"reassoc", "contract"}`` so the reductions (sums,
 maximum) vectorise too; this reorders sums (differences ~1e-16 relative to the NumPy
-reference) but keeps IEEE infinities and NaNs. Softmax-type weights are shifted by the row maximum (log-sum-exp),
-so logits of size 1e3 and more stay finite.
+reference) but keeps IEEE infinities and NaNs. Softmax-type weights are shifted by the
+row maximum (log-sum-exp), so logits of size 1e3 and more stay finite.
 
 For larger k + d the logits are better computed by BLAS: :func:`weight_rows` turns a
 (B, n) tile of logits into weights in place, and the caller multiplies tiles of B

@@ -11,7 +11,8 @@ from .density import Density
 from .field import face_velocity
 from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 from .solver import DensityTrajectory, MassLossWarning, MeanFieldInfo, solve_meanfield
-from .sphere import AxisymmetricGrid, SphereGrid, solve_axisymmetric
+from .axisymmetric import AxisymmetricGrid, solve_axisymmetric
+from .sphere import SphereGrid
 
 __all__ = [
     "Grid",

@@ -225,7 +225,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
             for target in t_eval[k:]:
                 while t < target:
                     if info.n_steps >= max_steps:
-                        raise RuntimeError(f"solve_meanfield: more than max_steps={max_steps} steps at t={t:.9g}")
+                        raise RuntimeError(
+                            f"solve_meanfield: more than max_steps={max_steps} steps at t={t:.9g}")
                     k1 = op(rho)
                     rates = [op.rate]
                     if not np.isfinite(op.rate):
