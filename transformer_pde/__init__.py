@@ -34,6 +34,15 @@ from .meanfield import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``tp.wasserstein`` is imported on first use: it is the only module importing POT."""
+    if name == "wasserstein":
+        import importlib
+
+        return importlib.import_module(".wasserstein", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Attention",
     "SoftmaxAttention",
@@ -59,5 +68,6 @@ __all__ = [
     "DensityTrajectory",
     "solve_meanfield",
     "solve_axisymmetric",
+    "wasserstein",
     "__version__",
 ]

@@ -1,0 +1,178 @@
+r"""Mean-field convergence: how fast n tokens approach the Transformer PDE.
+
+The empirical measure :math:`\mu^n_t = \frac1n\sum_i\delta_{x_i(t)}` of tokens drawn
+i.i.d. from :math:`\mu_0` solves the PDE exactly, so its distance to the PDE solution
+:math:`\mu_t` is the initial sampling error propagated by a stable flow (MATH.md 5.3):
+
+.. math::
+
+    W_p(\mu^n_t, \mu_t) \le e^{Lt}\,W_p(\mu^n_0, \mu_0), \qquad
+    \mathbb E\,W_1(\mu^n_0, \mu_0) \asymp n^{-1/2}\ \text{on the circle (1-D support)}.
+
+:func:`meanfield_convergence` samples tokens from a grid density for several n and
+seeds, runs the particles and the grid PDE from the same model, measures
+:math:`W_p(\mu^n_t, \mu_t)` with :func:`transformer_pde.wasserstein.to_density`, and fits
+the rate: the slope of :math:`\log W` against :math:`\log n`, with a confidence interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from . import _validation as _v
+from .dynamics import TokenDynamics
+from .integrate import simulate
+from .meanfield import Density, solve_meanfield
+
+__all__ = ["ConvergenceStudy", "RateFit", "meanfield_convergence"]
+
+
+@dataclass(frozen=True)
+class RateFit:
+    """Least-squares fit of log W = c + slope * log n over all seeds.
+
+    ``low`` and ``high`` bound the slope at the confidence level ``level`` (Student t
+    with the residual spread of the fit).
+    """
+
+    slope: float
+    low: float
+    high: float
+    intercept: float
+    level: float
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the confidence interval."""
+        return self.low <= value <= self.high
+
+
+@dataclass
+class ConvergenceStudy:
+    """Distances between particle runs and a reference solution.
+
+    Attributes
+    ----------
+    n : ndarray of int, shape (k,)
+        Token counts.
+    t : ndarray, shape (m,)
+        Times.
+    distance : ndarray, shape (k, s, m)
+        :math:`W_p(\\mu^n_t, \\mu_t)` for each n, seed and time.
+    seeds : ndarray of int, shape (s,)
+        The seeds.
+    p : float
+        The order of the Wasserstein distance.
+    expected_slope : float
+        The slope theory predicts: -1/2 (supports of dimension 1; dimension 2, the
+        sphere and R^2, adds a log n factor that makes the fitted slope slightly flatter).
+    info : dict
+        What the reference and the particle runs were (grid, method, steps, wall times).
+    """
+
+    n: np.ndarray
+    t: np.ndarray
+    distance: np.ndarray
+    seeds: np.ndarray
+    p: float
+    expected_slope: float
+    info: dict = field(default_factory=dict, repr=False)
+
+    def fit(self, k: int, level: float = 0.95) -> RateFit:
+        """The rate at time ``t[k]``: slope of log W vs log n over all (n, seed) pairs."""
+        logn = np.repeat(np.log(self.n), self.distance.shape[1])
+        logw = np.log(self.distance[:, :, k]).ravel()
+        res = stats.linregress(logn, logw)
+        half = stats.t.ppf(0.5 + level / 2.0, len(logn) - 2) * res.stderr
+        return RateFit(res.slope, res.slope - half, res.slope + half, res.intercept, level)
+
+    def table(self) -> str:
+        """A plain-text table: median W over seeds for each n and t, then the fitted slopes."""
+        head = "n".rjust(8) + "".join(f"  W_{self.p:g}(t={t:g})".rjust(16) for t in self.t)
+        rows = [head]
+        for i, n in enumerate(self.n):
+            rows.append(f"{n:8d}" + "".join(f"{np.median(self.distance[i, :, k]):16.4e}"
+                                               for k in range(len(self.t))))
+        for k, t in enumerate(self.t):
+            f = self.fit(k)
+            rows.append(f"t={t:g}: slope {f.slope:+.3f} [{f.low:+.3f}, {f.high:+.3f}] "
+                        f"({f.level:.0%} CI), theory {self.expected_slope:+.2f}")
+        return "\n".join(rows)
+
+
+def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *, seeds=(0, 1, 2),
+                          p: float = 2.0, method: str = "rk4", dt: float | None = None,
+                          pde_method: str = "auto", cfl: float = 0.5) -> ConvergenceStudy:
+    r"""Measure :math:`W_p(\mu^n_t, \mu_t)` between particles and the grid PDE, for several n.
+
+    For each n and seed, n tokens are drawn from ``rho0`` (:meth:`Density.sample` with
+    ``np.random.default_rng(seed)``), moved by :func:`~transformer_pde.simulate`, and
+    compared at each time with the solution of
+    :func:`~transformer_pde.solve_meanfield` from ``rho0`` (computed once):
+
+    .. math::
+
+        D_{n,s}(t) = W_p\big(\mu^{n,s}_t,\ \mu_t\big), \qquad
+        \log D \approx c + \text{slope}\cdot\log n .
+
+    Parameters
+    ----------
+    dyn : TokenDynamics
+        The model of both runs.
+    rho0 : Density
+        Initial density (its grid is the reference grid); must be fine enough that the
+        grid error stays below the smallest distance measured.
+    n_values : sequence of int
+        Token counts (at least two).
+    times : sequence of float
+        Increasing times > 0 at which to compare.
+    seeds : sequence of int
+        One particle run per seed and n.
+    p : float
+        Order of the Wasserstein distance (>= 1).
+    method, dt
+        Stepper and step of the particle runs (:func:`~transformer_pde.simulate`).
+    pde_method, cfl
+        Field method and CFL number of the grid run.
+
+    Returns
+    -------
+    ConvergenceStudy
+        Distances of shape (len(n_values), len(seeds), len(times)), with ``fit(k)``.
+    """
+    from . import wasserstein  # only module importing POT
+
+    if not isinstance(rho0, Density):
+        raise TypeError(f"rho0 must be a Density, got {type(rho0).__name__}")
+    n_values = np.array([_v.as_positive_int(n, "n_values[i]") for n in n_values])
+    if len(n_values) < 2:
+        raise ValueError(f"n_values needs at least two token counts to fit a rate, got {list(n_values)}")
+    seeds = np.array([int(s) for s in seeds])
+    if len(seeds) < 1:
+        raise ValueError("seeds must contain at least one seed")
+    times = np.asarray(times, dtype=float)
+    if times.ndim != 1 or times.size == 0 or np.any(times <= 0) or np.any(np.diff(times) <= 0):
+        raise ValueError(f"times must be increasing and > 0, got {times}")
+    p = _v.as_positive(p, "p")
+    if p < 1.0:
+        raise ValueError(f"p must be >= 1, got {p}")
+
+    t_eval = np.concatenate([[0.0], times])
+    sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, method=pde_method)
+    distance = np.empty((len(n_values), len(seeds), len(times)))
+    steps = 0
+    for i, n in enumerate(n_values):
+        for j, seed in enumerate(seeds):
+            x0 = rho0.sample(int(n), np.random.default_rng(int(seed)))
+            traj = simulate(dyn, x0, (0.0, times[-1]), t_eval=t_eval, method=method, dt=dt)
+            steps += traj.info.n_steps
+            for k in range(len(times)):
+                distance[i, j, k] = wasserstein.to_density(traj.x[k + 1], sol.at(k + 1), p=p)
+    info = {"grid": repr(rho0.grid), "pde_steps": sol.info.n_steps,
+            "pde_mass_drift": sol.info.mass_drift, "particle_steps": steps, "method": method}
+    # Fournier-Guillin: n^{-1/2} for supports of dimension 1, n^{-1/2} log n for dimension 2
+    # (the sphere, R^2): every grid here has a support of dimension <= 2
+    return ConvergenceStudy(n=n_values, t=times, distance=distance, seeds=seeds, p=p,
+                            expected_slope=-0.5, info=info)
