@@ -58,6 +58,12 @@ def test_demo_mean_field_next_to_particles(quick_demo):
     # the kernel estimate and the finite n differ from the particles at O(1/sqrt(n)): the
     # cluster counts agree within one
     assert abs(pde["peaks_end"] - pde["particle_clusters_end"]) <= 1
+    # at t=0 the PDE is the particles' histogram (bins h = 2 pi / M) smoothed by a Gaussian
+    # of std sigma: moving each token by N(0, sigma^2) plus a uniform shift within its bin
+    # couples the two, so W_2 <= sqrt(sigma^2 + h^2 / 12) (plus the 0..h binning offset)
+    h = 2 * math.pi / pde["n_cells"]
+    assert 0 < pde["w2_particles_pde_start"] <= math.sqrt(pde["bandwidth"] ** 2 + h**2 / 12) + h
+    assert math.isfinite(pde["w2_particles_pde_end"]) and pde["w2_particles_pde_end"] > 0
 
 
 @pytest.mark.parametrize("name", ["circle", "sphere"])

@@ -103,6 +103,11 @@ def _print_summary(summary: dict) -> None:
         f"| mass drift {pde['mass_drift']:.1e}, min density {pde['min_density']:.1e} "
         f"| {pde['wall_time_s']:.2f} s"
     )
+    print(
+        f"  W_2(particles, mean field) [rad]: {pde['w2_particles_pde_start']:.4f} at t=0 "
+        f"(kernel estimate, bandwidth {pde['bandwidth']:g}), {pde['w2_particles_pde_end']:.4f} at "
+        f"t={summary['runs']['circle']['T']:g}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -207,6 +207,9 @@ def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool) -> d
     dyn = TokenDynamics(SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
     sol = solve_meanfield(dyn, rho0, (0.0, T), t_eval=circle["t"], progress=progress)
     peaks = np.array([_count_peaks(rho) for rho in sol.density])
+    from . import wasserstein  # the only module importing POT
+
+    w2 = [wasserstein.to_density(circle["x"][k], sol.at(k), p=2) for k in (0, len(sol.t) - 1)]
     summary = {
         "n_cells": grid.n_cells,
         "bandwidth": _PDE_BANDWIDTH,
@@ -216,6 +219,8 @@ def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool) -> d
         "min_density": sol.info.min_density,
         "peaks_end": int(peaks[-1]),
         "particle_clusters_end": circle["summary"]["clusters_end"],
+        "w2_particles_pde_start": float(w2[0]),
+        "w2_particles_pde_end": float(w2[1]),
     }
     return {"t": sol.t, "density": sol.density, "angles": grid.angles, "peaks": peaks,
             "summary": summary}
