@@ -19,6 +19,13 @@ from .attention import (
     UnnormalizedAttention,
 )
 from .dynamics import NORMS, TokenDynamics
+from .gaussian import (
+    GaussianBlowUpError,
+    GaussianTrajectory,
+    blow_up_time,
+    gaussian_closed_form,
+    gaussian_moments,
+)
 from .geometry import Euclidean, Sphere
 from .integrate import METHODS, RunInfo, Trajectory, simulate
 from .meanfield import (
@@ -68,6 +75,11 @@ __all__ = [
     "DensityTrajectory",
     "solve_meanfield",
     "solve_axisymmetric",
+    "gaussian_moments",
+    "gaussian_closed_form",
+    "blow_up_time",
+    "GaussianTrajectory",
+    "GaussianBlowUpError",
     "wasserstein",
     "__version__",
 ]
