@@ -15,6 +15,7 @@ import pytest
 from scipy.special import iv
 
 import transformer_pde as tp
+from transformer_pde._io import atomic_write
 from transformer_pde import cli, demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +154,11 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        demo._atomic_write(target, crash)
+        atomic_write(target, crash)
     assert target.read_text() == "old"
     assert _files(tmp_path) == {"summary.json"}  # the temporary file was removed
 
-    demo._atomic_write(target, lambda f: f.write(b"new"))
+    atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_text() == "new"
     assert _files(tmp_path) == {"summary.json"}
 

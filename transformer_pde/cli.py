@@ -4,6 +4,7 @@ Usage::
 
     transformer-pde demo [--out DIR] [--quick] [--seed S] [--n N] [--T T]
                          [--beta-circle B] [--beta-sphere B] [--progress]
+    transformer-pde validate [--quick] [--out DIR] [--dir DIR] [--only NAME ...]
     transformer-pde --version
 
 ``python -m transformer_pde`` is the same command.
@@ -81,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--beta-sphere", metavar="B", type=_positive_float, default=1.0,
                       help="inverse temperature on the sphere (default: 1)")
     demo.add_argument("--progress", action="store_true", help="show progress bars")
+    val = sub.add_parser(
+        "validate",
+        help="run the validation scripts against theory and write a Markdown report",
+        description="Run every validation/*.py script (each compares measurements with "
+                    "theory, writes JSON + PNG) and write report.md into a folder.",
+    )
+    val.add_argument("--out", metavar="DIR", default="transformer_pde_validation",
+                     help="folder for the report and results (default: ./transformer_pde_validation)")
+    val.add_argument("--quick", action="store_true", help="the small, fast mode (minutes)")
+    val.add_argument("--dir", metavar="DIR", default=None,
+                     help="folder of the scripts (default: validation/ of the source tree or the cwd)")
+    val.add_argument("--only", metavar="NAME", nargs="+", default=None,
+                     help="run only these validations (script names without .py)")
     return parser
 
 
@@ -140,5 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         _print_summary(summary)
         return 0
+    if args.command == "validate":
+        from .checks import run_validations
+
+        try:
+            report, passed = run_validations(args.dir, Path(args.out).expanduser(), quick=args.quick,
+                                             only=args.only)
+        except (OSError, ValueError) as exc:
+            print(f"transformer-pde validate: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"transformer-pde validate: {'all passed' if passed else 'FAILURES'}; report {report}")
+        return 0 if passed else 1
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     return 2  # pragma: no cover

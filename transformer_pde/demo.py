@@ -25,12 +25,9 @@ single cluster.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components
@@ -39,6 +36,7 @@ from scipy.special import ive
 from . import _validation as _v
 from .attention import SoftmaxAttention
 from .dynamics import TokenDynamics
+from ._io import atomic_write, write_json
 from .integrate import simulate
 from .meanfield import CircleGrid, Density, solve_meanfield
 
@@ -155,9 +153,8 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
         {**pde, "title": (rf"mean field on $\mathbb{{S}}^1$: M={pde['summary']['n_cells']} cells, "
                           f"{pde['summary']['peaks_end']} density peaks at t={T:g}")},
     )
-    _atomic_write(out / FIGURE_NAME, lambda f: fig.savefig(f, format="png", dpi=110))
-    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    _atomic_write(out / SUMMARY_NAME, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out / FIGURE_NAME, lambda f: fig.savefig(f, format="png", dpi=110))
+    write_json(out / SUMMARY_NAME, summary)
     return summary
 
 
@@ -257,23 +254,3 @@ def _fastest_mode(beta: float, k_max: int = 200) -> int:
 def _title(name: str, s: dict[str, Any]) -> str:
     return (rf"{name} $\mathbb{{S}}^{{{s['d'] - 1}}}$: n={s['n']}, $\beta$={s['beta']:g}, "
             f"clusters {s['clusters_start']} $\\to$ {s['clusters_end']} at t={s['T']:g}")
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a temporary file in its folder, then ``os.replace`` it.
-
-    ``write`` receives a binary file object. Readers see the old file or the complete
-    new one, never a partial write; on any error the temporary file is removed and the
-    old file (if any) is left untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber; permissions follow the umask
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
