@@ -49,3 +49,15 @@ def test_bad_input():
         meanfield_convergence(dyn, rho0.values, [64, 128], [1.0])
     with pytest.raises(ValueError, match="p must be >= 1"):
         meanfield_convergence(dyn, rho0, [64, 128], [1.0], p=0.5)
+
+
+def test_several_orders_share_the_runs():
+    # the same particle runs measured with W_1 and W_2: each equals its single-order study
+    grid = tp.CircleGrid(256)
+    rho0 = tp.Density.from_function(grid, lambda th: 1.5 + np.cos(th))
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))
+    w1, w2 = meanfield_convergence(dyn, rho0, [32, 64], [0.5], seeds=[0, 1], p=(1, 2), dt=0.1)
+    single = meanfield_convergence(dyn, rho0, [32, 64], [0.5], seeds=[0, 1], p=2, dt=0.1)
+    assert (w1.p, w2.p) == (1.0, 2.0)
+    np.testing.assert_array_equal(w2.distance, single.distance)
+    assert np.all(w1.distance <= w2.distance * (1 + 1e-12))  # W_1 <= W_2 (Jensen)

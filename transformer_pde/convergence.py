@@ -17,6 +17,7 @@ the rate: the slope of :math:`\log W` against :math:`\log n`, with a confidence 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,8 +104,9 @@ class ConvergenceStudy:
 
 
 def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *, seeds=(0, 1, 2),
-                          p: float = 2.0, method: str = "rk4", dt: float | None = None,
-                          pde_method: str = "auto", cfl: float = 0.5) -> ConvergenceStudy:
+                          p: float | Sequence[float] = 2.0, method: str = "rk4",
+                          dt: float | None = None, pde_method: str = "auto", cfl: float = 0.5
+                          ) -> ConvergenceStudy | tuple[ConvergenceStudy, ...]:
     r"""Measure :math:`W_p(\mu^n_t, \mu_t)` between particles and the grid PDE, for several n.
 
     For each n and seed, n tokens are drawn from ``rho0`` (:meth:`Density.sample` with
@@ -130,8 +132,9 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
         Increasing times > 0 at which to compare.
     seeds : sequence of int
         One particle run per seed and n.
-    p : float
-        Order of the Wasserstein distance (>= 1).
+    p : float or sequence of float
+        Order of the Wasserstein distance (>= 1); with several orders the same runs are
+        measured with each and one study per order is returned.
     method, dt
         Stepper and step of the particle runs (:func:`~transformer_pde.simulate`).
     pde_method, cfl
@@ -139,8 +142,9 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
 
     Returns
     -------
-    ConvergenceStudy
-        Distances of shape (len(n_values), len(seeds), len(times)), with ``fit(k)``.
+    ConvergenceStudy or tuple of ConvergenceStudy
+        Distances of shape (len(n_values), len(seeds), len(times)), with ``fit(k)``; a
+        tuple (one per order) when ``p`` is a sequence.
     """
     from . import wasserstein  # only module importing POT
 
@@ -155,13 +159,13 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
     times = np.asarray(times, dtype=float)
     if times.ndim != 1 or times.size == 0 or np.any(times <= 0) or np.any(np.diff(times) <= 0):
         raise ValueError(f"times must be increasing and > 0, got {times}")
-    p = _v.as_positive(p, "p")
-    if p < 1.0:
+    orders = [_v.as_positive(q, "p") for q in (p if isinstance(p, Sequence) else [p])]
+    if not orders or min(orders) < 1.0:
         raise ValueError(f"p must be >= 1, got {p}")
 
     t_eval = np.concatenate([[0.0], times])
     sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, method=pde_method)
-    distance = np.empty((len(n_values), len(seeds), len(times)))
+    distance = np.empty((len(orders), len(n_values), len(seeds), len(times)))
     steps = 0
     for i, n in enumerate(n_values):
         for j, seed in enumerate(seeds):
@@ -169,10 +173,12 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
             traj = simulate(dyn, x0, (0.0, times[-1]), t_eval=t_eval, method=method, dt=dt)
             steps += traj.info.n_steps
             for k in range(len(times)):
-                distance[i, j, k] = wasserstein.to_density(traj.x[k + 1], sol.at(k + 1), p=p)
+                for o, q in enumerate(orders):
+                    distance[o, i, j, k] = wasserstein.to_density(traj.x[k + 1], sol.at(k + 1), p=q)
     info = {"grid": repr(rho0.grid), "pde_steps": sol.info.n_steps,
             "pde_mass_drift": sol.info.mass_drift, "particle_steps": steps, "method": method}
     # Fournier-Guillin: n^{-1/2} for supports of dimension 1, n^{-1/2} log n for dimension 2
     # (the sphere, R^2): every grid here has a support of dimension <= 2
-    return ConvergenceStudy(n=n_values, t=times, distance=distance, seeds=seeds, p=p,
-                            expected_slope=-0.5, info=info)
+    studies = tuple(ConvergenceStudy(n=n_values, t=times, distance=distance[o], seeds=seeds, p=q,
+                                     expected_slope=-0.5, info=info) for o, q in enumerate(orders))
+    return studies if isinstance(p, Sequence) else studies[0]
