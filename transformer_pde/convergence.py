@@ -68,7 +68,7 @@ class ConvergenceStudy:
         The order of the Wasserstein distance.
     expected_slope : float
         The slope theory predicts: -1/2 (supports of dimension 1; dimension 2, the
-        sphere and R^2, adds a log n factor that makes the fitted slope slightly flatter).
+        sphere and R^2, adds a log n factor, so fitted slopes there need a wider band).
     info : dict
         What the reference and the particle runs were (grid, method, steps, wall times).
     """
