@@ -61,3 +61,11 @@ def test_several_orders_share_the_runs():
     assert (w1.p, w2.p) == (1.0, 2.0)
     np.testing.assert_array_equal(w2.distance, single.distance)
     assert np.all(w1.distance <= w2.distance * (1 + 1e-12))  # W_1 <= W_2 (Jensen)
+
+
+def test_plot_draws_medians_fits_and_theory(circle_study):
+    fig = circle_study.plot()
+    ax = fig.axes[0]
+    # per time: medians and fit; plus the theory line
+    assert len(ax.lines) == 2 * len(circle_study.t) + 1
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"

@@ -26,6 +26,7 @@ __all__ = [
     "plot_series",
     "plot_circle_density",
     "plot_final_comparison",
+    "plot_convergence",
     "demo_figure",
 ]
 
@@ -247,6 +248,37 @@ def plot_final_comparison(ax, x_end, angles, density_end, density_start=None, t_
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
     ax.set_title("final state: particles and mean field")
+
+
+def plot_convergence(ax, study, *, unit: str = "rad") -> None:
+    r"""Log-log plot of a :class:`~transformer_pde.convergence.ConvergenceStudy`.
+
+    For each time: the median distance over seeds against n (markers), the fitted power
+    law (line, slope in the legend), and the theoretical slope (dashed, through the first
+    median).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    study : ConvergenceStudy
+        Distances of shape (k, s, m) for n (k,), seeds (s,) and times (m,).
+    unit : str
+        Unit of the distance, for the axis label.
+    """
+    n = np.asarray(study.n, dtype=np.float64)
+    for k, t in enumerate(study.t):
+        med = np.median(study.distance[:, :, k], axis=1)
+        (dots,) = ax.loglog(n, med, "o", label=f"t={t:g}: median over {study.distance.shape[1]} seeds")
+        fit = study.fit(k)
+        ax.loglog(n, np.exp(fit.intercept) * n**fit.slope, "-", color=dots.get_color(),
+                  label=f"t={t:g}: fit, slope {fit.slope:+.2f} [{fit.low:+.2f}, {fit.high:+.2f}]")
+    first = np.median(study.distance[0, :, 0])
+    ax.loglog(n, first * (n / n[0]) ** study.expected_slope, "k--",
+              label=f"theory: slope {study.expected_slope:+.2f}")
+    ax.set_xlabel("tokens n")
+    ax.set_ylabel(f"$W_{{{study.p:g}}}$(particles, PDE) [{unit}]")
+    ax.legend(fontsize="small")
 
 
 def demo_figure(circle: Mapping, sphere: Mapping, pde: Mapping | None = None) -> Figure:

@@ -56,21 +56,11 @@ def main(argv=None) -> int:
 def _figure(studies):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    for i, (p, study) in enumerate(studies.items()):
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    for i, study in enumerate(studies.values()):
         ax = fig.add_subplot(1, len(studies), i + 1)
-        for k, t in enumerate(study.t):
-            med = np.median(study.distance[:, :, k], axis=1)
-            ax.loglog(study.n, med, "o", label=f"t={t:g} (median over seeds)")
-            fit = study.fit(k)
-            ax.loglog(study.n, np.exp(fit.intercept) * study.n**fit.slope, "-",
-                      label=f"fit: slope {fit.slope:+.2f}")
-        ref = np.median(study.distance[0, :, 0]) * (study.n / study.n[0]) ** -0.5
-        ax.loglog(study.n, ref, "k--", label="theory: slope -1/2")
-        ax.set_xlabel("tokens n")
-        ax.set_ylabel(f"$W_{p}$(particles, PDE) [rad]")
-        ax.legend(fontsize="small")
-        ax.set_title(f"circle, SA beta=1: $W_{p}$ vs n")
+        study.plot(ax)
+        ax.set_title(f"circle, SA beta=1: $W_{{{study.p:g}}}$ vs n")
     return fig
 
 
