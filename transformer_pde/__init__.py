@@ -27,6 +27,7 @@ from .gaussian import (
     gaussian_moments,
 )
 from .geometry import Euclidean, Sphere
+from . import theory
 from .integrate import METHODS, RunInfo, Trajectory, simulate
 from .meanfield import (
     CartesianGrid,
@@ -81,5 +82,6 @@ __all__ = [
     "GaussianTrajectory",
     "GaussianBlowUpError",
     "wasserstein",
+    "theory",
     "__version__",
 ]

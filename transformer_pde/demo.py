@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components
-from scipy.special import ive
 
 from . import _validation as _v
 from .attention import SoftmaxAttention
 from .dynamics import TokenDynamics
 from ._io import atomic_write, write_json
 from .integrate import simulate
+from .theory import fastest_circle_mode
 from .meanfield import CircleGrid, Density, solve_meanfield
 
 __all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
@@ -129,7 +129,7 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
 
     circle = _run(2, n, beta_circle, T, rng, progress)
     sphere = _run(3, n, beta_sphere, T, rng, progress)
-    circle["summary"]["k_star"] = _fastest_mode(beta_circle)
+    circle["summary"]["k_star"] = fastest_circle_mode(beta_circle)
     pde = _run_pde(circle, beta_circle, T, progress)
 
     from . import __version__
@@ -243,12 +243,6 @@ def _energy(x: np.ndarray, beta: float) -> float:
     """Interaction energy (1 / (2 beta n^2)) sum_ij exp(beta <x_i, x_j>) of tokens x (n, d)."""
     n = x.shape[0]
     return float(np.sum(np.exp(beta * (x @ x.T))) / (2.0 * beta * n * n))
-
-
-def _fastest_mode(beta: float, k_max: int = 200) -> int:
-    """argmax_k k^2 I_k(beta): the fastest-growing Fourier mode on the circle (MATH.md 2.4)."""
-    k = np.arange(1, k_max + 1)
-    return int(k[np.argmax(k**2 * ive(k, beta))])  # ive = I_k e^{-beta}: same argmax, no overflow
 
 
 def _title(name: str, s: dict[str, Any]) -> str:
