@@ -195,12 +195,19 @@ class Attention:
             )
         return x, mass
 
-    def _projections(self, x: np.ndarray):
-        """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
-        qx = self.beta * (x if self.Q is None else x @ self.Q.T)
+    def _query(self, x: np.ndarray) -> np.ndarray:
+        """``beta Q x`` as a contiguous (n, k) array."""
+        return np.ascontiguousarray(self.beta * (x if self.Q is None else x @ self.Q.T))
+
+    def _keys_values(self, x: np.ndarray):
+        """``(K x, V x)`` as contiguous (n, k), (n, d) arrays."""
         kx = x if self.K is None else x @ self.K.T
         vx = x if self.V is None else x @ self.V.T
-        return (np.ascontiguousarray(qx), np.ascontiguousarray(kx), np.ascontiguousarray(vx))
+        return np.ascontiguousarray(kx), np.ascontiguousarray(vx)
+
+    def _projections(self, x: np.ndarray):
+        """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
+        return (self._query(x),) + self._keys_values(x)
 
     def logits(self, x, mass=None) -> np.ndarray:
         r"""Dense logits :math:`\ell_{ij} = \beta\langle Qx_i, Kx_j\rangle`, shape (n, n)."""
@@ -244,13 +251,10 @@ class Attention:
         """Attention output (m, d) at ``targets`` (m, d) of the sources (n, d) with masses
         (n,), on trusted inputs: the mean-field velocity of a weighted point set. The
         causal index mask (source j <= target i) needs ``targets is sources``."""
-        qx = self.beta * (targets if self.Q is None else targets @ self.Q.T)
-        kx = sources if self.K is None else sources @ self.K.T
-        vx = sources if self.V is None else sources @ self.V.T
+        kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]))
         with _threads_for(len(targets) * len(sources)):
-            self._kernel(mass, np.ascontiguousarray(qx), np.ascontiguousarray(kx),
-                         np.ascontiguousarray(vx), out, causal)
+            self._kernel(mass, self._query(targets), kx, vx, out, causal)
         return out
 
     def _weights_reference(self, x, mass):  # pragma: no cover - abstract
@@ -469,11 +473,10 @@ class SinkhornAttention(Attention):
             _, g, n_done, err = _k.sinkhorn_potentials(qs, _t(ks), _t(qs), ks, loga,
                                                        self.n_iter, tol)
         self._report(n_done, err, tol)
-        qx = qs if targets is sources else self.beta * (
-            targets if self.Q is None else targets @ self.Q.T)
+        qx = qs if targets is sources else self._query(targets)
         out = np.empty((len(targets), vs.shape[1]))
         with _threads_for(len(targets) * len(sources)):
-            _softmax(np.ascontiguousarray(qx), ks, vs, g + loga, False, out)
+            _softmax(qx, ks, vs, g + loga, False, out)
         return out
 
 
