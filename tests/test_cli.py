@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scipy.special import iv
 
@@ -111,16 +110,6 @@ def test_demo_is_reproducible(tmp_path):
             # same seed, same arithmetic: identical numbers
             assert a["runs"][name][key] == b["runs"][name][key], (name, key)
         assert a["runs"][name]["energy_start"] != c["runs"][name]["energy_start"]
-
-
-def test_count_clusters_and_energy():
-    e1, e2 = np.eye(3)[0], np.eye(3)[1]
-    x = np.array([e1, e1, e2, -e1, -e1, e2])
-    assert demo._count_clusters(x) == 3
-    beta = 2.0
-    gram = x @ x.T
-    expected = np.exp(beta * gram).sum() / (2 * beta * 36)
-    assert demo._energy(x, beta) == pytest.approx(expected, rel=1e-14)  # same sum, reordered
 
 
 @pytest.mark.parametrize(

@@ -337,7 +337,8 @@ def test_linear_growth_rates(model, beta):
     """rho0 = (1 + 1e-4 sum_l P_l(<x, a>)) / 4 pi, l = 1..4, a a tilted axis (P_l(<x, a>) is
     a degree-l harmonic). Each degree is an invariant subspace of the linearised
     dynamics, so one run gives all rates: the coefficients of the density's deviation
-    from the uniform density (stationary to round-off on the grid) on the four modes (discrete least squares with the cell areas) grow exponentially at
+    from the uniform density (stationary to round-off on the grid) on the four modes
+    (discrete least squares with the cell areas) grow exponentially at
     l(l+1) i_l(beta) / (beta i_0(beta)) (SA) and l(l+1) i_l(beta) / beta (USA). Within 3%
     (measured <= 1.2% at n_lat = 24, shrinking like h^2); over two e-folds of the fastest
     mode, so modes slower than 1/8 of it (beta = 1: l >= 3) do not grow enough to fit."""

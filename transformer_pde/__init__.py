@@ -27,7 +27,7 @@ from .gaussian import (
     gaussian_moments,
 )
 from .geometry import Euclidean, Sphere
-from . import theory
+from . import clustering, theory
 from .integrate import METHODS, RunInfo, Trajectory, simulate
 from .meanfield import (
     CartesianGrid,
@@ -83,5 +83,6 @@ __all__ = [
     "GaussianBlowUpError",
     "wasserstein",
     "theory",
+    "clustering",
     "__version__",
 ]

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.sparse.csgraph import connected_components
-
 from . import _validation as _v
+from .clustering import CLUSTER_THRESHOLD, cluster_count, density_peaks, interaction_energy
 from .attention import SoftmaxAttention
 from .dynamics import TokenDynamics
 from ._io import atomic_write, write_json
@@ -45,8 +44,6 @@ __all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
 #: file names written into the demo folder
 FIGURE_NAME = "tokens.png"
 SUMMARY_NAME = "summary.json"
-#: tokens i, j are in one cluster when <x_i, x_j> exceeds this (as in arXiv 2312.10794's code)
-CLUSTER_THRESHOLD = 0.9999
 #: number of saved times per run
 _N_SAVED = 301
 
@@ -167,8 +164,8 @@ def _run(d: int, n: int, beta: float, T: float, rng: np.random.Generator,
     dt = min(0.05, 0.5 / beta)  # RK4 is accurate and stable for beta * dt <= 0.5
     traj = simulate(dyn, x0, (0.0, T), t_eval=np.linspace(0.0, T, _N_SAVED), method="rk4",
                     dt=dt, progress=progress)
-    clusters = np.array([_count_clusters(x) for x in traj.x])
-    energy = np.array([_energy(x, beta) for x in traj.x])
+    clusters = cluster_count(traj)
+    energy = interaction_energy(traj, beta)
     deviation = float(np.max(np.abs(np.linalg.norm(traj.x, axis=2) - 1.0)))
     summary = {
         "n": n,
@@ -203,7 +200,7 @@ def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool) -> d
     rho0 = Density.from_samples(grid, circle["x"][0], bandwidth=_PDE_BANDWIDTH)
     dyn = TokenDynamics(SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
     sol = solve_meanfield(dyn, rho0, (0.0, T), t_eval=circle["t"], progress=progress)
-    peaks = np.array([_count_peaks(rho) for rho in sol.density])
+    peaks = density_peaks(sol)
     from . import wasserstein  # the only module importing POT
 
     w2 = [wasserstein.to_density(circle["x"][k], sol.at(k), p=2) for k in (0, len(sol.t) - 1)]
@@ -221,28 +218,6 @@ def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool) -> d
     }
     return {"t": sol.t, "density": sol.density, "angles": grid.angles, "peaks": peaks,
             "summary": summary}
-
-
-def _count_peaks(rho: np.ndarray, factor: float = 5.0) -> int:
-    """Local maxima of a periodic density (M,) higher than ``factor`` times its mean."""
-    higher = (rho > np.roll(rho, 1)) & (rho >= np.roll(rho, -1))
-    return int(np.sum(higher & (rho > factor * rho.mean())))
-
-
-def _count_clusters(x: np.ndarray, threshold: float = CLUSTER_THRESHOLD) -> int:
-    """Groups of tokens x (n, d) linked by <x_i, x_j> > threshold (connected components).
-
-    For well-separated clusters this equals the rank of the 0/1 matrix
-    1{<x_i, x_j> > threshold} used by Geshkovski et al. (arXiv 2312.10794).
-    """
-    _, labels = connected_components(x @ x.T > threshold, directed=False)
-    return int(labels.max()) + 1
-
-
-def _energy(x: np.ndarray, beta: float) -> float:
-    """Interaction energy (1 / (2 beta n^2)) sum_ij exp(beta <x_i, x_j>) of tokens x (n, d)."""
-    n = x.shape[0]
-    return float(np.sum(np.exp(beta * (x @ x.T))) / (2.0 * beta * n * n))
 
 
 def _title(name: str, s: dict[str, Any]) -> str:

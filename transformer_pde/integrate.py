@@ -215,6 +215,18 @@ class _Stepper:
         return x_new, err, ks[-1]
 
 
+class _NoisyStepper(_Stepper):
+    """Euler-Maruyama with tangent noise and retraction (see :func:`simulate`)."""
+
+    def __init__(self, dyn, tab, info, kappa, rng):
+        super().__init__(dyn, tab, info)
+        self.sigma, self.rng = np.sqrt(2.0 / kappa), rng
+
+    def step(self, t, x, h, k1=None):
+        noise = self.space.project(x, self.rng.standard_normal(x.shape))
+        return self.space.retract(x + h * self.rhs(x, t) + self.sigma * np.sqrt(h) * noise), None, None
+
+
 def _default_dt(stepper: _Stepper, x0, t0, t1) -> float:
     v = stepper.rhs(x0, t0)
     rate = np.max(np.linalg.norm(v, axis=1)) / max(1.0, float(np.max(np.linalg.norm(x0, axis=1))))
@@ -237,9 +249,10 @@ def _initial_step(stepper: _Stepper, x0, t0, f0, rtol, atol, order) -> float:
     return min(100 * h0, h1)
 
 
-def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4",
+def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None = None,
              dt: float | None = None, rtol: float = 1e-6, atol: float = 1e-9, rng=None,
-             progress: bool = False, max_steps: int = 10_000_000) -> Trajectory:
+             kappa: float | None = None, progress: bool = False,
+             max_steps: int = 10_000_000) -> Trajectory:
     r"""Integrate the token system :math:`\dot x = F(x, t)` of ``dyn`` from ``x0``.
 
     .. math::
@@ -249,6 +262,22 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     with F the velocity of :class:`~transformer_pde.TokenDynamics` (projected attention
     on the sphere). On the sphere every stage and every step is retracted, so
     :math:`\|x_i\| = 1` to round-off at all saved times (see the module docstring).
+
+    With ``kappa`` the tokens are noisy (MATH.md 4.7): independent Brownian motions
+    projected on the tangent spaces,
+
+    .. math::
+
+        dx_i = F_i(x, t)\,dt + \sqrt{2/\kappa}\;P^\perp_{x_i}\circ dW_i,
+
+    whose empirical measure follows the Fokker-Planck equation
+    :math:`\partial_t\mu + \operatorname{div}(\mu F) = \kappa^{-1}\Delta\mu` that
+    :func:`~transformer_pde.solve_meanfield` solves with the same ``kappa``. The stepper
+    is Euler-Maruyama with retraction (weak order 1):
+    :math:`x \leftarrow R\big(x + hF(x,t) + \sqrt{2h/\kappa}\,P^\perp_x\xi\big)`,
+    :math:`\xi \sim \mathcal N(0, I)`; on the sphere the retraction supplies the Itô
+    drift :math:`-\kappa^{-1}(d-1)x\,dt` of Brownian motion on :math:`\mathbb S^{d-1}`
+    (:math:`\|x + \sqrt{2h/\kappa}P^\perp_x\xi\|^2 = 1 + 2h(d-1)/\kappa + \dots`).
 
     Parameters
     ----------
@@ -263,8 +292,9 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     t_eval : array_like, shape (nt,), optional
         Increasing times in ``[t0, t1]`` at which to save; 101 equally spaced times by
         default. Steps land exactly on them.
-    method : {"euler", "heun", "rk4", "dopri5"}
-        Fixed-step methods of orders 1, 2, 4, or adaptive Dormand-Prince 5(4).
+    method : {"euler", "heun", "rk4", "dopri5"}, optional
+        Fixed-step methods of orders 1, 2, 4, or adaptive Dormand-Prince 5(4); "rk4" by
+        default, "euler" (Euler-Maruyama, the only choice) with ``kappa``.
     dt : float, optional
         Largest step of the fixed-step methods (each interval between saved times is
         cut into equal steps no longer than dt); the first step of ``dopri5``.
@@ -272,7 +302,11 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     rtol, atol : float
         Error tolerances of ``dopri5`` (RMS norm of the error over ``atol + rtol |x|``).
     rng : numpy.random.Generator or int or None
-        Accepted for a uniform interface; deterministic dynamics do not use it.
+        Source of the noise increments with ``kappa`` (a seed makes the run
+        reproducible); deterministic dynamics do not use it.
+    kappa : float, optional
+        Noise level :math:`\kappa > 0` (diffusion :math:`\kappa^{-1}`); None: no noise.
+        Only for states on the sphere (norm "post", "ngpt", "cod") and in Euclidean space.
     progress : bool
         Show a tqdm progress bar.
     max_steps : int
@@ -291,6 +325,16 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
     if not isinstance(dyn, TokenDynamics):
         raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
     x0 = dyn.state_space.snap(dyn.check_state(x0, "x0"))
+    if kappa is not None:
+        kappa = _v.as_positive(kappa, "kappa")
+        if dyn.norm in ("pre", "peri", "mix"):
+            raise ValueError(
+                f"kappa (noise) is supported on the sphere and in Euclidean space, not for "
+                f"norm={dyn.norm!r}, whose state carries token radii"
+            )
+        if method not in (None, "euler"):
+            raise ValueError(f"with kappa (noise) method must be 'euler' (Euler-Maruyama), got {method!r}")
+    method = ("euler" if kappa is not None else "rk4") if method is None else method
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     tab = METHODS[method]
@@ -299,10 +343,10 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str = "rk4"
         dt = _v.as_positive(dt, "dt")
     rtol, atol = _v.as_positive(rtol, "rtol"), _v.as_positive(atol, "atol")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
-    _v.as_rng(rng)
+    rng = _v.as_rng(rng)
 
-    info = RunInfo(method=method)
-    stepper = _Stepper(dyn, tab, info)
+    info = RunInfo(method="euler-maruyama" if kappa is not None else method)
+    stepper = _Stepper(dyn, tab, info) if kappa is None else _NoisyStepper(dyn, tab, info, kappa, rng)
     xs = np.empty((len(t_eval),) + x0.shape)
     start = time.perf_counter()
     bar = time_bar(t1 - t0, f"simulate[{method}]") if progress else None

@@ -1,17 +1,25 @@
-r"""Closed forms from the papers: equiangular rates, long context, linear growth rates.
+r"""Closed forms from the papers: equiangular rates, normalization schemes, long context,
+linear growth rates, metastable time scales, the noisy model, Gaussian solutions.
 
 Every function states its equation and where it comes from (MATH.md sections). Models
 are named ``"SA"`` (softmax self-attention) and ``"USA"`` (unnormalized), both with
-Q = K = V = I and post-LN on the sphere.
+Q = K = V = I and post-LN on the sphere unless a normalization scheme is named.
+The Gaussian solutions for :math:`V = \pm I` (MATH.md 3.4) live in
+:mod:`transformer_pde.gaussian` and are re-exported here:
+:func:`gaussian_closed_form` and :func:`blow_up_time`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.integrate import solve_ivp
+from scipy.optimize import brentq
 from scipy.special import expi, ive, spherical_in
 
 from . import _validation as _v
+from .gaussian import blow_up_time, gaussian_closed_form
 
 __all__ = [
     "equiangular_rate",
@@ -22,6 +30,15 @@ __all__ = [
     "circle_growth_rate",
     "sphere_growth_rate",
     "fastest_circle_mode",
+    "equiangular_normalized_rate",
+    "equiangular_normalized",
+    "merge_time_scale",
+    "metastable_time",
+    "critical_kappa",
+    "noisy_order_parameter",
+    "noisy_growth_rate",
+    "gaussian_closed_form",
+    "blow_up_time",
 ]
 
 _MODELS = ("SA", "USA")
@@ -200,3 +217,217 @@ def fastest_circle_mode(beta: float, k_max: int = 1000) -> int:
     beta = _v.as_positive(beta, "beta")
     k = np.arange(1, _v.as_positive_int(k_max, "k_max") + 1)
     return int(k[np.argmax(k**2 * ive(k, beta))])
+
+
+# ---------------------------------------------------------------------------------------
+# normalization schemes in the equiangular model (MATH.md 4.5)
+# ---------------------------------------------------------------------------------------
+_NORM_SCHEMES = ("post", "pre", "peri", "mix", "ngpt", "cod")
+
+
+def _alpha_at(alpha, t: float) -> float:
+    return float(alpha(t)) if callable(alpha) else alpha
+
+
+def equiangular_normalized_rate(rho, r, t: float, n: int, beta: float, norm: str = "post", *,
+                                alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0):
+    r"""Right-hand side :math:`(\dot\rho, \dot r)` of the equiangular SA model under a
+    normalization scheme (MATH.md 4.5; Karagodin-Ge-Polyanskiy-Rigollet, arXiv 2510.22026).
+
+    Tokens :math:`x_j = r\theta_j` with a common radius r and
+    :math:`\langle\theta_i,\theta_j\rangle = \rho`; with :math:`Z = e^\beta + (n-1)e^{\beta\rho}`,
+
+    .. math::
+
+        \dot\rho = \frac{2}{s}\,\frac{e^{\beta\rho}(1-\rho)(1+(n-1)\rho)}{Z}, \quad
+        \langle\theta, A\rangle = \frac{e^\beta + (n-1)\rho e^{\beta\rho}}{Z}, \quad
+        \|A\|^2 = \frac{e^{2\beta} + 2(n-1)\rho e^{\beta(1+\rho)}
+        + (n-1)e^{2\beta\rho}(1+(n-2)\rho)}{Z^2},
+
+    with speed factor s and radius rate: post :math:`s = 1, \dot r = 0`; pre
+    :math:`s = r, \dot r = \langle\theta, A\rangle`; mix post for :math:`t \le \tau`, pre
+    after; peri :math:`s = r\|A\|, \dot r = \langle\theta, A\rangle/\|A\|`; nGPT
+    :math:`s = \|A\|/\alpha_t, \dot r = 0`; CoD :math:`s = \sqrt{t+1}, \dot r = 0` (the
+    schemes of :class:`~transformer_pde.TokenDynamics`).
+
+    Parameters
+    ----------
+    rho, r : float
+        Common inner product and common radius (> 0).
+    t : float
+        Time (mix, nGPT with a callable alpha, CoD).
+    n : int
+        Number of tokens, >= 2.
+    beta : float
+        Inverse temperature.
+    norm : {"post", "pre", "peri", "mix", "ngpt", "cod"}
+    alpha : float or callable
+        nGPT step size :math:`\alpha_t`.
+    tau : float
+        Mix-LN switching time.
+
+    Returns
+    -------
+    (float, float)
+    """
+    n, beta = _n_tokens(n), _v.as_real(beta, "beta")
+    if norm not in _NORM_SCHEMES:
+        raise ValueError(f"norm must be one of {_NORM_SCHEMES}, got {norm!r}")
+    # b = e^{beta rho}/Z and a = e^beta/Z, computed without overflow
+    b = 1.0 / (np.exp(beta * (1.0 - rho)) + (n - 1))
+    a = 1.0 - (n - 1) * b
+    along = a + (n - 1) * rho * b  # <theta, A>
+    size = np.sqrt(a * a + 2.0 * (n - 1) * rho * a * b + (n - 1) * b * b * (1.0 + (n - 2) * rho))
+    if norm == "mix":
+        norm = "post" if t <= tau else "pre"
+    s, r_dot = {
+        "post": (1.0, 0.0),
+        "pre": (r, along),
+        "peri": (r * size, along / size),
+        "ngpt": (size / _alpha_at(alpha, t), 0.0),
+        "cod": (np.sqrt(t + 1.0), 0.0),
+    }[norm]
+    return 2.0 * b * (1.0 - rho) * (1.0 + (n - 1) * rho) / s, r_dot
+
+
+def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: float = 0.0,
+                           r0: float = 1.0, alpha: float | Callable[[float], float] = 1.0,
+                           tau: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Solve the equiangular SA model under a normalization scheme (DOP853, rtol 1e-13).
+
+    See :func:`equiangular_normalized_rate` for the equations. Consequences (MATH.md 4.5):
+    post :math:`1-\rho \sim e^{-2t}`; pre and peri :math:`r(t)/t \to 1` and
+    :math:`1 - \rho \sim Ct^{-2}`; CoD :math:`1-\rho \sim e^{-4\sqrt t}`; nGPT
+    :math:`1-\rho\sim e^{-2\int_0^t\alpha}`. Particles :math:`x_i(0) = r_0e_i` (n = d) of
+    :class:`~transformer_pde.TokenDynamics` with the same scheme follow it.
+
+    Parameters
+    ----------
+    t : array_like, shape (nt,)
+        Nondecreasing times >= 0.
+    n, beta, norm, alpha, tau
+        See :func:`equiangular_normalized_rate`.
+    rho0 : float
+        Initial inner product in [-1/(n-1), 1).
+    r0 : float
+        Initial radius, > 0.
+
+    Returns
+    -------
+    rho, r : ndarray, shape (nt,)
+    """
+    n, beta = _n_tokens(n), _v.as_real(beta, "beta")
+    rho0, r0, tau = _v.as_real(rho0, "rho0"), _v.as_positive(r0, "r0"), _v.as_real(tau, "tau")
+    if not -1.0 / (n - 1) <= rho0 < 1.0:
+        raise ValueError(f"rho0 must lie in [-1/(n-1), 1) = [{-1 / (n - 1):.6g}, 1), got {rho0}")
+    if not callable(alpha):
+        alpha = _v.as_positive(alpha, "alpha")
+    t = np.atleast_1d(np.asarray(t, dtype=float))
+    if t.ndim != 1 or np.any(t < 0) or np.any(np.diff(t) < 0):
+        raise ValueError("t must be a 1-D array of nondecreasing times >= 0")
+    equiangular_normalized_rate(rho0, r0, 0.0, n, beta, norm)  # validates norm
+
+    def rhs(time, y):
+        return equiangular_normalized_rate(y[0], y[1], time, n, beta, norm, alpha=alpha, tau=tau)
+
+    # mix-LN switches at tau: integrate the two smooth pieces separately
+    cuts = [0.0] + ([tau] if norm == "mix" and 0.0 < tau < t[-1] else []) + [float(t[-1])]
+    out = np.empty((2, len(t)))
+    y = np.array([rho0, r0])
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        inside = (t >= lo) & (t <= hi)
+        stops = np.unique(np.append(t[inside], hi))
+        sol = solve_ivp(rhs, (lo, hi), y, method="DOP853", t_eval=stops, rtol=1e-13, atol=1e-15)
+        out[:, inside] = sol.y[:, np.searchsorted(stops, t[inside])]
+        y = sol.y[:, -1]
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------
+# metastability (MATH.md 4.3, 5.1)
+# ---------------------------------------------------------------------------------------
+def merge_time_scale(beta: float, rho_max):
+    r"""Time scale :math:`e^{\beta(1-\rho_{\max})}` of the next merge of clusters whose largest
+    inter-cluster inner product is :math:`\rho_{\max}` (MATH.md 4.3, Bruno-Pasqualotto-Agazzi).
+
+    k equally spaced clusters on the circle have :math:`\rho_{\max} = \cos(2\pi/k)`.
+    """
+    beta = _v.as_real(beta, "beta")
+    rho_max = np.asarray(rho_max, dtype=float)
+    if np.any(np.abs(rho_max) > 1.0):
+        raise ValueError("rho_max must lie in [-1, 1]")
+    return np.exp(beta * (1.0 - rho_max))
+
+
+def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
+    r"""Lower bound on how long k separated caps persist (MATH.md 5.1, GKPR arXiv 2410.06833):
+
+    .. math::
+
+        T_2 \ge \frac{\varepsilon}{n}\,e^{(1-\alpha)\beta},
+
+    for caps of radius :math:`\varepsilon \in (0, 1/16)` whose inter-cap inner products are
+    at most :math:`\alpha`, and :math:`\beta > 1`.
+    """
+    beta, n = _v.as_real(beta, "beta"), _v.as_positive_int(n, "n")
+    alpha, epsilon = _v.as_real(alpha, "alpha"), _v.as_positive(epsilon, "epsilon")
+    if beta <= 1.0:
+        raise ValueError(f"beta must be > 1 for the metastability bound, got {beta}")
+    if not -1.0 <= alpha < 1.0:
+        raise ValueError(f"alpha (an inner product bound) must lie in [-1, 1), got {alpha}")
+    if epsilon >= 1.0 / 16.0:
+        raise ValueError(f"epsilon must lie in (0, 1/16), got {epsilon}")
+    return float(epsilon / n * np.exp((1.0 - alpha) * beta))
+
+
+# ---------------------------------------------------------------------------------------
+# the noisy model at beta = 0 (MATH.md 4.7, 8)
+# ---------------------------------------------------------------------------------------
+def _dimension(d) -> int:
+    d = _v.as_positive_int(d, "d")
+    if d < 2:
+        raise ValueError(f"d must be >= 2 (tokens on the sphere S^(d-1)), got {d}")
+    return d
+
+
+def critical_kappa(d: int = 2) -> float:
+    r""":math:`\kappa_c = d`: the uniform state of the noisy model at :math:`\beta = 0` on
+    :math:`\mathbb S^{d-1}` loses stability for :math:`\kappa > d` (MATH.md 4.7; 2 on the circle)."""
+    return float(_dimension(d))
+
+
+def noisy_order_parameter(kappa: float, d: int = 2) -> float:
+    r"""Order parameter of the stationary state of the noisy model at :math:`\beta = 0`.
+
+    The stationary densities are von Mises-Fisher, :math:`\propto e^{\kappa r\langle x, w\rangle}`,
+    with r solving (MATH.md 4.7)
+
+    .. math::
+
+        r = \frac{I_{d/2}(\kappa r)}{I_{d/2-1}(\kappa r)}
+
+    (:math:`r = I_1(\kappa r)/I_0(\kappa r)` on the circle): r = 0 for :math:`\kappa \le d`,
+    the positive root for :math:`\kappa > d` (a pitchfork at :math:`\kappa_c = d`).
+    """
+    kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)
+    if kappa <= d:
+        return 0.0
+
+    def gap(r):
+        return ive(d / 2.0, kappa * r) / ive(d / 2.0 - 1.0, kappa * r) - r
+
+    return float(brentq(gap, 1e-12, 1.0, xtol=1e-15, rtol=1e-14))
+
+
+def noisy_growth_rate(kappa: float, d: int = 2) -> float:
+    r"""Growth rate of the first harmonic of the uniform state, noisy model, :math:`\beta = 0`.
+
+    .. math::
+
+        \lambda = (d-1)\Big(\frac1d - \frac1\kappa\Big),
+
+    the drift's :math:`(d-1)/d` (MATH.md 8, :math:`\beta\to0`) minus the diffusion
+    :math:`\kappa^{-1}l(l+d-2)` at l = 1: :math:`\tfrac12 - \tfrac1\kappa` on the circle.
+    """
+    kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)
+    return (d - 1) * (1.0 / d - 1.0 / kappa)

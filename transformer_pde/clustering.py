@@ -1,0 +1,376 @@
+r"""Clustering diagnostics of tokens and densities.
+
+What the papers measure when they say "the tokens cluster" (MATH.md 2.3-2.6, 1.2, 5bis v):
+
+- clusters: tokens i, j are linked when :math:`\langle x_i, x_j\rangle > 0.9999` (arXiv
+  2312.10794's code); a cluster is a connected component of that graph;
+- the fraction of pairs :math:`i \ne j` with :math:`\langle x_i, x_j\rangle > 0.999`
+  (the statistic of the papers' phase diagrams);
+- the interaction energy
+  :math:`\mathsf E_\beta[\mu] = \frac1{2\beta}\iint e^{\beta\langle x,y\rangle}d\mu(x)d\mu(y)`,
+  non-decreasing along SA and USA;
+- the Kuramoto order parameter :math:`r = \|\int x\,d\mu\|`;
+- the attention matrix, its numerical rank, its distance to the nearest Boolean
+  (0/1, one 1 per row) matrix and its leaders (MATH.md 1.2, Paper A);
+- the number of peaks of a density on the circle.
+
+Functions that measure a state accept tokens ``x`` of shape (n, d), a stack (nt, n, d),
+a :class:`~transformer_pde.Trajectory`, a :class:`~transformer_pde.Density` or a
+:class:`~transformer_pde.DensityTrajectory` (a density is the measure
+:math:`\sum_c \rho_c|c|\,\delta_{x_c}` on the cell centres), and return a float for one
+state or an array (nt,) for a trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+
+from . import _validation as _v
+from .integrate import Trajectory
+from .meanfield.density import Density
+from .meanfield.grids import CircleGrid
+from .meanfield.solver import DensityTrajectory
+
+__all__ = [
+    "CLUSTER_THRESHOLD",
+    "PAIR_THRESHOLD",
+    "cluster_labels",
+    "cluster_count",
+    "clustered_pair_fraction",
+    "inner_product_stats",
+    "interaction_energy",
+    "order_parameter",
+    "density_peaks",
+    "attention_matrix",
+    "nearest_boolean",
+    "boolean_distance",
+    "numerical_rank",
+    "leaders",
+]
+
+#: tokens i, j are in one cluster when <x_i, x_j> exceeds this (arXiv 2312.10794's code)
+CLUSTER_THRESHOLD = 0.9999
+#: a pair is "clustered" in the phase diagrams when <x_i, x_j> exceeds this
+PAIR_THRESHOLD = 0.999
+#: rows of the pairwise matrix handled at once for densities (bounds memory to 8 MiB * N / 1e3)
+_CHUNK = 1024
+
+
+# ---------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------
+def _states(obj, name: str = "x") -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+    """``([(points (m, d), weights (m,)), ...], single)`` for tokens, a stack or trajectory,
+    a density or a density trajectory; weights sum to 1."""
+    if isinstance(obj, Trajectory):
+        return _states(obj.x, name)[0], False
+    if isinstance(obj, (Density, DensityTrajectory)):
+        grid = obj.grid
+        values = obj.values[None] if isinstance(obj, Density) else obj.density
+        pts = np.asarray(grid.centers, dtype=float).reshape(-1, grid.dim)
+        out = []
+        for rho in values:
+            w = (rho * grid.volumes).ravel()
+            out.append((pts, w / w.sum()))
+        return out, isinstance(obj, Density)
+    x = np.asarray(obj, dtype=float)
+    if x.ndim == 2:
+        x = _v.as_tokens(x, name)
+        return [(x, np.full(len(x), 1.0 / len(x)))], True
+    if x.ndim == 3 and x.shape[1] >= 1:
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} must be finite")
+        n = x.shape[1]
+        return [(xk, np.full(n, 1.0 / n)) for xk in x], False
+    raise ValueError(
+        f"{name} must be tokens (n, d), a stack (nt, n, d), a Trajectory, a Density or a "
+        f"DensityTrajectory; got an array of shape {x.shape}"
+    )
+
+
+def _tokens(obj, name: str = "x") -> tuple[list[np.ndarray], bool]:
+    """Token arrays (n, d) per state; densities are refused (they have no tokens)."""
+    if isinstance(obj, (Density, DensityTrajectory)):
+        raise TypeError(f"{name} must be tokens or a Trajectory (a density has no tokens), "
+                        f"got {type(obj).__name__}")
+    states, single = _states(obj, name)
+    return [p for p, _ in states], single
+
+
+def _out(values, single: bool):
+    return values[0] if single else np.asarray(values)
+
+
+def _threshold(value, name: str) -> float:
+    value = _v.as_real(value, name)
+    if not -1.0 <= value < 1.0:
+        raise ValueError(f"{name} must be an inner product in [-1, 1), got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# clusters of tokens
+# ---------------------------------------------------------------------------------------
+def _adjacency(x: np.ndarray, threshold: float, distance: float | None) -> np.ndarray:
+    if distance is None:
+        return x @ x.T > threshold
+    sq = np.sum(x * x, axis=1)
+    return sq[:, None] + sq[None, :] - 2.0 * (x @ x.T) < distance**2
+
+
+def cluster_labels(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None
+                   ) -> np.ndarray:
+    r"""Cluster label of each token: connected components of the link graph.
+
+    .. math::
+
+        i \sim j \iff \langle x_i, x_j\rangle > \text{threshold}
+        \quad(\text{or } \|x_i - x_j\| < \text{distance}).
+
+    For well-separated clusters the number of labels equals
+    :math:`\operatorname{rank}\mathbf 1\{\langle x_i,x_j\rangle > 0.9999\}`, the count of
+    Geshkovski et al. (MATH.md 2.6).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d)
+        Tokens (unit vectors for the inner-product test).
+    threshold : float
+        Inner product above which two tokens are linked, in [-1, 1).
+    distance : float, optional
+        Link by Euclidean distance instead (for tokens in :math:`\mathbb R^d`, Paper A).
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Labels 0, 1, ..., numbered in order of first appearance.
+    """
+    x = _v.as_tokens(x, "x")
+    threshold = _threshold(threshold, "threshold")
+    if distance is not None:
+        distance = _v.as_positive(distance, "distance")
+    _, labels = connected_components(_adjacency(x, threshold, distance), directed=False)
+    return labels
+
+
+def cluster_count(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None):
+    """Number of clusters (see :func:`cluster_labels`) of tokens (n, d), or per saved time
+    of a stack (nt, n, d) or :class:`~transformer_pde.Trajectory` (then an int array (nt,))."""
+    states, single = _tokens(x)
+    threshold = _threshold(threshold, "threshold")
+    if distance is not None:
+        distance = _v.as_positive(distance, "distance")
+    counts = [connected_components(_adjacency(p, threshold, distance), directed=False)[0]
+              for p in states]
+    return int(counts[0]) if single else np.asarray(counts, dtype=int)
+
+
+def _offdiagonal(x: np.ndarray) -> np.ndarray:
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"x must have at least 2 tokens for pairwise statistics, got {n}")
+    iu = np.triu_indices(n, k=1)
+    return (x @ x.T)[iu]
+
+
+def clustered_pair_fraction(x, threshold: float = PAIR_THRESHOLD):
+    r"""Fraction of pairs :math:`i < j` with :math:`\langle x_i, x_j\rangle > \text{threshold}`.
+
+    The statistic of the (beta, t) phase diagrams of arXiv 2312.10794 (MATH.md 2.6):
+    1 for a single cluster, about 1/k for k equal clusters, 0 for scattered tokens.
+    Accepts tokens (n, d), a stack (nt, n, d) or a Trajectory.
+    """
+    states, single = _tokens(x)
+    threshold = _threshold(threshold, "threshold")
+    return _out([float(np.mean(_offdiagonal(p) > threshold)) for p in states], single)
+
+
+def inner_product_stats(x) -> dict:
+    r"""Minimum, mean, maximum and standard deviation of :math:`\langle x_i, x_j\rangle`, i < j.
+
+    For tokens (n, d) a dict of floats; for a stack or Trajectory a dict of arrays (nt,).
+    The equiangular state has min = max = :math:`\rho` (MATH.md 4.4).
+    """
+    states, single = _tokens(x)
+    rows = [_offdiagonal(p) for p in states]
+    stats = {"min": [r.min() for r in rows], "mean": [r.mean() for r in rows],
+             "max": [r.max() for r in rows], "std": [r.std() for r in rows]}
+    return {k: float(v[0]) if single else np.asarray(v) for k, v in stats.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# energy and order parameter
+# ---------------------------------------------------------------------------------------
+def _energy_normalized(pts: np.ndarray, w: np.ndarray, beta: float, grid) -> float:
+    r""":math:`\sum_{ij} w_iw_j e^{\beta(\langle x_i,x_j\rangle - 1)}` (no overflow for large beta)."""
+    if isinstance(grid, CircleGrid):
+        # a circulant sum on the uniform circle grid: one FFT product
+        kernel = np.exp(beta * (np.cos(grid.angles - grid.angles[0]) - 1.0))
+        conv = np.fft.irfft(np.fft.rfft(kernel) * np.fft.rfft(w), n=len(w))
+        return float(w @ conv)
+    total = 0.0
+    for s in range(0, len(pts), _CHUNK):
+        block = np.exp(beta * (pts[s:s + _CHUNK] @ pts.T - 1.0))
+        total += float(w[s:s + _CHUNK] @ block @ w)
+    return total
+
+
+def interaction_energy(x, beta: float, *, normalized: bool = False):
+    r"""Interaction energy of tokens or of a density (MATH.md 2.3).
+
+    .. math::
+
+        \mathsf E_\beta[\mu] = \frac{1}{2\beta}\iint e^{\beta\langle x, y\rangle}\,
+        d\mu(x)\,d\mu(y), \qquad
+        \mathsf E_\beta(X) = \frac{1}{2\beta n^2}\sum_{i,j} e^{\beta\langle x_i, x_j\rangle}.
+
+    It is non-decreasing along SA and USA (the dissipation identities of MATH.md 2.3);
+    on the sphere its maximum :math:`e^\beta/(2\beta)` is reached exactly at single
+    clusters (Diracs) and its minimum at the uniform measure. A density uses the midpoint
+    rule on its cells (second order; on a :class:`~transformer_pde.CircleGrid` by FFT,
+    elsewhere in row blocks, O(N^2) time for N cells).
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d), Trajectory, Density or DensityTrajectory
+        The measure(s); token weights 1/n, density weights :math:`\rho_c|c|` / mass.
+    beta : float
+        Inverse temperature, > 0.
+    normalized : bool
+        Return :math:`\mathsf E_\beta / (e^\beta/2\beta)` in (0, 1] (finite for any beta).
+
+    Returns
+    -------
+    float, or ndarray (nt,) for a trajectory.
+    """
+    beta = _v.as_positive(beta, "beta")
+    states, single = _states(x)
+    grid = x.grid if isinstance(x, (Density, DensityTrajectory)) else None
+    scale = 1.0 if normalized else np.exp(beta) / (2.0 * beta)
+    if not np.isfinite(scale):
+        raise ValueError(f"E_beta overflows float64 for beta={beta:g} > 709; use normalized=True")
+    return _out([scale * _energy_normalized(p, w, beta, grid) for p, w in states], single)
+
+
+def order_parameter(x):
+    r"""Kuramoto order parameter :math:`r = \|\int x\,d\mu(x)\|` (MATH.md 2.4, 4.7).
+
+    On the circle :math:`r = |\frac1n\sum_j e^{i\theta_j}|`: 0 for the uniform measure,
+    1 for one cluster. Accepts tokens, a stack, a Trajectory, a Density or a
+    DensityTrajectory.
+    """
+    states, single = _states(x)
+    return _out([float(np.linalg.norm(w @ p)) for p, w in states], single)
+
+
+def density_peaks(density, factor: float = 5.0):
+    r"""Number of peaks of a density on a :class:`~transformer_pde.CircleGrid`.
+
+    A peak is a local maximum :math:`\rho_c > \rho_{c-1}`, :math:`\rho_c \ge \rho_{c+1}`
+    (periodic) higher than ``factor`` times the mean density :math:`1/2\pi`: the clusters
+    of a grid solution.
+
+    Parameters
+    ----------
+    density : Density or DensityTrajectory
+        On a CircleGrid.
+    factor : float
+        Height threshold relative to the mean, > 0.
+
+    Returns
+    -------
+    int, or ndarray of int (nt,) for a DensityTrajectory.
+    """
+    if not isinstance(density, (Density, DensityTrajectory)):
+        raise TypeError(f"density must be a Density or DensityTrajectory, got {type(density).__name__}")
+    if not isinstance(density.grid, CircleGrid):
+        raise ValueError(f"density_peaks needs a CircleGrid, got {density.grid!r}")
+    factor = _v.as_positive(factor, "factor")
+    values = density.values[None] if isinstance(density, Density) else density.density
+    higher = (values > np.roll(values, 1, axis=-1)) & (values >= np.roll(values, -1, axis=-1))
+    mean = np.sum(values * density.grid.volumes, axis=-1, keepdims=True) / (2.0 * np.pi)
+    counts = np.sum(higher & (values > factor * mean), axis=-1)
+    return int(counts[0]) if isinstance(density, Density) else counts.astype(int)
+
+
+# ---------------------------------------------------------------------------------------
+# the attention matrix (Paper A)
+# ---------------------------------------------------------------------------------------
+def attention_matrix(attention, x, mass=None) -> np.ndarray:
+    r"""The attention matrix :math:`P_{ij}` of tokens x, shape (n, n) (per head (H, n, n)).
+
+    .. math::
+
+        P_{ij} = \frac{e^{\beta\langle Qx_i, Kx_j\rangle}}{\sum_k e^{\beta\langle Qx_i, Kx_k\rangle}}
+
+    for softmax (the weights of the attention object, MATH.md 1.1). ``attention`` may be
+    an attention object or a :class:`~transformer_pde.TokenDynamics`; with a
+    normalization scheme that carries radii the weights are taken on the directions.
+    """
+    from .dynamics import TokenDynamics
+
+    dyn = attention if isinstance(attention, TokenDynamics) else None
+    att = dyn.attention if dyn is not None else attention
+    if not hasattr(att, "weights"):
+        raise TypeError(f"attention must be an attention object or TokenDynamics, got {type(att).__name__}")
+    x = _v.as_tokens(x, "x")
+    if dyn is not None and dyn.norm in ("pre", "peri", "mix"):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return att.weights(x, mass)
+
+
+def _matrix(P, name: str = "P") -> np.ndarray:
+    """A finite 2-D matrix (an attention matrix (n, n); rectangular is fine)."""
+    return _v.as_matrix(P, name, (None, None))
+
+
+def nearest_boolean(P) -> np.ndarray:
+    r"""The Boolean row-stochastic matrix nearest to P: row i is :math:`e_{j^*(i)}`,
+    :math:`j^*(i) = \arg\max_j P_{ij}` (shape of P, float 0/1)."""
+    P = _matrix(P)
+    B = np.zeros_like(P)
+    B[np.arange(len(P)), np.argmax(P, axis=1)] = 1.0
+    return B
+
+
+def boolean_distance(P) -> float:
+    r"""Entrywise distance of a row-stochastic P to the nearest Boolean matrix.
+
+    .. math::
+
+        \|P - B\|_{\max} = \max_i\big(1 - \max_j P_{ij}\big),
+
+    B from :func:`nearest_boolean` (for a row-stochastic row the entry at the argmax errs by
+    :math:`1 - P_{ij^*}` and every other entry by at most as much). Tends to 0 when P
+    converges to a Boolean matrix (MATH.md 1.2, ``t:boolean``).
+    """
+    P = _matrix(P)
+    return float(np.max(1.0 - np.max(P, axis=1)))
+
+
+def numerical_rank(P, rtol: float = 1e-6) -> int:
+    r"""Number of singular values of P above ``rtol`` times the largest (rank of a limit
+    attention matrix is at most 2 for d = 1, MATH.md 1.2)."""
+    P = _matrix(P)
+    rtol = _v.as_positive(rtol, "rtol")
+    s = np.linalg.svd(P, compute_uv=False)
+    return int(np.sum(s > rtol * s[0])) if s[0] > 0 else 0
+
+
+def leaders(P, threshold: float = 0.5) -> np.ndarray:
+    r"""Leaders: columns j that attract some row, :math:`\exists i: P_{ij} > \text{threshold}`.
+
+    In the Boolean limit of Paper A with d = 1 (MATH.md 1.2) every row converges to
+    :math:`e_a` or :math:`e_b` for the extreme tokens a, b, so the leaders are {a, b}.
+
+    Returns
+    -------
+    ndarray of int
+        The leader columns, in increasing order.
+    """
+    P = _matrix(P)
+    threshold = _v.as_real(threshold, "threshold")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    return np.flatnonzero(np.any(P > threshold, axis=0))
