@@ -93,3 +93,69 @@ def test_bad_input():
         th.equiangular_rho([0, 1], 5, 1.0, rho0=-0.5)
     with pytest.raises(ValueError, match="beta must be > 0"):
         th.equiangular_time(0.5, 5, 0.0)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre", "peri", "mix", "ngpt", "cod"])
+def test_equiangular_normalized_matches_particles(norm):
+    # MATH.md 6 item 5: n = d = 4, beta = 1.5, x_i(0) = e_i; the reduced ODE (rtol 1e-13)
+    # and the particles (dopri5 at rtol 1e-12) agree to ~1e-12; 1e-9 is the MATH.md figure
+    t = np.array([0.5, 1.0, 2.0, 3.0])
+    rho, r = th.equiangular_normalized(np.r_[0.0, t], 4, 1.5, norm, tau=1.0)
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.5), norm=norm, tau=1.0)
+    traj = tp.simulate(dyn, np.eye(4), (0.0, 3.0), t_eval=t, method="dopri5", rtol=1e-12, atol=1e-14)
+    radii = np.linalg.norm(traj.x, axis=2)
+    theta = traj.x / radii[..., None]
+    gram = np.einsum("tid,tjd->tij", theta, theta)
+    off = gram[:, ~np.eye(4, dtype=bool)]
+    assert np.max(np.abs(off - rho[1:, None])) < 1e-9
+    assert np.max(np.abs(radii - r[1:, None])) < 1e-9
+    if norm == "post":  # post-LN is the SA equiangular ODE
+        assert np.allclose(rho, th.equiangular_rho(np.r_[0.0, t], 4, 1.5), atol=1e-12)
+
+
+def test_normalized_rates_at_long_times():
+    # MATH.md 4.5: pre and peri 1 - rho ~ C t^-2 and r/t -> 1; CoD 1 - rho ~ e^{-4 sqrt t}.
+    # At t = 1e3 the local slopes are within a few 1/t (pre/peri) of their limits
+    t = np.array([0.0, 500.0, 1000.0])
+    for norm in ("pre", "peri"):
+        rho, r = th.equiangular_normalized(t, 4, 1.5, norm)
+        slope = np.log((1 - rho[2]) / (1 - rho[1])) / np.log(2.0)
+        assert slope == pytest.approx(-2.0, abs=0.02)
+        assert r[2] / t[2] == pytest.approx(1.0, abs=0.02)
+    # CoD: rho' ~ 2 (1 - rho) / sqrt(t + 1) near 1, so log(1 - rho) ~ -4 sqrt(t + 1); at
+    # sqrt(t + 1) = 4..5, 1 - rho ~ 1e-9 is far above round-off and the O(1 - rho)
+    # corrections to the rate are negligible
+    t = np.array([0.0, 15.0, 24.0])
+    rho, _ = th.equiangular_normalized(t, 4, 1.5, "cod")
+    assert np.log((1 - rho[2]) / (1 - rho[1])) / (5.0 - 4.0) == pytest.approx(-4.0, abs=0.01)
+
+
+def test_metastability_time_scales():
+    # e^{beta (1 - cos(2 pi / k))}: k = 4 clusters at beta = 9 merge on the scale e^9
+    # cos(pi/2) = 6e-17, and exp amplifies the argument's rounding by beta: rel 1e-14
+    assert th.merge_time_scale(9.0, np.cos(np.pi / 2)) == pytest.approx(np.exp(9.0), rel=1e-14)
+    assert th.metastable_time(9.0, 32, 0.0, 0.05) == pytest.approx(0.05 / 32 * np.exp(9.0))
+    with pytest.raises(ValueError, match="epsilon"):
+        th.metastable_time(9.0, 32, 0.0, 0.1)
+    with pytest.raises(ValueError, match="beta must be > 1"):
+        th.metastable_time(0.5, 32, 0.0, 0.01)
+    with pytest.raises(ValueError, match="rho_max"):
+        th.merge_time_scale(1.0, 1.5)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_noisy_order_parameter_solves_its_equation(d):
+    # r = I_{d/2}(kappa r) / I_{d/2-1}(kappa r); 0 up to kappa_c = d, a pitchfork after it
+    assert th.critical_kappa(d) == d
+    assert th.noisy_order_parameter(d - 0.01, d) == 0.0
+    for kappa in (d + 0.5, 2 * d, 10 * d):
+        r = th.noisy_order_parameter(kappa, d)
+        assert 0 < r < 1
+        assert r == pytest.approx(iv(d / 2, kappa * r) / iv(d / 2 - 1, kappa * r), abs=1e-13)
+    # near kappa_c, from I_{d/2}(x)/I_{d/2-1}(x) = x/d - x^3/(d^2 (d + 2)) + O(x^5):
+    # r^2 = (kappa - d)(d + 2)/d^2 (1 + O(kappa - d)); at kappa = 1.001 d, 0.5% relative
+    kappa = 1.001 * d
+    assert th.noisy_order_parameter(kappa, d) ** 2 == pytest.approx((kappa - d) * (d + 2) / d**2,
+                                                                     rel=5e-3)
+    assert th.noisy_growth_rate(d, d) == 0.0
+    assert th.noisy_growth_rate(4.0, 2) == pytest.approx(0.25)

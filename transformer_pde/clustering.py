@@ -55,6 +55,8 @@ CLUSTER_THRESHOLD = 0.9999
 PAIR_THRESHOLD = 0.999
 #: rows of the pairwise matrix handled at once for densities (bounds memory to 8 MiB * N / 1e3)
 _CHUNK = 1024
+#: largest beta with a finite e^beta
+_LOG_MAX = float(np.log(np.finfo(np.float64).max))
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,9 +249,9 @@ def interaction_energy(x, beta: float, *, normalized: bool = False):
     beta = _v.as_positive(beta, "beta")
     states, single = _states(x)
     grid = x.grid if isinstance(x, (Density, DensityTrajectory)) else None
+    if not normalized and beta > _LOG_MAX:
+        raise ValueError(f"E_beta overflows float64 for beta={beta:g} > {_LOG_MAX:.1f}; use normalized=True")
     scale = 1.0 if normalized else np.exp(beta) / (2.0 * beta)
-    if not np.isfinite(scale):
-        raise ValueError(f"E_beta overflows float64 for beta={beta:g} > 709; use normalized=True")
     return _out([scale * _energy_normalized(p, w, beta, grid) for p, w in states], single)
 
 
