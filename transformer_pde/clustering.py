@@ -240,7 +240,8 @@ def interaction_energy(x, beta: float, *, normalized: bool = False):
     beta : float
         Inverse temperature, > 0.
     normalized : bool
-        Return :math:`\mathsf E_\beta / (e^\beta/2\beta)` in (0, 1] (finite for any beta).
+        Return :math:`\mathsf E_\beta / (e^\beta/2\beta)` in (0, 1] up to round-off (finite
+        for any beta).
 
     Returns
     -------
