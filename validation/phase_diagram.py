@@ -1,0 +1,344 @@
+"""The (beta, t) phase diagram of SA on the circle: one cluster for beta <= 1, k* clusters at large beta.
+
+Theory (MATH.md 2.4-2.6; GLPR arXiv 2312.10794, phase-diagrams.py defaults): SA, d = 2,
+n = 32 tokens i.i.d. uniform on the circle, T = 30; the statistic is the fraction of pairs
+with <x_i, x_j> > 0.999 (clustering.clustered_pair_fraction): 1 for one cluster, about
+1/k for k clusters. Full mode: beta in linspace(0.1, 9, 25), 256 independent systems per
+beta; quick: linspace(0.1, 9, 13), 24 systems per beta. RK4, dt = 0.1 (the package's
+default method; the authors use Euler + normalisation with the same dt), saved every 0.5.
+
+Integrator: all systems are integrated at once by a vectorised NumPy copy of the
+package's RK4-with-retraction step (tp.simulate is ~0.04 s per system of 32 tokens, the
+batch ~3x faster). The copy is checked against the package here: its field equals
+tp.TokenDynamics(tp.SoftmaxAttention(beta)).velocity to <= 1e-12 on initial, intermediate
+and clustered states, and whole trajectories of one system per beta (quick) or two (full)
+equal tp.simulate(..., method="rk4", dt=0.1) to <= 1e-10 (round-off, ~1e-16, amplified at
+most by the linear instability, e^{0.7 t_f} ~ 70) with identical pair fractions.
+
+Checks against theory:
+- beta <= 1 (Criscitiello-Boumal, MATH.md 2.5 `thm: beta.tiny`, d = 2): almost every
+  system ends in one cluster, so 1 - mean fraction at T must be at most what systems still
+  merging at T can account for: the tail of the merge times t_1 (first time with fraction
+  1), fitted by an exponential above their 75th percentile (censored at T, maximum
+  likelihood), gives P(t_1 > T); tolerance P + 3 sqrt(P / S) for S systems (a system
+  with two clusters or a straggler contributes a deficit <= 1). Measured: every system
+  is one cluster by t ~ 15-18.
+- large beta (k* = argmax k^2 I_k(beta) >= 3, beta >= 3.17; theory.fastest_circle_mode):
+  at the formation time t_f(beta) = ln(sqrt(n)) / lambda_k* + ln(1000) / 2 (the fastest
+  mode grows from the sampling amplitude n^-1/2 at lambda_k* = k^2 I_k / (beta I_0), then
+  1 - <x_i, x_j> contracts at rate 2 (MATH.md 4.4) from O(1) to the threshold 1e-3) the
+  mean fraction lies between (n/(k*+1) - 1)/(n - 1) (k*+1 equal clusters) and 1/(k*-1)
+  (k*-1 clusters of random, multinomial sizes, whose mean fraction is exactly 1/k), up to
+  3 standard errors. The +-1: with n = 32 the initial Fourier amplitudes of the empirical
+  measure are random (|c_k|^2 ~ exponential, mean 1/n) and at beta = 9 lambda_3, lambda_4,
+  lambda_5 = 0.59, 0.70, 0.66 differ by e^{0.3} at most over the growth phase, so the mode
+  that wins in one system is k* +- 1. At beta = 9 the fraction at T must also stay below
+  that of two equal clusters, 15/31 (metastable multi-cluster states: a merge of clusters
+  with inner product rho takes ~e^{beta(1 - rho)}, MATH.md 4.3).
+- clusters do not split: the seed-averaged increment of the fraction between consecutive
+  saved times must be >= -4 standard errors (of the paired increments) at every (beta, t)
+  (4: a false alarm among the ~700-1500 cells has probability ~5% at most).
+  (Single systems do dip by one or two pairs, 1/496 each, when a cluster is stretched by
+  a neighbour it merges with; measured ~1e-3 of all increments.)
+- full mode: halving dt to 0.05 on a subset changes the mean fraction by less than its
+  sampling error (the diagram is converged in dt).
+
+Overlays in the figure: the beta where k* changes (1.05, 3.17, 6.21; beta <= 1 has k* =
+1, consistent with the theorem), t_f(beta), and for reference the d -> infinity
+equiangular prediction gamma_beta(t) = 0.999 (MATH.md 2.5 `eq: gamma.infty`), which does
+not apply at d = 2 (at large beta the circle clusters far sooner than orthogonal tokens).
+
+Run: python validation/phase_diagram.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+import transformer_pde as tp
+from transformer_pde import theory
+from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.clustering import PAIR_THRESHOLD, clustered_pair_fraction
+
+NAME = "phase_diagram"
+THEORY = ("Phase diagram of SA on the circle (n = 32, MATH.md 2.5-2.6): one cluster for beta <= 1 "
+          "(Criscitiello-Boumal), about k* = argmax k^2 I_k(beta) metastable clusters at large beta "
+          "(pair fraction between the k*+1 and k*-1 cluster values at the formation time), and a "
+          "pair fraction non-decreasing in t on average.")
+
+N, D, T, DT = 32, 2, 30.0, 0.1
+T_EVAL = np.linspace(0.0, T, 61)
+BETA_SMALL = 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# batched copy of tp.simulate(TokenDynamics(SoftmaxAttention(beta)), method="rk4")
+# ---------------------------------------------------------------------------------------
+def _sa_velocity(x, beta):
+    """P^perp_x softmax(beta x x^T) x for a batch x (S, n, d), beta scalar or (S,)."""
+    b = np.asarray(beta, dtype=float).reshape(-1, 1, 1)
+    logits = b * (x @ np.swapaxes(x, 1, 2))
+    logits -= logits.max(axis=2, keepdims=True)
+    w = np.exp(logits)
+    w /= w.sum(axis=2, keepdims=True)
+    y = w @ x
+    return y - np.einsum("snd,snd->sn", x, y)[..., None] * x
+
+
+def _retract(y):
+    return y / np.linalg.norm(y, axis=2, keepdims=True)
+
+
+def _integrate(x0, beta, dt, keep=False):
+    """RK4 with retraction of every stage and step, landing on T_EVAL as tp.simulate does.
+
+    Returns the pair fractions (nt, S) and, with keep, the states (nt, S, n, d).
+    """
+    x, t = x0.copy(), 0.0
+    frac = np.empty((len(T_EVAL), len(x0)))
+    states = np.empty((len(T_EVAL),) + x0.shape) if keep else None
+    for k, target in enumerate(T_EVAL):
+        if target > t:
+            n_sub = max(1, int(np.ceil((target - t) / dt * (1.0 - 1e-12))))
+            h = (target - t) / n_sub
+            for s in range(n_sub):
+                k1 = _sa_velocity(x, beta)
+                k2 = _sa_velocity(_retract(x + h * (0.5 * k1)), beta)
+                k3 = _sa_velocity(_retract(x + h * (0.5 * k2)), beta)
+                k4 = _sa_velocity(_retract(x + h * (1.0 * k3)), beta)
+                x = _retract(x + h * (1 / 6 * k1 + 1 / 3 * k2 + 1 / 3 * k3 + 1 / 6 * k4))
+                t = target if s == n_sub - 1 else t + h
+        frac[k] = clustered_pair_fraction(x)
+        if keep:
+            states[k] = x
+    return frac, states
+
+
+def _initial(seed, systems):
+    angles = np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi, (systems, N))
+    return np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+
+
+def _validate_copy(betas, x0s, frac, per_beta):
+    """The batched field and trajectories against the package."""
+    v_err, x_err, f_mismatch = 0.0, 0.0, 0
+    for i, beta in enumerate(betas):
+        dyn = tp.TokenDynamics(tp.SoftmaxAttention(float(beta)))
+        for j in range(per_beta):
+            traj = tp.simulate(dyn, x0s[i][j], (0.0, T), t_eval=T_EVAL, method="rk4", dt=DT)
+            _, mine = _integrate(x0s[i][j:j + 1], beta, DT, keep=True)
+            x_err = max(x_err, float(np.abs(traj.x - mine[:, 0]).max()))
+            f_mismatch += int(np.sum(clustered_pair_fraction(traj) != frac[i][:, j]))
+            for state in (traj.x[0], traj.x[len(T_EVAL) // 6], traj.x[-1]):
+                v = dyn.velocity(state)
+                v_err = max(v_err, float(np.abs(v - _sa_velocity(state[None], beta)[0]).max()))
+    checks = [
+        check_range("batched SA field vs TokenDynamics.velocity: max abs difference", v_err, 0.0, 1e-12,
+                    note=f"{len(betas)} beta x {per_beta} systems x 3 states (t = 0, 5, 30)"),
+        check_range("batched RK4 vs tp.simulate(method='rk4', dt=0.1): max |x| difference over t <= 30",
+                    x_err, 0.0, 1e-10, note="round-off amplified by the linear instability"),
+        check_range("pair fractions differing between batched and tp.simulate trajectories",
+                    f_mismatch, 0, 0, note=f"{len(betas) * per_beta * len(T_EVAL)} (system, t) values"),
+    ]
+    return checks, {"velocity_err": v_err, "trajectory_err": x_err}
+
+
+# ---------------------------------------------------------------------------------------
+# theory
+# ---------------------------------------------------------------------------------------
+def _k_star(beta):
+    return theory.fastest_circle_mode(float(beta))
+
+
+def _formation_time(beta):
+    """ln(sqrt(n)) / lambda_k* + ln(1/(1 - 0.999)) / 2."""
+    lam = float(theory.circle_growth_rate(_k_star(beta), float(beta), "SA"))
+    return np.log(np.sqrt(N)) / lam + np.log(1.0 / (1.0 - PAIR_THRESHOLD)) / 2.0
+
+
+def _band(k):
+    """(fraction of k+1 equal clusters, mean fraction of k-1 multinomial-size clusters)."""
+    low = (N / (k + 1) - 1.0) / (N - 1.0)
+    high = 1.0 / (k - 1) if k > 1 else 1.0
+    return low, high
+
+
+def _k_changes(betas_fine):
+    ks = np.array([_k_star(b) for b in betas_fine])
+    idx = np.nonzero(np.diff(ks))[0]
+    return [(0.5 * (betas_fine[i] + betas_fine[i + 1]), int(ks[i]), int(ks[i + 1])) for i in idx]
+
+
+def _merge_tail(frac_small):
+    """Merge times t_1 (first saved time with fraction 1) pooled over systems; the
+    exponential-tail estimate of P(t_1 > T) (right-censored at T)."""
+    done = frac_small >= 1.0  # (nt, S)
+    finished = done.any(axis=0)
+    t1 = np.where(finished, T_EVAL[np.argmax(done, axis=0)], np.inf)
+    u = float(np.percentile(np.minimum(t1, T), 75))
+    above = t1 > u
+    events = int(np.sum(above & finished))
+    exposure = float(np.sum(np.minimum(t1[above], T) - u))
+    if exposure <= 0.0:
+        return t1, 0.0, u
+    rate = events / exposure if events > 0 else 1.0 / exposure
+    p_tail = float(np.mean(above)) * np.exp(-rate * (T - u))
+    return t1, p_tail, u
+
+
+def main(argv=None) -> int:
+    args = script_arguments(__doc__.splitlines()[0], argv)
+    started = time.perf_counter()
+    if args.quick:
+        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 13), 24, 1
+    else:
+        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 25), 256, 2
+    x0s = [_initial(1000 + i, seeds) for i in range(len(betas))]
+    frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s)]  # each (nt, seeds)
+    print(f"diagram done ({time.perf_counter() - started:.1f} s)", flush=True)
+    checks, info = _validate_copy(betas, x0s, frac, per_beta_check)
+    print(f"copy validated ({time.perf_counter() - started:.1f} s)", flush=True)
+    F = np.stack(frac, axis=1)  # (nt, nbeta, seeds)
+    mean = F.mean(axis=2)
+    se = F.std(axis=2, ddof=1) / np.sqrt(seeds)
+
+    # beta <= 1: one cluster
+    small = betas <= BETA_SMALL
+    pooled = F[:, small, :].reshape(len(T_EVAL), -1)
+    t1, p_tail, u = _merge_tail(pooled)
+    S = pooled.shape[1]
+    deficit = 1.0 - float(pooled[-1].mean())
+    tol = p_tail + 3.0 * np.sqrt(p_tail / S)
+    checks.append(check_range(
+        f"beta <= 1 (beta = {', '.join(f'{b:.2f}' for b in betas[small])}): 1 - mean pair fraction at T=30",
+        deficit, 0.0, tol,
+        note=f"single cluster a.e.; {S} systems, {int(np.sum(pooled[-1] < 1))} not one cluster at T; "
+             f"merge times t_1: median {np.median(t1):.1f}, max {np.max(t1):.1f}; exponential tail above "
+             f"{u:.1f} gives P(t_1 > T) = {p_tail:.2g}"))
+
+    # large beta: k* +- 1 clusters at the formation time
+    t_form = np.array([_formation_time(b) for b in betas])
+    i_form = np.array([int(np.argmin(np.abs(T_EVAL - tf))) for tf in t_form])
+    at_form = mean[i_form, np.arange(len(betas))]
+    se_form = se[i_form, np.arange(len(betas))]
+    ks = np.array([_k_star(b) for b in betas])
+    bands = np.array([_band(k) for k in ks])
+    large = ks >= 3
+    outside = [(b, f) for b, f, s, (lo, hi), big in zip(betas, at_form, se_form, bands, large)
+               if big and not (lo - 3 * s <= f <= hi + 3 * s)]
+    ib = len(betas) - 1
+    lo, hi = bands[ib]
+    checks.append(check_range(
+        f"beta={betas[ib]:g} (k*={ks[ib]}): mean pair fraction at t_f={T_EVAL[i_form[ib]]:g}",
+        at_form[ib], lo - 3 * se_form[ib], hi + 3 * se_form[ib],
+        note=f"between k*+1 equal clusters ({lo:.3f}) and k*-1 random-size clusters ({hi:.3f}) +- 3 s.e. "
+             f"({se_form[ib]:.2g}); 1/k* = {1 / ks[ib]:.3f}"))
+    checks.append(check_range(
+        f"beta >= 3.17 (k* >= 3, {int(large.sum())} values): number with the fraction at t_f outside "
+        "the k*+-1 band", len(outside), 0, 0,
+        note="; ".join(f"beta={b:.2f}: {f:.3f}" for b, f in outside) or "all inside"))
+    two = (N / 2 - 1.0) / (N - 1.0)
+    checks.append(check_range(
+        f"beta={betas[ib]:g}: mean pair fraction at T=30 (metastable, several clusters)",
+        mean[-1, ib], 0.0, two - 3 * se[-1, ib],
+        note=f"below two equal clusters ({two:.3f}) - 3 s.e.; merges take ~e^(beta(1-rho))"))
+
+    # monotone in t on average
+    inc = np.diff(F, axis=0)  # (nt-1, nbeta, seeds)
+    inc_mean = inc.mean(axis=2)
+    inc_se = inc.std(axis=2, ddof=1) / np.sqrt(seeds)
+    # z-score of the seed-averaged increment; a cell where every system moved by the same
+    # amount has s.e. 0 and counts as -inf if that amount is negative
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(inc_se > 0, inc_mean / inc_se, np.where(inc_mean < 0, -np.inf, np.inf))
+    w = np.unravel_index(np.argmin(z), z.shape)
+    checks.append(check_range(
+        "min over (beta, t) of (mean increment of the pair fraction) / s.e.", float(z[w]), -4.0,
+        note=f"clusters do not split; at beta={betas[w[1]]:.2f}, t={T_EVAL[w[0]]:g}: increment "
+             f"{inc_mean[w]:.2g}; most negative mean increment {inc_mean.min():.2g}; single-system "
+             f"decreases: {int(np.sum(inc < 0))} of {inc.size}, largest {inc.min():.3g}"))
+
+    if not args.quick:
+        sub = [0, len(betas) // 2, len(betas) - 1]
+        diffs = []
+        for i in sub:
+            x0 = x0s[i][:64]
+            fine = _integrate(x0, betas[i], DT / 2)[0].mean(axis=1)
+            coarse = frac[i][:, :64].mean(axis=1)
+            diffs.append(float(np.max(np.abs(fine - coarse))))
+        se_sub = float(np.max(se[:, sub]) * np.sqrt(seeds / 64))
+        checks.append(check_range(
+            f"dt = 0.05 vs 0.1: max |change of the mean fraction| (beta = "
+            f"{', '.join(f'{betas[i]:.2f}' for i in sub)}, 64 systems)", max(diffs), 0.0, se_sub,
+            note="below the sampling error (largest s.e. of a 64-system mean) of the diagram"))
+        info["dt_change"] = diffs
+
+    figure = _figure(betas, mean, se, t_form, at_form, se_form, ks)
+    extra = {"betas": betas.tolist(), "seeds": seeds, "t": T_EVAL.tolist(),
+             "mean_fraction": mean.tolist(), "formation_time": t_form.tolist(),
+             "fraction_at_formation": at_form.tolist(), "k_star": ks.tolist(),
+             "fraction_at_T": mean[-1].tolist(), "merge_time_tail_p": p_tail, **info}
+    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
+                  theory=THEORY, extra=extra)
+
+
+def _figure(betas, mean, se, t_form, at_form, se_form, ks):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(17, 5.2), layout="constrained")
+    ax_map, ax_beta, ax_t = fig.subplots(1, 3)
+    db = betas[1] - betas[0]
+    edges_b = np.concatenate([betas - db / 2, [betas[-1] + db / 2]])
+    dt = T_EVAL[1] - T_EVAL[0]
+    edges_t = np.concatenate([T_EVAL - dt / 2, [T_EVAL[-1] + dt / 2]])
+    mesh = ax_map.pcolormesh(edges_t, edges_b, mean.T, vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(mesh, ax=ax_map, label="mean fraction of pairs with <x_i, x_j> > 0.999")
+    fine = np.linspace(betas[0], betas[-1], 400)
+    for b, k0, k1 in _k_changes(fine):
+        ax_map.axhline(b, color="w", ls="--", lw=1)
+        ax_map.text(T * 0.98, b + 0.08, f"k* {k0} -> {k1}", color="w", ha="right", va="bottom", fontsize=8)
+    ax_map.plot([_formation_time(b) for b in fine], fine, "--", color="orange", lw=1.5,
+                label="t_f: growth of mode k* + contraction")
+    eq = np.array([float(theory.equiangular_time(PAIR_THRESHOLD, N, b, "SA")) for b in fine])
+    keep = eq <= T
+    ax_map.plot(eq[keep], fine[keep], ":", color="r", lw=1.5, label="d -> inf equiangular rho = 0.999")
+    ax_map.set_xlim(0, T)
+    ax_map.set_xlabel("t")
+    ax_map.set_ylabel("beta")
+    ax_map.set_title(f"SA on the circle, n={N}: pair fraction")
+    ax_map.legend(fontsize="x-small", loc="lower right")
+
+    lows = np.array([_band(k)[0] for k in ks])
+    highs = np.array([_band(k)[1] for k in ks])
+    ax_beta.fill_between(betas, lows, highs, step="mid", color="C0", alpha=0.15, label="k* +- 1 band")
+    ax_beta.step(betas, 1.0 / ks, "--", where="mid", color="C0", label="1/k*(beta)")
+    ax_beta.errorbar(betas, at_form, yerr=3 * se_form, fmt="o", color="C1", ms=4, capsize=3,
+                     label="measured at t_f(beta) (3 s.e.)")
+    ax_beta.errorbar(betas, mean[-1], yerr=3 * se[-1], fmt="s", color="C2", ms=4, capsize=3,
+                     label=f"measured at T={T:g}")
+    ax_beta.axvline(BETA_SMALL, color="0.5", lw=0.8)
+    ax_beta.set_xlabel("beta")
+    ax_beta.set_ylabel("mean pair fraction")
+    ax_beta.set_title("pair fraction vs beta (theory dashed)")
+    ax_beta.legend(fontsize="x-small")
+
+    picks = sorted({0, int(np.argmin(np.abs(betas - 2.0))), int(np.argmin(np.abs(betas - 5.0))),
+                    len(betas) - 1})
+    for c, i in enumerate(picks):
+        ax_t.plot(T_EVAL, mean[:, i], "-", color=f"C{c}", label=f"beta={betas[i]:.2f} (k*={ks[i]})")
+        ax_t.fill_between(T_EVAL, mean[:, i] - 3 * se[:, i], mean[:, i] + 3 * se[:, i], color=f"C{c}",
+                          alpha=0.2)
+        ax_t.axhline(1.0 / ks[i], color=f"C{c}", ls="--", lw=1)
+        ax_t.axvline(t_form[i], color=f"C{c}", ls=":", lw=1)
+    ax_t.set_xlabel("t")
+    ax_t.set_ylabel("mean pair fraction")
+    ax_t.set_title("fraction vs t (dashed: 1/k*, dotted: t_f)")
+    ax_t.legend(fontsize="x-small")
+    return fig
+
+
+if __name__ == "__main__":
+    sys.exit(main())
