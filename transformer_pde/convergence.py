@@ -116,7 +116,7 @@ class ConvergenceStudy:
 
 def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *, seeds=(0, 1, 2),
                           p: float | Sequence[float] = 2.0, method: str = "rk4",
-                          dt: float | None = None, pde_method: str = "auto", cfl: float = 0.5
+                          dt: float | None = None, pde_method: str = "auto", cfl: float = 0.45
                           ) -> ConvergenceStudy | tuple[ConvergenceStudy, ...]:
     r"""Measure :math:`W_p(\mu^n_t, \mu_t)` between particles and the grid PDE, for several n.
 

@@ -147,7 +147,7 @@ def _distance(grid, a, b):
     return 2.0 * np.arcsin(np.minimum(1.0, 0.5 * np.linalg.norm(a - b, axis=1)))
 
 
-def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.5,
+def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.45,
                     method: str = "auto", kappa: float | None = None, progress: bool = False,
                     max_steps: int = 10_000_000) -> DensityTrajectory:
     r"""Solve the Transformer PDE for the model ``dyn`` from the density ``rho0``.
@@ -172,7 +172,10 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     t_eval : array_like, shape (nt,), optional
         Increasing saved times in ``[t0, t1]`` (101 by default); steps land on them.
     cfl : float
-        CFL number in (0, 1/2]: above 1/2 positivity is not guaranteed.
+        CFL number in (0, 1/2]: above 1/2 positivity is not guaranteed. The default 0.45
+        leaves room for the outflow rate to grow between Runge-Kutta stages; at 1/2 every
+        such growth redoes the step (measured at beta = 9, M = 256: 200 redone steps in 499,
+        against 1 in 545 at 0.45, for less work in all).
     method : {"auto", "quadrature", "fast"}
         How the field is computed (:func:`~transformer_pde.meanfield.field.face_velocity`).
     kappa : float, optional
