@@ -127,8 +127,13 @@ def test_density_peaks():
     flat = np.full(grid.shape, 1 / (2 * np.pi))
     sol = tp.DensityTrajectory(np.array([0.0, 1.0]), np.stack([bumps.values, flat]), grid, None, None)
     assert list(cl.density_peaks(sol)) == [3, 0]
-    with pytest.raises(ValueError, match="CircleGrid"):
-        cl.density_peaks(tp.Density.uniform(tp.SphereGrid(8)))
+    # on S^2: two antipodal bumps and a third, lower one that still clears 5x the mean
+    sphere = tp.SphereGrid(24)
+    axes = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    bump = tp.Density.from_function(
+        sphere, lambda x: sum(h * np.exp(30 * (x @ a - 1)) for h, a in zip((1.0, 1.0, 0.5), axes)))
+    assert cl.density_peaks(bump) == 3
+    assert cl.density_peaks(tp.Density.uniform(sphere)) == 0
     with pytest.raises(TypeError, match="Density"):
         cl.density_peaks(np.ones(8))
 

@@ -12,7 +12,7 @@ What the papers measure when they say "the tokens cluster" (MATH.md 2.3-2.6, 1.2
 - the Kuramoto order parameter :math:`r = \|\int x\,d\mu\|`;
 - the attention matrix, its numerical rank, its distance to the nearest Boolean
   (0/1, one 1 per row) matrix and its leaders (MATH.md 1.2, Paper A);
-- the number of peaks of a density on the circle.
+- the number of peaks of a grid density.
 
 Functions that measure a state accept tokens ``x`` of shape (n, d), a stack (nt, n, d),
 a :class:`~transformer_pde.Trajectory`, a :class:`~transformer_pde.Density` or a
@@ -268,16 +268,17 @@ def order_parameter(x):
 
 
 def density_peaks(density, factor: float = 5.0):
-    r"""Number of peaks of a density on a :class:`~transformer_pde.CircleGrid`.
+    r"""Number of peaks of a grid density: the clusters of a grid solution.
 
-    A peak is a local maximum :math:`\rho_c > \rho_{c-1}`, :math:`\rho_c \ge \rho_{c+1}`
-    (periodic) higher than ``factor`` times the mean density :math:`1/2\pi`: the clusters
-    of a grid solution.
+    A peak is a cell whose value is at least that of every cell sharing a face with it
+    (ties go to the lower cell index, so a flat top counts once) and more than ``factor``
+    times the mean density (mass / total volume: :math:`1/2\pi` on the circle,
+    :math:`1/4\pi` on :math:`\mathbb S^2`). Works on every grid through its faces.
 
     Parameters
     ----------
     density : Density or DensityTrajectory
-        On a CircleGrid.
+        On any grid (CircleGrid, SphereGrid, CartesianGrid, ...).
     factor : float
         Height threshold relative to the mean, > 0.
 
@@ -287,14 +288,21 @@ def density_peaks(density, factor: float = 5.0):
     """
     if not isinstance(density, (Density, DensityTrajectory)):
         raise TypeError(f"density must be a Density or DensityTrajectory, got {type(density).__name__}")
-    if not isinstance(density.grid, CircleGrid):
-        raise ValueError(f"density_peaks needs a CircleGrid, got {density.grid!r}")
     factor = _v.as_positive(factor, "factor")
-    values = density.values[None] if isinstance(density, Density) else density.density
-    higher = (values > np.roll(values, 1, axis=-1)) & (values >= np.roll(values, -1, axis=-1))
-    mean = np.sum(values * density.grid.volumes, axis=-1, keepdims=True) / (2.0 * np.pi)
-    counts = np.sum(higher & (values > factor * mean), axis=-1)
-    return int(counts[0]) if isinstance(density, Density) else counts.astype(int)
+    grid = density.grid
+    values = (density.values[None] if isinstance(density, Density) else density.density)
+    values = values.reshape(len(values), -1)
+    inner = grid.faces.right >= 0
+    left, right = grid.faces.left[inner], grid.faces.right[inner]
+    counts = []
+    for rho in values:
+        vl, vr = rho[left], rho[right]
+        loser = np.zeros(rho.size, dtype=bool)
+        loser[left[(vl < vr) | ((vl == vr) & (left > right))]] = True
+        loser[right[(vr < vl) | ((vr == vl) & (right > left))]] = True
+        mean = float(rho @ grid.volumes.ravel()) / float(grid.volumes.sum())
+        counts.append(int(np.sum(~loser & (rho > factor * mean))))
+    return counts[0] if isinstance(density, Density) else np.asarray(counts, dtype=int)
 
 
 # ---------------------------------------------------------------------------------------
