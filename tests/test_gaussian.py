@@ -568,3 +568,13 @@ def test_bad_input_other():
         sinkhorn_plan_precision(-np.eye(2), np.eye(2))
     with pytest.raises(ValueError, match=r"A0 must have shape \(2, 2\)"):
         sinkhorn_plan_precision(np.eye(2), np.eye(3))
+
+
+def test_overflowing_mean_is_explained():
+    # K = -Q: the covariance contracts, but V = 50 I drives the mean like e^{50 t} past
+    # float64; the error says so instead of only relaying the ODE solver's message
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(0.1, K=-np.eye(2), V=50 * np.eye(2)), geometry="euclidean")
+    with pytest.raises(FloatingPointError, match=r"the mean has grown to max\|m_i\|"):
+        tp.gaussian_moments(dyn, np.ones(2), 0.1 * np.eye(2), np.linspace(0, 30, 5))
+    g = tp.gaussian_moments(dyn, np.zeros(2), 0.1 * np.eye(2), np.linspace(0, 30, 5))
+    assert np.all(g.mean == 0) and np.all(np.isfinite(g.cov))

@@ -497,9 +497,15 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
             _raise_blow_up(f, d, float(sol.t_events[0][0]), sol.y_events[0][0], t, tr0,
                            max_trace)
         if sol.status != 0 or sol.y.shape[1] != len(t):
+            last = sol.y[:, -1] if sol.y.size else y0
+            size = float(np.max(np.abs(last[:d])))
+            why = (f" (the mean has grown to max|m_i| = {size:.3g} while tr cov = "
+                   f"{float(last[d:] @ last[d:]):.3g}: the mean grows like e^(tV) and float64 "
+                   "cannot follow it; shorten t_eval, or start from mean0 = 0, which stays 0)"
+                   if not np.isfinite(size) or size > 1e100 else "")
             raise FloatingPointError(
                 f"gaussian_moments: the moment ODE solver stopped at t={sol.t[-1]:.9g}: "
-                f"{sol.message}"
+                f"{sol.message}{why}"
             )
         ys = sol.y.T
         mean[:] = ys[:, :d]
