@@ -327,12 +327,6 @@ def _analyse(beta: float, label: str, run: dict, particles: bool) -> list:
 def main(argv=None) -> int:
     args = script_arguments(__doc__.splitlines()[0], argv)
     started = time.perf_counter()
-    try:  # the O(n^2) kernels are tiny at n <= 256: one thread avoids contention on a shared machine
-        import numba
-
-        numba.set_num_threads(1)
-    except (ImportError, ValueError):
-        pass
     if args.quick:
         betas, seeds, M, n, T_grid, T_part = (4.0, 9.0), (0,), 128, 128, 60.0, 300.0
     else:

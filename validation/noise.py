@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 
 import numpy as np
 from scipy.optimize import brentq
@@ -90,21 +89,6 @@ def _von_mises_concentration(r):
 
 
 A_START = _von_mises_concentration(R_START)
-
-
-@contextmanager
-def _one_numba_thread():
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a dependency of the package
-        yield
-        return
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,8 +197,7 @@ def _particle_runs(kappa, n, T, dt, seeds, blocks=10, save=0.5):
         rng = np.random.default_rng(seed)
         angles = rng.uniform(0.0, 2.0 * np.pi, n) if kappa < KC else rng.vonmises(0.0, A_START, n)
         x0 = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        with _one_numba_thread():
-            traj = tp.simulate(DYN, x0, (0.0, T), t_eval=t, kappa=kappa, dt=dt, rng=rng)
+        traj = tp.simulate(DYN, x0, (0.0, T), t_eval=t, kappa=kappa, dt=dt, rng=rng)
         r = order_parameter(traj)
         block_means += [b.mean() for b in np.array_split(r[t >= burn], blocks)]
         if first is None:
