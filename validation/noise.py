@@ -49,10 +49,6 @@ average of r over the stationary window, with a standard error from block means
   kappa = 4, gave dr/d(dt) ~ 0.11: the retraction shrinks the noise increments, so the
   effective kappa is slightly larger).
 
-The softmax kernel runs on one Numba thread for the n = 100 particle runs: the per-call
-thread start-up costs more than the work (and on a loaded machine much more); the
-numbers are the same.
-
 Run: python validation/noise.py [--quick] [--out DIR]
 """
 
