@@ -115,8 +115,6 @@ def test_energy_never_decreases_along_sa_and_usa(model, d, rng):
     e = cl.interaction_energy(traj, beta)
     assert np.all(np.diff(e) >= -1e-12 * e[:-1])
     assert e[-1] > e[0]
-    # the density of a grid PDE run: the finite-volume scheme is not exactly a gradient
-    # flow, so only the trend is asserted here (the validation measures the dips)
 
 
 def test_density_peaks():

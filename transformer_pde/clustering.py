@@ -27,6 +27,7 @@ import numpy as np
 from scipy.sparse.csgraph import connected_components
 
 from . import _validation as _v
+from .dynamics import TokenDynamics
 from .integrate import Trajectory
 from .meanfield.density import Density
 from .meanfield.grids import CircleGrid
@@ -114,11 +115,19 @@ def _threshold(value, name: str) -> float:
 # ---------------------------------------------------------------------------------------
 # clusters of tokens
 # ---------------------------------------------------------------------------------------
-def _adjacency(x: np.ndarray, threshold: float, distance: float | None) -> np.ndarray:
+def _link_parameters(threshold, distance):
+    threshold = _threshold(threshold, "threshold")
+    return threshold, None if distance is None else _v.as_positive(distance, "distance")
+
+
+def _components(x: np.ndarray, threshold: float, distance: float | None):
+    """``(count, labels)`` of the link graph of tokens x (n, d)."""
     if distance is None:
-        return x @ x.T > threshold
-    sq = np.sum(x * x, axis=1)
-    return sq[:, None] + sq[None, :] - 2.0 * (x @ x.T) < distance**2
+        linked = x @ x.T > threshold
+    else:
+        sq = np.sum(x * x, axis=1)
+        linked = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T) < distance**2
+    return connected_components(linked, directed=False)
 
 
 def cluster_labels(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None
@@ -148,23 +157,16 @@ def cluster_labels(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float |
     ndarray of int, shape (n,)
         Labels 0, 1, ..., numbered in order of first appearance.
     """
-    x = _v.as_tokens(x, "x")
-    threshold = _threshold(threshold, "threshold")
-    if distance is not None:
-        distance = _v.as_positive(distance, "distance")
-    _, labels = connected_components(_adjacency(x, threshold, distance), directed=False)
-    return labels
+    threshold, distance = _link_parameters(threshold, distance)
+    return _components(_v.as_tokens(x, "x"), threshold, distance)[1]
 
 
 def cluster_count(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None):
     """Number of clusters (see :func:`cluster_labels`) of tokens (n, d), or per saved time
     of a stack (nt, n, d) or :class:`~transformer_pde.Trajectory` (then an int array (nt,))."""
     states, single = _tokens(x)
-    threshold = _threshold(threshold, "threshold")
-    if distance is not None:
-        distance = _v.as_positive(distance, "distance")
-    counts = [connected_components(_adjacency(p, threshold, distance), directed=False)[0]
-              for p in states]
+    threshold, distance = _link_parameters(threshold, distance)
+    counts = [_components(p, threshold, distance)[0] for p in states]
     return int(counts[0]) if single else np.asarray(counts, dtype=int)
 
 
@@ -204,13 +206,13 @@ def inner_product_stats(x) -> dict:
 # ---------------------------------------------------------------------------------------
 # energy and order parameter
 # ---------------------------------------------------------------------------------------
-def _energy_normalized(pts: np.ndarray, w: np.ndarray, beta: float, grid) -> float:
-    r""":math:`\sum_{ij} w_iw_j e^{\beta(\langle x_i,x_j\rangle - 1)}` (no overflow for large beta)."""
-    if isinstance(grid, CircleGrid):
-        # a circulant sum on the uniform circle grid: one FFT product
-        kernel = np.exp(beta * (np.cos(grid.angles - grid.angles[0]) - 1.0))
-        conv = np.fft.irfft(np.fft.rfft(kernel) * np.fft.rfft(w), n=len(w))
-        return float(w @ conv)
+def _energy_normalized(pts: np.ndarray, w: np.ndarray, beta: float, kernel_hat=None) -> float:
+    r""":math:`\sum_{ij} w_iw_j e^{\beta(\langle x_i,x_j\rangle - 1)}` (no overflow for large beta).
+
+    ``kernel_hat``: the rfft of the kernel on a uniform circle grid, where the sum is
+    circulant and costs one FFT product."""
+    if kernel_hat is not None:
+        return float(w @ np.fft.irfft(kernel_hat * np.fft.rfft(w), n=len(w)))
     total = 0.0
     for s in range(0, len(pts), _CHUNK):
         block = np.exp(beta * (pts[s:s + _CHUNK] @ pts.T - 1.0))
@@ -250,10 +252,13 @@ def interaction_energy(x, beta: float, *, normalized: bool = False):
     beta = _v.as_positive(beta, "beta")
     states, single = _states(x)
     grid = x.grid if isinstance(x, (Density, DensityTrajectory)) else None
+    kernel_hat = None
+    if isinstance(grid, CircleGrid):
+        kernel_hat = np.fft.rfft(np.exp(beta * (np.cos(grid.angles - grid.angles[0]) - 1.0)))
     if not normalized and beta > _LOG_MAX:
         raise ValueError(f"E_beta overflows float64 for beta={beta:g} > {_LOG_MAX:.1f}; use normalized=True")
     scale = 1.0 if normalized else np.exp(beta) / (2.0 * beta)
-    return _out([scale * _energy_normalized(p, w, beta, grid) for p, w in states], single)
+    return _out([scale * _energy_normalized(p, w, beta, kernel_hat) for p, w in states], single)
 
 
 def order_parameter(x):
@@ -319,8 +324,6 @@ def attention_matrix(attention, x, mass=None) -> np.ndarray:
     an attention object or a :class:`~transformer_pde.TokenDynamics`; with a
     normalization scheme that carries radii the weights are taken on the directions.
     """
-    from .dynamics import TokenDynamics
-
     dyn = attention if isinstance(attention, TokenDynamics) else None
     att = dyn.attention if dyn is not None else attention
     if not hasattr(att, "weights"):

@@ -77,7 +77,11 @@ def equiangular_rate(rho, n: int, beta: float, model: str = "SA"):
     model : {"SA", "USA"}
     """
     n, beta, model = _n_tokens(n), _v.as_real(beta, "beta"), _model(model)
-    rho = np.asarray(rho, dtype=float)
+    return _rate(np.asarray(rho, dtype=float), n, beta, model)
+
+
+def _rate(rho, n: int, beta: float, model: str):
+    """:func:`equiangular_rate` on validated arguments (what the ODE solver calls)."""
     core = 2.0 * (1.0 - rho) * (1.0 + (n - 1) * rho)
     if model == "USA":
         return core * np.exp(beta * rho) / n
@@ -115,7 +119,7 @@ def equiangular_rho(t, n: int, beta: float, model: str = "SA", rho0: float = 0.0
     if beta == 0.0 and rho0 < 1.0:
         c = (1.0 + (n - 1) * rho0) / (1.0 - rho0) * np.exp(2.0 * t)
         return (c - 1.0) / (c + n - 1.0)
-    sol = solve_ivp(lambda _, y: equiangular_rate(y, n, beta, model), (0.0, float(t[-1])), [rho0],
+    sol = solve_ivp(lambda _, y: _rate(y, n, beta, model), (0.0, float(t[-1])), [rho0],
                     method="DOP853", t_eval=t, rtol=1e-13, atol=1e-15)
     return sol.y[0]
 
@@ -271,22 +275,36 @@ def equiangular_normalized_rate(rho, r, t: float, n: int, beta: float, norm: str
     (float, float)
     """
     n, beta = _n_tokens(n), _v.as_real(beta, "beta")
+    return _normalized_rate(float(rho), float(r), _v.as_real(t, "t"), n, beta, _norm_scheme(norm),
+                            alpha, _v.as_real(tau, "tau"))
+
+
+def _norm_scheme(norm: str) -> str:
     if norm not in _NORM_SCHEMES:
         raise ValueError(f"norm must be one of {_NORM_SCHEMES}, got {norm!r}")
+    return norm
+
+
+def _normalized_rate(rho, r, t, n, beta, norm, alpha, tau):
+    """:func:`equiangular_normalized_rate` on validated arguments."""
     # b = e^{beta rho}/Z and a = e^beta/Z, computed without overflow
     b = 1.0 / (np.exp(beta * (1.0 - rho)) + (n - 1))
     a = 1.0 - (n - 1) * b
     along = a + (n - 1) * rho * b  # <theta, A>
-    size = np.sqrt(a * a + 2.0 * (n - 1) * rho * a * b + (n - 1) * b * b * (1.0 + (n - 2) * rho))
     if norm == "mix":
         norm = "post" if t <= tau else "pre"
-    s, r_dot = {
-        "post": (1.0, 0.0),
-        "pre": (r, along),
-        "peri": (r * size, along / size),
-        "ngpt": (size / _alpha_at(alpha, t), 0.0),
-        "cod": (np.sqrt(t + 1.0), 0.0),
-    }[norm]
+    if norm in ("peri", "ngpt"):
+        size = np.sqrt(a * a + 2.0 * (n - 1) * rho * a * b + (n - 1) * b * b * (1.0 + (n - 2) * rho))
+    if norm == "post":
+        s, r_dot = 1.0, 0.0
+    elif norm == "pre":
+        s, r_dot = r, along
+    elif norm == "peri":
+        s, r_dot = r * size, along / size
+    elif norm == "ngpt":
+        s, r_dot = size / _alpha_at(alpha, t), 0.0
+    else:  # cod
+        s, r_dot = np.sqrt(t + 1.0), 0.0
     return 2.0 * b * (1.0 - rho) * (1.0 + (n - 1) * rho) / s, r_dot
 
 
@@ -325,10 +343,10 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
     t = np.atleast_1d(np.asarray(t, dtype=float))
     if t.ndim != 1 or np.any(t < 0) or np.any(np.diff(t) < 0):
         raise ValueError("t must be a 1-D array of nondecreasing times >= 0")
-    equiangular_normalized_rate(rho0, r0, 0.0, n, beta, norm)  # validates norm
+    norm = _norm_scheme(norm)
 
     def rhs(time, y):
-        return equiangular_normalized_rate(y[0], y[1], time, n, beta, norm, alpha=alpha, tau=tau)
+        return _normalized_rate(y[0], y[1], time, n, beta, norm, alpha, tau)
 
     # mix-LN switches at tau: integrate the two smooth pieces separately
     cuts = [0.0] + ([tau] if norm == "mix" and 0.0 < tau < t[-1] else []) + [float(t[-1])]
