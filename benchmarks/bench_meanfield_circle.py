@@ -3,9 +3,9 @@ the O(M^2) quadrature kernel, as the number of cells M grows.
 
 For every M a smooth non-uniform density (seeded random Fourier modes on top of the
 uniform one) is put on ``CircleGrid(M)`` and
-``tp.meanfield.face_velocity(dyn, grid, rho, method=...)`` is timed for
-``method="fast"`` (circular convolutions by FFT, O(M log M)) and
-``method="quadrature"`` (the attention kernel with the M faces as targets and the M cell
+``tp.meanfield.face_velocity(dyn, grid, rho, field=...)`` is timed for
+``field="fast"`` (circular convolutions by FFT, O(M log M)) and
+``field="quadrature"`` (the attention kernel with the M faces as targets and the M cell
 centres as sources, O(M^2)). The two are timed *interleaved* (fast, quadrature, fast,
 ...) after one untimed warm-up call of each (JIT compilation, FFT plans, first touch), so
 that machine noise hits both alike; the table gives the median of ``--repeats`` calls,
@@ -87,12 +87,12 @@ def time_one(m: int, dyn, repeats: int, seed: int, quadrature: bool) -> dict:
     grid = CircleGrid(m)
     rho = smooth_density(m, seed)
     methods = ("fast", "quadrature") if quadrature else ("fast",)
-    out = {name: face_velocity(dyn, grid, rho, method=name) for name in methods}  # warm-up
+    out = {name: face_velocity(dyn, grid, rho, field=name) for name in methods}  # warm-up
     times = {name: [] for name in methods}
     for _ in range(repeats):
         for name in methods:
             t0 = time.perf_counter()
-            face_velocity(dyn, grid, rho, method=name)
+            face_velocity(dyn, grid, rho, field=name)
             times[name].append(time.perf_counter() - t0)
     row = {"M": m, "fast_s": statistics.median(times["fast"])}
     if quadrature:

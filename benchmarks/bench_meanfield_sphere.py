@@ -1,7 +1,7 @@
 r"""Benchmark: the sphere grid's spherical-harmonic fast path vs the quadrature kernel.
 
 One evaluation of the mean-field face velocity on a :class:`~transformer_pde.SphereGrid`
-(``face_velocity(dyn, grid, rho, method)``) is timed for growing grids, both ways in the
+(``face_velocity(dyn, grid, rho, field)``) is timed for growing grids, both ways in the
 same run and interleaved (fast, quadrature, fast, ...) after one untimed warm-up call of
 each (JIT compilation, coefficient tables):
 

@@ -628,9 +628,9 @@ def test_initial_tokens_slightly_off_the_sphere_are_normalised(rng):
 
 
 # -- noisy tokens (MATH.md 4.7) -------------------------------------------------------------
-def _walkers(d):
+def _walkers(d, kappa):
     """Attention with V = 0: no drift, so the noisy tokens are independent Brownian motions."""
-    return tp.TokenDynamics(tp.SoftmaxAttention(1.0, V=np.zeros((d, d))))
+    return tp.TokenDynamics(tp.SoftmaxAttention(1.0, V=np.zeros((d, d))), kappa=kappa)
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -644,32 +644,33 @@ def test_noise_is_brownian_motion_on_the_sphere(d, rng):
     cosines = []
     for seed in range(8):  # 8 runs of 500 walkers: the O(n^2) attention costs 8x less than one of 4000
         x0 = random_sphere(rng, 500, d)
-        traj = tp.simulate(_walkers(d), x0, (0.0, 1.0), t_eval=[0.5, 1.0], kappa=kappa, dt=0.01,
+        traj = tp.simulate(_walkers(d, kappa), x0, (0.0, 1.0), t_eval=[0.5, 1.0], dt=0.01,
                            rng=seed)
-        assert traj.info.method == "euler-maruyama"
+        assert traj.info.method == "euler-maruyama" and traj.dynamics.kappa == kappa
         assert np.max(np.abs(np.linalg.norm(traj.x, axis=2) - 1.0)) < 1e-14
         cosines.append(np.sum(traj.x * x0, axis=2).mean(axis=1))
     assert np.mean(cosines, axis=0) == pytest.approx(np.exp(-(d - 1) * traj.t / kappa), abs=0.05)
 
 
 def test_noise_is_seeded_and_validated(rng):
-    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0), kappa=5.0)
     x0 = random_sphere(rng, 8, 3)
-    a = tp.simulate(dyn, x0, (0.0, 0.5), kappa=5.0, dt=0.01, rng=3).x
-    b = tp.simulate(dyn, x0, (0.0, 0.5), kappa=5.0, dt=0.01, rng=3).x
-    c = tp.simulate(dyn, x0, (0.0, 0.5), kappa=5.0, dt=0.01, rng=4).x
+    a = tp.simulate(dyn, x0, (0.0, 0.5), dt=0.01, rng=3).x
+    b = tp.simulate(dyn, x0, (0.0, 0.5), dt=0.01, rng=3).x
+    c = tp.simulate(dyn, x0, (0.0, 0.5), dt=0.01, rng=4).x
     assert np.array_equal(a, b) and not np.allclose(a, c)
     # Euclidean tokens diffuse without retraction: Var grows by 2 t / kappa per coordinate
-    walk = tp.TokenDynamics(tp.SoftmaxAttention(1.0, V=np.zeros((2, 2))), geometry="euclidean")
-    end = tp.simulate(walk, np.zeros((5000, 2)), (0.0, 1.0), t_eval=[1.0], kappa=4.0, dt=0.05, rng=1).x[-1]
+    walk = tp.TokenDynamics(tp.SoftmaxAttention(1.0, V=np.zeros((2, 2))), geometry="euclidean",
+                            kappa=4.0)
+    end = tp.simulate(walk, np.zeros((5000, 2)), (0.0, 1.0), t_eval=[1.0], dt=0.05, rng=1).x[-1]
     # sample variance of 10^4 normals: relative standard error sqrt(2/10^4) = 1.4%; 4 of them
     assert np.var(end) == pytest.approx(0.5, rel=0.06)
-    with pytest.raises(ValueError, match="method must be 'euler'"):
-        tp.simulate(dyn, x0, (0.0, 1.0), kappa=2.0, method="rk4")
+    with pytest.raises(ValueError, match="needs method='euler-maruyama', got 'rk4'"):
+        tp.simulate(dyn, x0, (0.0, 1.0), method="rk4")
     with pytest.raises(ValueError, match="norm='pre'"):
-        tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(1.0), norm="pre"), x0, (0.0, 1.0), kappa=2.0)
+        tp.TokenDynamics(tp.SoftmaxAttention(1.0), norm="pre", kappa=2.0)
     with pytest.raises(ValueError, match="kappa must be > 0"):
-        tp.simulate(dyn, x0, (0.0, 1.0), kappa=0.0)
+        tp.TokenDynamics(tp.SoftmaxAttention(1.0), kappa=0.0)
 
 
 def test_euler_maruyama_is_the_declared_scheme_of_weak_order_one(rng):
@@ -696,7 +697,7 @@ def test_euler_maruyama_is_the_declared_scheme_of_weak_order_one(rng):
     cosines = []
     for seed in range(4):  # 4 x 2000 walkers: cheaper than one run of 8000 (O(n^2) attention)
         x0 = random_sphere(rng, 2000, 2)
-        end = tp.simulate(_walkers(2), x0, (0.0, T), t_eval=[T], kappa=kappa, dt=0.1, rng=seed).x[-1]
+        end = tp.simulate(_walkers(2, kappa), x0, (0.0, T), t_eval=[T], dt=0.1, rng=seed).x[-1]
         cosines.append(np.sum(end * x0, axis=1))
     cosines = np.concatenate(cosines)
     se = cosines.std() / np.sqrt(cosines.size)

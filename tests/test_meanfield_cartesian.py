@@ -150,7 +150,7 @@ def test_face_velocity_of_a_gaussian_is_affine():
     grid = CartesianGrid([(0.2 - 5.0, 0.2 + 5.0)], [200])
     rho = Density.from_function(grid, _gaussian(0.2, 0.25))
     mean, cov = rho.moments()
-    u = face_velocity(dyn, grid, rho.values, method="auto")
+    u = face_velocity(dyn, grid, rho.values, field="auto")
     x = grid.faces.points[:, 0]
     tilted = mean[0] + cov[0, 0] * a * x
     exact = tilted * grid.faces.normals[:, 0]
@@ -211,6 +211,6 @@ def test_cartesian_bad_input():
     with pytest.raises(ValueError, match="acts on d=2"):
         tp.solve_meanfield(tp.TokenDynamics(tp.SoftmaxAttention(1.0, Q=np.eye(2)),
                                             geometry="euclidean"), rho0, (0, 1))
-    with pytest.raises(ValueError, match="method='fast' needs rotation-invariant heads"):
+    with pytest.raises(ValueError, match="field='fast' needs rotation-invariant heads"):
         tp.solve_meanfield(tp.TokenDynamics(tp.SoftmaxAttention(1.0), geometry="euclidean"),
-                           rho0, (0, 1), method="fast")
+                           rho0, (0, 1), field="fast")

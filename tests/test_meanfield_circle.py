@@ -27,8 +27,8 @@ I2 = np.eye(2)
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_meanfield_circle.py"
 
 
-def _dyn(att):
-    return tp.TokenDynamics(att)  # sphere, post-LN: the circle's mean-field model
+def _dyn(att, kappa=None):
+    return tp.TokenDynamics(att, kappa=kappa)  # sphere, post-LN: the circle's mean-field model
 
 
 def _normalised(grid, values):
@@ -54,15 +54,15 @@ def _fitted_rate(t, amp):
 
 # -- conservation and positivity --------------------------------------------------------
 # M = 64 for the quadrature: 64 x 64 pairs run on one thread (no wait for a busy core)
-@pytest.mark.parametrize("m, method", [(256, "fast"), (64, "quadrature")])
-def test_cluster_run_conserves_mass_and_stays_nonnegative(m, method):
+@pytest.mark.parametrize("m, field", [(256, "fast"), (64, "quadrature")])
+def test_cluster_run_conserves_mass_and_stays_nonnegative(m, field):
     """SA, beta = 9, T = 30 from a perturbed uniform density: the mass piles into a few
     near-Diracs (the metastable clusters), yet the mass is conserved to 1e-12 and the
     density stays >= 0 at every step."""
     rho0 = _perturbed_uniform(m, 0.05, seed=1)
     grid = rho0.grid
     traj = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(9.0)), rho0, (0.0, 30.0),
-                              t_eval=np.linspace(0.0, 30.0, 61), method=method)
+                              t_eval=np.linspace(0.0, 30.0, 61), field=field)
     mass0 = rho0.mass()
     masses = np.sum(traj.density * grid.volumes, axis=1)
     # conservative fluxes: each step moves mass between cells, only round-off is lost
@@ -93,23 +93,23 @@ STATIONARY = {
 }
 
 
-@pytest.mark.parametrize("method", ["auto", "quadrature"])
+@pytest.mark.parametrize("field", ["auto", "quadrature"])
 @pytest.mark.parametrize("name", STATIONARY)
-def test_uniform_density_is_stationary(name, method):
+def test_uniform_density_is_stationary(name, field):
     """X[uniform] = 0 by symmetry. T = 5 keeps the round-off growth e^{lambda T} of these
     (unstable) states below ~30 (lambda <= 0.7 for these betas)."""
     u = Density.uniform(CircleGrid(64))
     traj = tp.solve_meanfield(_dyn(STATIONARY[name]()), u, (0.0, 5.0),
-                              t_eval=np.linspace(0.0, 5.0, 51), method=method)
+                              t_eval=np.linspace(0.0, 5.0, 51), field=field)
     # 1e-14 = ~60 ulps of 1/(2 pi): round-off of the field times dt, summed over 50 steps
     assert np.max(np.abs(traj.density - u.values)) < 1e-14
 
 
-@pytest.mark.parametrize("method", ["auto", "quadrature"])
-def test_uniform_density_is_stationary_causal(method):
+@pytest.mark.parametrize("field", ["auto", "quadrature"])
+def test_uniform_density_is_stationary_causal(field):
     u = Density.uniform(CausalCircleGrid(3, 32))  # <= 32 x 96 pairs: one thread
     traj = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(4.0, causal=True)), u, (0.0, 5.0),
-                              t_eval=np.linspace(0.0, 5.0, 51), method=method)
+                              t_eval=np.linspace(0.0, 5.0, 51), field=field)
     assert np.max(np.abs(traj.density - u.values)) < 1e-14  # as above: round-off only
 
 
@@ -127,7 +127,7 @@ def test_linear_growth_rate_of_mode_k(model, beta, k):
     grid = CircleGrid(256)
     rho0 = Density.from_function(grid, lambda th: 1.0 + 1e-4 * np.cos(k * th))
     t = np.linspace(0.0, 1.0 / lam, 21)  # 20 steps per e-folding: RK3 error ~ (lam dt)^3/24
-    traj = tp.solve_meanfield(_dyn(att), rho0, (0.0, t[-1]), t_eval=t, method="fast")
+    traj = tp.solve_meanfield(_dyn(att), rho0, (0.0, t[-1]), t_eval=t, field="fast")
     rate = _fitted_rate(t, _mode_amplitude(traj.density, k))
     # issue 3 acceptance: 1 %; measured ~3e-5 k^2 (the O((k h)^2) error of the scheme)
     assert rate == pytest.approx(lam, rel=0.01)
@@ -154,7 +154,7 @@ def _convergence_slope(att, t_end, ms, m_ref):
     def run(m):
         rho0 = Density(CircleGrid(m), _smooth_cell_averages(m))
         return tp.solve_meanfield(_dyn(att), rho0, (0.0, t_end), t_eval=[0.0, t_end],
-                                  method="fast").density[-1]
+                                  field="fast").density[-1]
 
     ref = run(m_ref)
     errs = []
@@ -202,22 +202,22 @@ def test_fast_path_matches_quadrature(name):
     rho = Density.from_function(
         grid, lambda th: np.exp(2 * np.cos(th - 1)) + 0.5 * np.exp(3 * np.cos(2 * th + 0.3))).values
     dyn = _dyn(FAST_MODELS[name]())
-    fast = face_velocity(dyn, grid, rho, method="fast")
-    quad = face_velocity(dyn, grid, rho, method="quadrature")
+    fast = face_velocity(dyn, grid, rho, field="fast")
+    quad = face_velocity(dyn, grid, rho, field="quadrature")
     assert fast.shape == quad.shape == (512,)
     scale = np.max(np.abs(quad))
     assert scale > 0.1  # a real, non-trivial field
     # issue 3 acceptance 1e-10 (relative to max |u|); measured ~3e-15
     assert np.max(np.abs(fast - quad)) < 1e-10 * scale
-    assert np.array_equal(face_velocity(dyn, grid, rho, method="auto"), fast)
+    assert np.array_equal(face_velocity(dyn, grid, rho, field="auto"), fast)
 
 
 def test_causal_fast_path_matches_quadrature():
     grid = CausalCircleGrid(5, 256)
     rho = Density.from_function(grid, lambda s, th: np.exp(3 * np.cos(th - 4 * s)) + s).values
     dyn = _dyn(tp.SoftmaxAttention(3.0, Q=0.8 * I2, K=1.5 * I2, V=1.2 * I2, causal=True))
-    fast = face_velocity(dyn, grid, rho, method="fast")
-    quad = face_velocity(dyn, grid, rho, method="quadrature")
+    fast = face_velocity(dyn, grid, rho, field="fast")
+    quad = face_velocity(dyn, grid, rho, field="quadrature")
     scale = np.max(np.abs(quad))
     assert scale > 0.1
     assert np.max(np.abs(fast - quad)) < 1e-10 * scale  # issue 3 acceptance; measured ~4e-15
@@ -228,10 +228,10 @@ def test_general_matrices_use_quadrature(rng):
     att = tp.SoftmaxAttention(2.0, Q=rng.normal(size=(2, 2)), K=rng.normal(size=(2, 2)))
     grid = CircleGrid(64)
     rho = Density.from_function(grid, lambda th: 2 + np.cos(th)).values
-    auto = face_velocity(_dyn(att), grid, rho, method="auto")
-    assert np.array_equal(auto, face_velocity(_dyn(att), grid, rho, method="quadrature"))
-    with pytest.raises(ValueError, match="method='fast' needs rotation-invariant heads"):
-        face_velocity(_dyn(att), grid, rho, method="fast")
+    auto = face_velocity(_dyn(att), grid, rho, field="auto")
+    assert np.array_equal(auto, face_velocity(_dyn(att), grid, rho, field="quadrature"))
+    with pytest.raises(ValueError, match="field='fast' needs rotation-invariant heads"):
+        face_velocity(_dyn(att), grid, rho, field="fast")
 
 
 # -- symmetries ----------------------------------------------------------------------------
@@ -246,30 +246,30 @@ SYMMETRY_CASES = [  # M = 64 for the quadrature: one thread, as above
 ]
 
 
-@pytest.mark.parametrize("att, method, m", SYMMETRY_CASES)
-def test_rotation_by_whole_cells_rotates_the_solution(att, method, m):
+@pytest.mark.parametrize("att, field, m", SYMMETRY_CASES)
+def test_rotation_by_whole_cells_rotates_the_solution(att, field, m):
     grid = CircleGrid(m)
     rho0 = Density.from_function(grid, _rough)
     t = np.linspace(0.0, 3.0, 7)
-    base = tp.solve_meanfield(_dyn(att), rho0, (0.0, 3.0), t_eval=t, method=method)
+    base = tp.solve_meanfield(_dyn(att), rho0, (0.0, 3.0), t_eval=t, field=field)
     for shift in (1, 17, m // 2):
         rotated = tp.solve_meanfield(_dyn(att), Density(grid, np.roll(rho0.values, shift)),
-                                     (0.0, 3.0), t_eval=t, method=method)
+                                     (0.0, 3.0), t_eval=t, field=field)
         diff = np.max(np.abs(np.roll(base.density, shift, axis=1) - rotated.density))
         # round-off (FFT/quadrature sums in another order) amplified over ~200 unstable
         # steps: measured <= 3e-14 relative
         assert diff < 1e-12 * base.density.max()
 
 
-@pytest.mark.parametrize("att, method, m", SYMMETRY_CASES)
-def test_even_initial_density_stays_even(att, method, m):
+@pytest.mark.parametrize("att, field, m", SYMMETRY_CASES)
+def test_even_initial_density_stays_even(att, field, m):
     """theta -> -theta maps cell c to cell M-1-c; an even density stays even and its
     sine moment stays 0."""
     grid = CircleGrid(m)
     rho0 = Density.from_function(grid, lambda th: _rough(th) + _rough(-th))
     assert np.allclose(rho0.values, rho0.values[::-1], rtol=1e-14)  # even to round-off
     traj = tp.solve_meanfield(_dyn(att), rho0, (0.0, 3.0), t_eval=np.linspace(0.0, 3.0, 7),
-                              method=method)
+                              field=field)
     peak = traj.density.max()
     assert peak > 3 * rho0.values.max()  # the dynamics did something
     # round-off amplified by the unstable dynamics: measured <= 2e-13 relative
@@ -310,7 +310,7 @@ def test_causal_fibres_track_causal_particles():
     errs = []
     for kappa in kappas:
         traj = tp.solve_meanfield(dyn, _causal_bumps(grid, CAUSAL_THETA0, kappa), (0.0, t_end),
-                                  t_eval=t, method="fast")
+                                  t_eval=t, field="fast")
         diff = np.angle(np.exp(1j * (_fibre_mean_angles(grid, traj.density) - theta_p)))
         errs.append(np.max(np.abs(diff)))
     errs = np.array(errs)
@@ -328,7 +328,7 @@ def test_causal_first_fibre_does_not_move():
     centres = np.array([grid.circle.angles[40], 2.0, 4.0])  # fibre 1 centred on cell 40
     rho0 = _causal_bumps(grid, centres, 30.0)
     traj = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(3.0, causal=True)), rho0, (0.0, 4.0),
-                              t_eval=np.linspace(0.0, 4.0, 9), method="auto")
+                              t_eval=np.linspace(0.0, 4.0, 9), field="auto")
     means = _fibre_mean_angles(grid, traj.density)
     # the reflection about cell 40 maps the fibre to itself: round-off only
     assert np.max(np.abs(means[:, 0] - centres[0])) < 1e-12
@@ -351,7 +351,7 @@ def test_noisy_beta0_pitchfork_at_kappa_2(att, kappa):
     grid = CircleGrid(64)
     rho0 = Density.from_function(grid, lambda th: 1.0 + 1e-4 * np.cos(th - 0.4))
     t = np.linspace(0.0, 2.0 / abs(lam), 21)
-    traj = tp.solve_meanfield(_dyn(att), rho0, (0.0, t[-1]), t_eval=t, kappa=kappa, method="fast")
+    traj = tp.solve_meanfield(_dyn(att, kappa), rho0, (0.0, t[-1]), t_eval=t, field="fast")
     r = np.abs(np.sum(traj.density * np.exp(1j * grid.angles) * grid.h, axis=1))
     assert (r[-1] < r[0]) == (kappa < 2.0)
     # measured <= 0.2 % at M = 64 (O(h^2) of the 3-point Laplacian and the transport)
@@ -367,8 +367,8 @@ def test_noisy_beta0_supercritical_steady_state():
     r_star = brentq(lambda r: ive(1, kappa * r) / ive(0, kappa * r) - r, 1e-3, 1.0)
     grid = CircleGrid(64)
     rho0 = Density.from_function(grid, lambda th: 1.0 + 0.2 * np.cos(th - 0.4))
-    traj = tp.solve_meanfield(_dyn(tp.UnnormalizedAttention(0.0)), rho0, (0.0, 60.0),
-                              t_eval=[0.0, 50.0, 60.0], kappa=kappa, method="fast")
+    traj = tp.solve_meanfield(_dyn(tp.UnnormalizedAttention(0.0), kappa), rho0, (0.0, 60.0),
+                              t_eval=[0.0, 50.0, 60.0], field="fast")
     z = np.sum(traj.density * np.exp(1j * grid.angles) * grid.h, axis=1)
     assert abs(abs(z[-1]) - abs(z[-2])) < 1e-8  # stationary (rate -1/kappa-ish decay of the rest)
     assert abs(z[-1]) == pytest.approx(r_star, rel=5e-3)  # O(h^2) at M = 64
@@ -381,8 +381,8 @@ def test_noisy_beta0_supercritical_steady_state():
 def test_result_does_not_depend_on_the_saved_times():
     rho0 = _perturbed_uniform(128, 1e-3, seed=1)
     dyn = _dyn(tp.SoftmaxAttention(9.0))
-    coarse = tp.solve_meanfield(dyn, rho0, (0.0, 30.0), t_eval=[0.0, 30.0], method="fast")
-    fine = tp.solve_meanfield(dyn, rho0, (0.0, 30.0), t_eval=np.linspace(0, 30, 601), method="fast")
+    coarse = tp.solve_meanfield(dyn, rho0, (0.0, 30.0), t_eval=[0.0, 30.0], field="fast")
+    fine = tp.solve_meanfield(dyn, rho0, (0.0, 30.0), t_eval=np.linspace(0, 30, 601), field="fast")
     # saving at 61 instead of 601 times changes the result by 3e-3 in L1 (time error)
     assert np.sum(np.abs(coarse.density[-1] - fine.density[-1])) * rho0.grid.h < 1e-2
 
@@ -411,17 +411,19 @@ def test_solve_meanfield_bad_input(rng):
         tp.solve_meanfield(dyn, rho0, (0, 1), cfl=0.0)
     with pytest.raises(ValueError, match="cfl must be > 0"):
         tp.solve_meanfield(dyn, rho0, (0, 1), cfl=-0.1)
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="method .the time stepper. must be one of"):
         tp.solve_meanfield(dyn, rho0, (0, 1), method="spectral")
+    with pytest.raises(ValueError, match="field must be one of"):
+        tp.solve_meanfield(dyn, rho0, (0, 1), field="spectral")
     random_q = _dyn(tp.SoftmaxAttention(1.0, Q=rng.normal(size=(2, 2))))
-    with pytest.raises(ValueError, match="method='fast' needs rotation-invariant heads"):
-        tp.solve_meanfield(random_q, rho0, (0, 1), method="fast")
-    with pytest.raises(ValueError, match="method='fast' needs rotation-invariant heads"):
-        tp.solve_meanfield(_dyn(tp.SinkhornAttention(1.0)), rho0, (0, 1), method="fast")
+    with pytest.raises(ValueError, match="field='fast' needs rotation-invariant heads"):
+        tp.solve_meanfield(random_q, rho0, (0, 1), field="fast")
+    with pytest.raises(ValueError, match="field='fast' needs rotation-invariant heads"):
+        tp.solve_meanfield(_dyn(tp.SinkhornAttention(1.0)), rho0, (0, 1), field="fast")
     with pytest.raises(ValueError, match="kappa must be > 0"):
-        tp.solve_meanfield(dyn, rho0, (0, 1), kappa=0.0)
+        _dyn(tp.SoftmaxAttention(1.0), kappa=0.0)
     with pytest.raises(ValueError, match="kappa must be > 0"):
-        tp.solve_meanfield(dyn, rho0, (0, 1), kappa=-2.0)
+        _dyn(tp.SoftmaxAttention(1.0), kappa=-2.0)
     with pytest.raises(ValueError, match="a CircleGrid needs TokenDynamics.*geometry='sphere'"):
         tp.solve_meanfield(tp.TokenDynamics(tp.SoftmaxAttention(1.0), geometry="euclidean"),
                            rho0, (0, 1))

@@ -47,10 +47,10 @@ def _smooth(grid, seed=0):
     return values / np.sum(values * grid.volumes)
 
 
-def _rate_of_change(dyn, grid, rho, method="fast"):
+def _rate_of_change(dyn, grid, rho, field="fast"):
     """d rho / dt of the finite-volume scheme (upwind flux of the reconstructed values)."""
     f = grid.faces
-    u = face_velocity(dyn, grid, rho, method)
+    u = face_velocity(dyn, grid, rho, field)
     lo, hi = grid.reconstruct(rho)
     flux = f.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
     change = np.bincount(f.right, weights=flux, minlength=grid.size)
@@ -256,7 +256,7 @@ def test_general_matrices_use_quadrature(rng):
     grid = SphereGrid(8)
     rho = _smooth(grid)
     assert np.array_equal(face_velocity(dyn, grid, rho, "auto"), face_velocity(dyn, grid, rho, "quadrature"))
-    with pytest.raises(ValueError, match="method='fast' needs rotation-invariant heads"):
+    with pytest.raises(ValueError, match="field='fast' needs rotation-invariant heads"):
         face_velocity(dyn, grid, rho, "fast")
 
 
@@ -267,8 +267,8 @@ def test_uniform_density_is_stationary_at_beta_0():
     grid = SphereGrid(16)
     rho = Density.uniform(grid).values
     for att in (tp.SoftmaxAttention(beta=0.0), tp.UnnormalizedAttention(beta=0.0)):
-        for method in ("fast", "quadrature"):
-            assert np.max(np.abs(_rate_of_change(_dyn(att), grid, rho, method))) < 1e-13 * rho[0]
+        for field in ("fast", "quadrature"):
+            assert np.max(np.abs(_rate_of_change(_dyn(att), grid, rho, field))) < 1e-13 * rho[0]
     sol = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(beta=0.0)), Density.uniform(grid), (0.0, 2.0),
                              t_eval=[0.0, 2.0])
     assert np.max(np.abs(sol.density[-1] - rho)) < 1e-13 * rho[0]
@@ -284,9 +284,9 @@ def test_uniform_density_is_stationary_for_beta_positive(att):
     grid = SphereGrid(16)
     rho = Density.uniform(grid).values
     dyn = _dyn(att)
-    for method in ("fast", "quadrature"):
+    for field in ("fast", "quadrature"):
         # the field is a difference of two O(1) sums: a few ulps
-        assert np.max(np.abs(face_velocity(dyn, grid, rho, method))) < 1e-14 * np.exp(att.beta)
+        assert np.max(np.abs(face_velocity(dyn, grid, rho, field))) < 1e-14 * np.exp(att.beta)
     sol = tp.solve_meanfield(dyn, Density.uniform(grid), (0.0, 2.0), t_eval=[0.0, 2.0])
     # velocity round-off scales with the weights (e^beta for USA), accumulated over steps
     scale = np.exp(att.beta) if isinstance(att, tp.UnnormalizedAttention) else 1.0
@@ -308,8 +308,8 @@ def test_subtracted_uniform_residual_is_the_quadrature_error():
 
 
 # -- conservation and positivity --------------------------------------------------------
-@pytest.mark.parametrize("n_lat, method", [(24, "fast"), (10, "quadrature")])
-def test_cluster_run_conserves_mass_and_stays_nonnegative(n_lat, method):
+@pytest.mark.parametrize("n_lat, field", [(24, "fast"), (10, "quadrature")])
+def test_cluster_run_conserves_mass_and_stays_nonnegative(n_lat, field):
     """SA, beta = 9, T = 20 from a perturbed uniform density: the mass gathers into a few
     near-Diracs, yet the mass is conserved to 1e-12 and the density stays >= 0 at every
     step (the solver also stops at the first negative value)."""
@@ -319,7 +319,7 @@ def test_cluster_run_conserves_mass_and_stays_nonnegative(n_lat, method):
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     rho0 = Density.from_function(grid, lambda x: 1.0 + 0.1 * np.sum(np.exp(3.0 * (x @ c.T - 1.0)), axis=1))
     sol = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(beta=9.0)), rho0, (0.0, 20.0),
-                             t_eval=np.linspace(0.0, 20.0, 5), method=method)
+                             t_eval=np.linspace(0.0, 20.0, 5), field=field)
     masses = sol.density @ grid.volumes
     assert np.max(np.abs(masses - 1.0)) < 1e-12
     assert sol.info.mass_drift < 1e-12
@@ -427,7 +427,7 @@ def test_sphere_run_agrees_with_axisymmetric_solution():
     z = np.array([0.0, 0.0, 1.0])
     grid = SphereGrid(32)
     rho0 = Density.from_function(grid, lambda x: _profile(np.arccos(np.clip(x @ z, -1, 1))))
-    sol = tp.solve_meanfield(dyn, rho0, (0.0, 2.0), t_eval=[0.0, 2.0], method="quadrature")
+    sol = tp.solve_meanfield(dyn, rho0, (0.0, 2.0), t_eval=[0.0, 2.0], field="quadrature")
     assert _axisymmetric_error(sol, ref, z) < 0.025
     # and the density has moved: the initial one is ~0.2 away from the final one
     assert np.sum(np.abs(sol.density[0] - sol.density[-1]) * grid.volumes) > 0.1

@@ -39,6 +39,7 @@ from .meanfield import (
     solve_axisymmetric,
     solve_meanfield,
 )
+from . import trackers
 
 __version__ = "0.1.0"
 
@@ -84,5 +85,6 @@ __all__ = [
     "wasserstein",
     "theory",
     "clustering",
+    "trackers",
     "__version__",
 ]

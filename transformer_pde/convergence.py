@@ -116,7 +116,7 @@ class ConvergenceStudy:
 
 def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *, seeds=(0, 1, 2),
                           p: float | Sequence[float] = 2.0, method: str = "rk4",
-                          dt: float | None = None, pde_method: str = "auto", cfl: float = 0.45
+                          dt: float | None = None, field: str = "auto", cfl: float = 0.45
                           ) -> ConvergenceStudy | tuple[ConvergenceStudy, ...]:
     r"""Measure :math:`W_p(\mu^n_t, \mu_t)` between particles and the grid PDE, for several n.
 
@@ -148,8 +148,8 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
         measured with each and one study per order is returned.
     method, dt
         Stepper and step of the particle runs (:func:`~transformer_pde.simulate`).
-    pde_method, cfl
-        Field method and CFL number of the grid run.
+    field, cfl
+        Field algorithm and CFL number of the grid run (:func:`~transformer_pde.solve_meanfield`).
 
     Returns
     -------
@@ -175,7 +175,7 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
         raise ValueError(f"p must be >= 1, got {p}")
 
     t_eval = np.concatenate([[0.0], times])
-    sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, method=pde_method)
+    sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, field=field)
     distance = np.empty((len(orders), len(n_values), len(seeds), len(times)))
     steps = 0
     for i, n in enumerate(n_values):

@@ -59,6 +59,13 @@ class TokenDynamics:
         nGPT step size :math:`\alpha_t > 0` (a constant or a function of t).
     tau : float, optional
         Mix-LN switching time: post-LN for :math:`t \le \tau`, pre-LN after.
+    kappa : float, optional
+        Noise level :math:`\kappa > 0` of the noisy model (MATH.md 4.7): each token also
+        carries a Brownian motion :math:`\sqrt{2/\kappa}\,P^\perp_{x}\circ dW` and the mean
+        field gains the diffusion :math:`\kappa^{-1}\Delta\rho`. None (default): no
+        noise. Used by :func:`~transformer_pde.simulate` and
+        :func:`~transformer_pde.solve_meanfield` alike; not for norm "pre", "peri" or
+        "mix", whose state carries token radii.
 
     Attributes
     ----------
@@ -67,7 +74,8 @@ class TokenDynamics:
     """
 
     def __init__(self, attention, geometry: str = "sphere", norm: str | None = None, *,
-                 alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0):
+                 alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0,
+                 kappa: float | None = None):
         if not isinstance(attention, (Attention, MultiHeadAttention)):
             raise TypeError(
                 "attention must be an attention object such as tp.SoftmaxAttention(...), "
@@ -95,6 +103,12 @@ class TokenDynamics:
         self.state_space = (
             Sphere() if self.norm in _ON_SPHERE else Euclidean()
         )
+        self.kappa = None if kappa is None else _v.as_positive(kappa, "kappa")
+        if self.kappa is not None and self.norm in ("pre", "peri", "mix"):
+            raise ValueError(
+                f"kappa (noise) is supported on the sphere and in Euclidean space, not for "
+                f"norm={self.norm!r}, whose state carries token radii; got kappa={self.kappa:g}"
+            )
 
     @property
     def dim(self) -> int | None:
@@ -112,7 +126,9 @@ class TokenDynamics:
         return self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
 
     def __repr__(self) -> str:
-        return f"TokenDynamics({self.attention!r}, geometry={self.geometry.name!r}, norm={self.norm!r})"
+        noise = "" if self.kappa is None else f", kappa={self.kappa:g}"
+        return (f"TokenDynamics({self.attention!r}, geometry={self.geometry.name!r}, "
+                f"norm={self.norm!r}{noise})")
 
     # -- public ----------------------------------------------------------------------
     def check_state(self, x, name: str = "x") -> np.ndarray:

@@ -109,7 +109,7 @@ def _grid_rate(kappa, M):
     rho0 = tp.Density.from_function(grid, lambda th: 1.0 + EPS * np.cos(th))
     T = _rate_time(kappa)
     t = np.linspace(0.0, T, 41)
-    traj = tp.solve_meanfield(DYN, rho0, (0.0, T), t_eval=t, kappa=kappa, cfl=CFL)
+    traj = tp.solve_meanfield(tp.TokenDynamics(DYN.attention, kappa=kappa), rho0, (0.0, T), t_eval=t, cfl=CFL)
     r = order_parameter(traj)
     coef = np.polyfit(t, np.log(r), 1)
     resid = np.log(r) - np.polyval(coef, t)
@@ -122,7 +122,7 @@ def _grid_stationary(kappa, M):
     rho0 = tp.Density.from_function(grid, lambda th: np.exp(A_START * (np.cos(th) - 1.0)))
     T = _stationary_time(kappa)
     t = np.linspace(0.0, T, 101)
-    traj = tp.solve_meanfield(DYN, rho0, (0.0, T), t_eval=t, kappa=kappa, cfl=CFL)
+    traj = tp.solve_meanfield(tp.TokenDynamics(DYN.attention, kappa=kappa), rho0, (0.0, T), t_eval=t, cfl=CFL)
     r = order_parameter(traj)
     return {"t": t, "r": r, "r_T": float(r[-1]), "drift": float(abs(r[-1] - r[80])),
             "steps": traj.info.n_steps}
@@ -193,7 +193,7 @@ def _particle_runs(kappa, n, T, dt, seeds, blocks=10, save=0.5):
         rng = np.random.default_rng(seed)
         angles = rng.uniform(0.0, 2.0 * np.pi, n) if kappa < KC else rng.vonmises(0.0, A_START, n)
         x0 = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        traj = tp.simulate(DYN, x0, (0.0, T), t_eval=t, kappa=kappa, dt=dt, rng=rng)
+        traj = tp.simulate(tp.TokenDynamics(DYN.attention, kappa=kappa), x0, (0.0, T), t_eval=t, dt=dt, rng=rng)
         r = order_parameter(traj)
         block_means += [b.mean() for b in np.array_split(r[t >= burn], blocks)]
         if first is None:

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     grid = tp.SphereGrid(n_lat)
     rho0 = tp.Density.from_function(grid, _rho)
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))  # sphere, post-LN
-    sol = tp.solve_meanfield(dyn, rho0, (0.0, t_end), t_eval=[0.0, t_end], method="fast")
+    sol = tp.solve_meanfield(dyn, rho0, (0.0, t_end), t_eval=[0.0, t_end], field="fast")
     ref = sol.at(1)
 
     # the grid floor: SSW_2 between the cell-centre measures of this grid and of one twice

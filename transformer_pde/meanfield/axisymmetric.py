@@ -167,7 +167,8 @@ def _ring_kernels(ri, theta, theta_src):
 
 
 def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float = 0.5,
-                       progress: bool = False):
+                       method: str = "ssprk3", progress: bool = False, max_steps: int = 10_000_000,
+                       trackers=None, throw: bool = True):
     r"""High-resolution solution of the axisymmetric reduction of the Transformer PDE on the 2-sphere.
 
     For rotation-invariant models (every head's Q, K, V multiples of I; not Sinkhorn) a
@@ -188,8 +189,9 @@ def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float 
         colatitudes (radians); normalised to unit mass.
     n_theta : int
         Number of bands (>= 8).
-    t_span, t_eval, cfl, progress
-        As in :func:`~transformer_pde.solve_meanfield`.
+    t_span, t_eval, cfl, method, progress, max_steps, trackers, throw
+        As in :func:`~transformer_pde.solve_meanfield` (trackers see a :class:`Density`
+        on the :class:`AxisymmetricGrid`).
 
     Returns
     -------
@@ -215,4 +217,5 @@ def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float 
         raise TypeError(f"f must be a function of the colatitude, got {type(f).__name__}")
     grid = AxisymmetricGrid(n_theta)
     rho0 = Density.from_function(grid, f)
-    return solve_meanfield(dyn, rho0, t_span, t_eval=t_eval, cfl=cfl, method="fast", progress=progress)
+    return solve_meanfield(dyn, rho0, t_span, t_eval=t_eval, cfl=cfl, field="fast", method=method,
+                           progress=progress, max_steps=max_steps, trackers=trackers, throw=throw)

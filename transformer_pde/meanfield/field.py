@@ -56,7 +56,8 @@ from .grids import CausalCircleGrid, CircleGrid, Grid
 
 __all__ = ["face_velocity", "check_model", "rate_bound", "RotationInvariant", "rotation_invariant"]
 
-METHODS = ("auto", "quadrature", "fast")
+#: the ways :func:`face_velocity` computes the field (``field=`` of solve_meanfield)
+FIELDS = ("auto", "quadrature", "fast")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
     return total
 
 
-def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, method: str = "auto"
+def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = "auto"
                   ) -> np.ndarray:
     """Normal velocity of the mean field at every face, shape (F,).
 
@@ -175,24 +176,24 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, method: str =
         The grid.
     rho : ndarray, shape grid.shape
         Density values.
-    method : {"auto", "quadrature", "fast"}
-        ``"fast"`` requires every head to be rotation-invariant on a grid with a fast
+    field : {"auto", "quadrature", "fast"}
+        How the field is computed: ``"fast"`` requires every head to be rotation-invariant on a grid with a fast
         path; ``"auto"`` uses it where available and quadrature otherwise.
     """
     a = (rho * grid.volumes).ravel()
     u = np.zeros(len(grid.faces.areas))
     for head in _heads(dyn.attention):
-        u += _head_velocity(head, grid, a, method)
+        u += _head_velocity(head, grid, a, field)
         if getattr(grid, "balance_uniform", False) and rotation_invariant(head, grid.dim):
-            u -= _uniform_residual(head, grid, method) * (1.0 if _normalised(head) else a.sum())
+            u -= _uniform_residual(head, grid, field) * (1.0 if _normalised(head) else a.sum())
     return u
 
 
-def _head_velocity(head: Attention, grid: Grid, a: np.ndarray, method: str) -> np.ndarray:
-    fast = _fast_path(grid, head) if method != "quadrature" else None
-    if method == "fast" and fast is None:
+def _head_velocity(head: Attention, grid: Grid, a: np.ndarray, field: str) -> np.ndarray:
+    fast = _fast_path(grid, head) if field != "quadrature" else None
+    if field == "fast" and fast is None:
         raise ValueError(
-            f"method='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
+            f"field='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
             f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
         )
     return fast(a) if fast is not None else _quadrature(head, grid, a)
@@ -203,7 +204,7 @@ def _normalised(head: Attention) -> bool:
     return not isinstance(head, (UnnormalizedAttention, SigmoidAttention))
 
 
-def _uniform_residual(head: Attention, grid: Grid, method: str) -> np.ndarray:
+def _uniform_residual(head: Attention, grid: Grid, field: str) -> np.ndarray:
     r"""The discrete face velocity of the uniform unit-mass density, for a rotation-
     invariant head on a grid whose quadrature is not exactly rotation-invariant.
 
@@ -211,13 +212,13 @@ def _uniform_residual(head: Attention, grid: Grid, method: str) -> np.ndarray:
     midpoint rule leaves an O(h^3) residual that makes the uniform density drift.
     Subtracting it (a "well-balanced" correction, consistent to that order and linear in
     the mass for unnormalised heads) keeps the uniform density stationary to round-off
-    and leaves the dynamics of perturbations unchanged. Cached per grid, head and method.
+    and leaves the dynamics of perturbations unchanged. Cached per grid, head and field algorithm.
     """
     cache = grid.__dict__.setdefault("_uniform_residuals", {})
-    key = (rotation_invariant(head, grid.dim), method)
+    key = (rotation_invariant(head, grid.dim), field)
     if key not in cache:
         uniform = np.asarray(grid.volumes, dtype=float).ravel()
-        cache[key] = _head_velocity(head, grid, uniform / uniform.sum(), method)
+        cache[key] = _head_velocity(head, grid, uniform / uniform.sum(), field)
     return cache[key]
 
 
@@ -231,10 +232,10 @@ def _quadrature(head: Attention, grid: Grid, a: np.ndarray) -> np.ndarray:
         for k in range(grid.n_positions):  # fibre k attends to fibres 0..k
             n_src = (k + 1) * m
             out[k] = head._field(targets, sources[:n_src], a[:n_src])
-        field = out.reshape(-1, grid.dim)
+        values = out.reshape(-1, grid.dim)
     else:
-        field = head._field(np.ascontiguousarray(faces.points), sources, a)
-    return np.einsum("fd,fd->f", field, faces.normals)
+        values = head._field(np.ascontiguousarray(faces.points), sources, a)
+    return np.einsum("fd,fd->f", values, faces.normals)
 
 
 def _fast_path(grid: Grid, head: Attention):

@@ -4,8 +4,8 @@ r"""The Transformer PDE on a grid: conservative finite volumes, SSP Runge-Kutta 
 
     \partial_t\rho + \operatorname{div}\big(\rho\,X[\rho]\big) = \kappa^{-1}\Delta\rho
 
-(MATH.md 2.2, 3.1; the diffusion term is the noisy model of MATH.md 4.7, off by
-default). In space: the upwind flux of MC-limited second-order face values
+(MATH.md 2.2, 3.1; the diffusion term is the noisy model of MATH.md 4.7, present when the
+model has a noise level, ``TokenDynamics(..., kappa=...)``). In space: the upwind flux of MC-limited second-order face values
 (:mod:`~transformer_pde.meanfield.grids`) times the face velocity
 (:mod:`~transformer_pde.meanfield.field`), plus a two-point diffusion flux; each face
 flux leaves one cell and enters the other, so the total mass is conserved to round-off
@@ -28,28 +28,36 @@ Each forward-Euler stage of an upwind MC-limited scheme keeps the density nonneg
 while :math:`\Delta t` times its own outflow rate is at most 1/2 (the face values lie
 between neighbouring cell values); the step is redone with a smaller :math:`\Delta t`
 when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
+
+The run is one loop of the package's time-stepping engine: the finite-volume operator
+(:class:`_FiniteVolume`, which returns the rate of change together with its outflow rate
+and face velocities), the SSP-RK3 stepper (:class:`_SSPRK3`) and the CFL controller
+(:class:`_CFLController`: the step bounds above and the positivity redo).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _engine
 from .. import _validation as _v
+from .._engine import RunFailure, RunInfo, Status, Step
 from ..dynamics import TokenDynamics
-from ..integrate import _check_times, time_bar
 from .density import Density
-from .field import METHODS, check_model, face_velocity, rate_bound
+from .field import FIELDS, check_model, face_velocity, rate_bound
 from .grids import CartesianGrid, Grid
 
-__all__ = ["solve_meanfield", "DensityTrajectory", "MeanFieldInfo", "MassLossWarning"]
+__all__ = ["solve_meanfield", "DensityTrajectory", "MeanFieldInfo", "MassLossWarning", "METHODS"]
 
 
 #: each forward-Euler stage keeps the density nonnegative while dt * rate <= 1/2
 _CFL_MAX = 0.5
+
+#: the time steppers of the grid PDE, by name
+METHODS = ("ssprk3",)
 
 
 class MassLossWarning(UserWarning):
@@ -57,17 +65,13 @@ class MassLossWarning(UserWarning):
 
 
 @dataclass
-class MeanFieldInfo:
-    """What a mean-field run did."""
+class MeanFieldInfo(RunInfo):
+    """What a mean-field run did: :class:`~transformer_pde.RunInfo` plus the largest
+    relative mass drift, the smallest density value met and the field algorithm."""
 
-    n_steps: int = 0
-    n_rejected: int = 0
-    dt_min: float = np.inf
-    dt_max: float = 0.0
     mass_drift: float = 0.0
     min_density: float = np.inf
-    wall_time: float = 0.0
-    method: str = "auto"
+    field: str = "auto"
 
 
 @dataclass
@@ -80,9 +84,10 @@ class DensityTrajectory:
     density : ndarray, shape (nt, *grid.shape)
     grid : Grid
     dynamics : TokenDynamics
+        The model (with its noise level ``dynamics.kappa``).
     info : MeanFieldInfo
-        Steps, step-size range, the largest relative mass drift, the smallest density
-        value met, and the wall time.
+        How the run ended (``status``, ``message``), steps, step-size range, the largest
+        relative mass drift, the smallest density value met, and the wall time.
     """
 
     t: np.ndarray
@@ -96,29 +101,40 @@ class DensityTrajectory:
         return Density(self.grid, self.density[k])
 
 
-class _Operator:
-    """d rho / dt on a grid, with the CFL bound of its last evaluation."""
+@dataclass
+class _Rate:
+    """d rho / dt, the largest outflow rate per cell volume, and the face velocities."""
 
-    def __init__(self, dyn, grid, method, kappa):
-        self.dyn, self.grid, self.method = dyn, grid, method
+    change: np.ndarray
+    rate: float
+    u: np.ndarray
+
+
+class _FiniteVolume(_engine.Problem):
+    """d rho / dt on a grid (flattened cell values), with its outflow rate."""
+
+    who = "solve_meanfield"
+
+    def __init__(self, dyn, grid, field, info: MeanFieldInfo, mass0: float):
+        super().__init__(info)
+        self.dyn, self.grid, self.field = dyn, grid, field
         faces = grid.faces
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
         self.areas = faces.areas
-        vol = np.asarray(grid.volumes).ravel()
-        self.vol = vol
-        self.n = len(vol)
+        self.vol = np.asarray(grid.volumes).ravel()
+        self.n = len(self.vol)
+        self.mass0 = mass0
         self.diff = None
-        if kappa is not None:
+        if dyn.kappa is not None:
             li, ri = self.left[self.interior], self.right[self.interior]
             centers = np.asarray(grid.centers).reshape(-1, grid.dim)
             dist = _distance(grid, centers[li], centers[ri])
-            self.diff = (li, ri, self.areas[self.interior] / (kappa * dist))
+            self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
 
-    def __call__(self, rho_flat):
+    def evaluate(self, rho_flat, t) -> _Rate:
         rho = rho_flat.reshape(self.grid.shape)
-        u = face_velocity(self.dyn, self.grid, rho, self.method)
-        self.u = u
+        u = face_velocity(self.dyn, self.grid, rho, self.field)
         lo, hi = self.grid.reconstruct(rho)
         flux = self.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
         outflow = np.bincount(self.left, weights=self.areas * np.maximum(u, 0.0), minlength=self.n)
@@ -136,8 +152,81 @@ class _Operator:
             change = np.zeros(self.n)
         change -= np.bincount(self.left, weights=flux, minlength=self.n)
         change += np.bincount(self.right[inner], weights=flux[inner], minlength=self.n)
-        self.rate = np.max(outflow / self.vol)
-        return change / self.vol
+        change /= self.vol
+        rate = float(np.max(outflow / self.vol))
+        if not np.isfinite(rate):
+            raise RunFailure(Status.NONFINITE,
+                             f"the face velocity is not finite at t={t:.9g}, " + self._where(rho_flat + change))
+        return _Rate(change, rate, u)
+
+    def check(self, new, t, h, rho) -> None:
+        when = f"in the step from t={t:.9g} to t={t + h:.9g}"
+        if not np.all(np.isfinite(new)):
+            raise RunFailure(Status.NONFINITE, f"the density became non-finite {when}, " + self._where(new))
+        if new.min() < 0.0:
+            raise RunFailure(Status.NEGATIVE,
+                             f"the density became negative ({new.min():.3g}) {when}, " + self._where(new))
+
+    def _where(self, values) -> str:
+        bad = ~np.isfinite(values) | (values < 0.0)
+        cell = np.unravel_index(int(np.argmax(bad)) if bad.any() else 0, self.grid.shape)
+        return f"first at cell {tuple(int(i) for i in cell)} of {self.grid!r}"
+
+    def accepted(self, rho) -> None:
+        info = self.info
+        info.min_density = min(info.min_density, float(rho.min()))
+        info.mass_drift = max(info.mass_drift, abs(float(rho @ self.vol) - self.mass0) / self.mass0)
+
+    def state(self, rho_flat) -> Density:
+        return Density(self.grid, rho_flat.reshape(self.grid.shape))
+
+
+class _SSPRK3(_engine.Stepper):
+    r"""The three-stage SSP Runge-Kutta method of Shu and Osher, order 3:
+    :math:`\rho^{(1)} = \rho + h L\rho`,
+    :math:`\rho^{(2)} = \frac34\rho + \frac14(\rho^{(1)} + hL\rho^{(1)})`,
+    :math:`\rho^{n+1} = \frac13\rho + \frac23(\rho^{(2)} + hL\rho^{(2)})`."""
+
+    name, order = "ssprk3", 3
+
+    def step(self, problem, t, rho, h, f0: _Rate) -> Step:
+        rho1 = rho + h * f0.change
+        f1 = problem(rho1, t + h)
+        rho2 = 0.75 * rho + 0.25 * (rho1 + h * f1.change)
+        f2 = problem(rho2, t + 0.5 * h)
+        return Step(rho / 3.0 + 2.0 / 3.0 * (rho2 + h * f2.change), stages=(f0, f1, f2))
+
+
+class _CFLController:
+    """The CFL, rate-of-change and positivity step control of the module docstring."""
+
+    def __init__(self, cfl: float, rate_model: float):
+        self.cfl, self.rate_model = cfl, rate_model
+        self.u_prev = self.dt_prev = self.dt_free = None
+
+    def begin(self, t, target) -> int:
+        return 0
+
+    def propose(self, t, rho, f0: _Rate, remaining: float) -> float:
+        lam = self.rate_model  # until a step has measured how fast the field changes
+        if self.u_prev is not None:
+            size = float(np.max(np.abs(self.u_prev)))
+            change = float(np.max(np.abs(f0.u - self.u_prev))) / self.dt_prev
+            lam = min(change / size, self.rate_model) if size > 0.0 else 0.0
+        # grow at most 2x a step: lam lags one step behind the field
+        limit = np.inf if self.dt_free is None else 2.0 * self.dt_free
+        self.dt_free = min(self.cfl / max(f0.rate, lam), limit)
+        return min(self.dt_free, remaining)
+
+    def judge(self, t, rho, h, result: Step):
+        # every stage must satisfy the positivity bound, not only the first
+        rates = [stage.rate for stage in result.stages]
+        if h * max(rates) <= _CFL_MAX or not np.all(np.isfinite(rates)):
+            return True, h
+        return False, self.cfl / max(rates)
+
+    def accepted(self, h: float, f0: _Rate) -> None:
+        self.u_prev, self.dt_prev = f0.u, h
 
 
 def _distance(grid, a, b):
@@ -148,8 +237,8 @@ def _distance(grid, a, b):
 
 
 def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.45,
-                    method: str = "auto", kappa: float | None = None, progress: bool = False,
-                    max_steps: int = 10_000_000) -> DensityTrajectory:
+                    field: str = "auto", method: str = "ssprk3", progress: bool = False,
+                    max_steps: int = 10_000_000, trackers=None, throw: bool = True) -> DensityTrajectory:
     r"""Solve the Transformer PDE for the model ``dyn`` from the density ``rho0``.
 
     .. math::
@@ -158,7 +247,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
         \qquad \rho(t_0) = \rho_0,
 
     with X the mean-field velocity of the same :class:`~transformer_pde.TokenDynamics`
-    that :func:`~transformer_pde.simulate` takes (module docstring for the scheme).
+    that :func:`~transformer_pde.simulate` takes, and :math:`\kappa` its noise level
+    (no diffusion term when ``dyn.kappa`` is None); module docstring for the scheme.
 
     Parameters
     ----------
@@ -176,14 +266,25 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
         leaves room for the outflow rate to grow between Runge-Kutta stages; at 1/2 every
         such growth redoes the step (measured at beta = 9, M = 256: 200 redone steps in 499,
         against 1 in 545 at 0.45, for less work in all).
-    method : {"auto", "quadrature", "fast"}
-        How the field is computed (:func:`~transformer_pde.meanfield.field.face_velocity`).
-    kappa : float, optional
-        Noise level: adds the diffusion :math:`\kappa^{-1}\Delta\rho` (None: no noise).
+    field : {"auto", "quadrature", "fast"}
+        How the mean-field velocity is computed
+        (:func:`~transformer_pde.meanfield.field.face_velocity`): "fast" (FFT on the
+        circle, spherical harmonics on the sphere) needs rotation-invariant heads; "auto"
+        uses it where it exists and quadrature elsewhere.
+    method : {"ssprk3"}
+        The time stepper (the strong-stability-preserving Runge-Kutta method of order 3).
     progress : bool
         Show a tqdm progress bar.
     max_steps : int
-        Stop with an error after this many steps.
+        Stop with an error after this many steps (accepted and redone).
+    trackers : sequence of callable, optional
+        Observers called as ``tracker(t, density)`` at every saved time, ``density`` a
+        :class:`Density`; one returning True stops the run there, and the result then
+        ends at that time with ``info.status == "stopped"`` (:mod:`transformer_pde.trackers`).
+    throw : bool
+        If False, a run that fails (non-finite or negative density, ``max_steps``) returns
+        the densities saved up to the failure, with the failure in ``info.status`` and
+        ``info.message``, instead of raising.
 
     Returns
     -------
@@ -194,6 +295,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     ------
     FloatingPointError
         If the density turns non-finite or negative; the message gives the time and cell.
+    RuntimeError
+        If more than ``max_steps`` steps are needed.
 
     Notes
     -----
@@ -202,8 +305,21 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     slow merges of metastable clusters (drift :math:`\sim e^{-\beta(1-\cos\varphi)}`
     on the circle) are therefore delayed or frozen on a coarse grid: measured at
     :math:`\beta = 4`, a merge that particles complete at t = 54 happens at t = 85 with
-    1024 cells and not by t = 100 with 256 (``validation/metastability.py``). Compare
+    1024 cells and not by t = 100 with 256 (the ``metastability`` validation). Compare
     merge times with particles, or refine until they agree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> grid = tp.CircleGrid(64)
+    >>> rho0 = tp.Density.from_function(grid, lambda th: 1 + 0.5 * np.cos(th))
+    >>> dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0))
+    >>> sol = tp.solve_meanfield(dyn, rho0, (0.0, 1.0), t_eval=[0.0, 1.0])
+    >>> sol.density.shape, sol.info.status
+    ((2, 64), 'success')
+    >>> bool(sol.info.mass_drift < 1e-13 and sol.density.min() >= 0.0)   # mass, positivity
+    True
     """
     if not isinstance(rho0, Density):
         raise TypeError(f"rho0 must be a Density, got {type(rho0).__name__}")
@@ -212,95 +328,25 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     cfl = _v.as_positive(cfl, "cfl")
     if cfl > 0.5:
         raise ValueError(f"cfl must be in (0, 0.5] (positivity of the MUSCL scheme), got {cfl}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if kappa is not None:
-        kappa = _v.as_positive(kappa, "kappa")
+    if not isinstance(field, str) or field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method (the time stepper) must be one of {METHODS}, got {method!r}; "
+                         f"the field algorithm is field= {FIELDS}")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
-    t0, t1, t_eval = _check_times(t_span, t_eval)
+    t0, t1, t_eval = _engine.check_times(t_span, t_eval)
+    trackers = _engine.check_trackers(trackers)
 
-    op = _Operator(dyn, grid, method, kappa)
-    rate_model = rate_bound(dyn, grid)
-    lam = rate_model  # until a step has measured how fast the field changes
-    u_prev = dt_prev = dt_free = None
-    info = MeanFieldInfo(method=method)
-    out = np.empty((len(t_eval),) + grid.shape)
+    info = MeanFieldInfo(method=method, field=field)
     rho = rho0.values.ravel().copy()
-    mass0 = float(rho @ op.vol)
+    problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
-    k = int(np.searchsorted(t_eval, t0, side="right"))
-    out[:k] = rho0.values
-    t = t0
-    bar = time_bar(t1 - t0, "solve_meanfield") if progress else None
-    start = time.perf_counter()
-    try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for target in t_eval[k:]:
-                while t < target:
-                    if info.n_steps >= max_steps:
-                        raise RuntimeError(
-                            f"solve_meanfield: more than max_steps={max_steps} steps at t={t:.9g}")
-                    k1 = op(rho)
-                    rates = [op.rate]
-                    if not np.isfinite(op.rate):
-                        _fail(rho + k1, t, None, grid, "the face velocity is not finite")
-                    if u_prev is not None:
-                        size = float(np.max(np.abs(u_prev)))
-                        change = float(np.max(np.abs(op.u - u_prev))) / dt_prev
-                        lam = min(change / size, rate_model) if size > 0.0 else 0.0
-                    u_now = op.u
-                    # grow at most 2x a step: lam lags one step behind the field
-                    limit = np.inf if dt_free is None else 2.0 * dt_free
-                    dt_free = min(cfl / max(op.rate, lam), limit)
-                    dt = min(dt_free, target - t)
-                    while True:  # every stage must satisfy the positivity bound, not only the first
-                        rho1 = rho + dt * k1
-                        k2 = op(rho1)
-                        rates.append(op.rate)
-                        rho2 = 0.75 * rho + 0.25 * (rho1 + dt * k2)
-                        k3 = op(rho2)
-                        rates.append(op.rate)
-                        if dt * max(rates) <= _CFL_MAX or not np.all(np.isfinite(rates)):
-                            break
-                        dt = cfl / max(rates)
-                        info.n_rejected += 1
-                        del rates[1:]
-                    new = rho / 3.0 + 2.0 / 3.0 * (rho2 + dt * k3)
-                    _check(new, t, dt, grid)
-                    rho, u_prev, dt_prev = new, u_now, dt
-                    t = target if dt >= target - t else t + dt
-                    info.n_steps += 1
-                    info.dt_min, info.dt_max = min(info.dt_min, dt), max(info.dt_max, dt)
-                    info.min_density = min(info.min_density, float(rho.min()))
-                    info.mass_drift = max(info.mass_drift, abs(float(rho @ op.vol) - mass0) / mass0)
-                    if bar is not None:
-                        bar.update(dt)
-                out[k] = rho.reshape(grid.shape)
-                k += 1
-    finally:
-        if bar is not None:
-            bar.close()
-    info.wall_time = time.perf_counter() - start
+    controller = _CFLController(cfl, rate_bound(dyn, grid))
+    t, out = _engine.run(problem, _SSPRK3(), controller, rho, t0, t_eval, max_steps=max_steps,
+                         trackers=trackers, throw=throw, progress="solve_meanfield" if progress else None)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
             f"solve_meanfield: {info.mass_drift:.3g} of the mass left the box {list(grid.bounds)} "
             "through its outflow walls; enlarge the box", MassLossWarning, stacklevel=2)
-    return DensityTrajectory(t=t_eval.copy(), density=out, grid=grid, dynamics=dyn, info=info)
-
-
-def _check(new, t, dt, grid):
-    if not np.all(np.isfinite(new)):
-        _fail(new, t, dt, grid, "the density became non-finite")
-    if new.min() < 0.0:
-        _fail(new, t, dt, grid, f"the density became negative ({new.min():.3g})")
-
-
-def _fail(new, t, dt, grid, what):
-    bad = ~np.isfinite(new) | (new < 0.0)
-    cell = int(np.argmax(bad)) if bad.any() else 0
-    where = np.unravel_index(cell, grid.shape)
-    when = f"at t={t:.9g}" if dt is None else f"in the step from t={t:.9g} to t={t + dt:.9g}"
-    raise FloatingPointError(
-        f"solve_meanfield stopped: {what} {when}, first at cell "
-        f"{tuple(int(i) for i in where)} of {grid!r}"
-    )
+    return DensityTrajectory(t=t, density=out.reshape((len(t),) + grid.shape), grid=grid,
+                             dynamics=dyn, info=info)
