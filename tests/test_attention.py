@@ -104,8 +104,8 @@ def test_kernel_matches_reference(name, d, kind, weighted, rng):
     att = make_attention(name, d, rng)
     x = make_tokens(kind, rng, n, d)
     mass = make_mass(rng, n) if weighted else None
-    v = att.velocity(x, mass=mass)
-    v_ref = att.velocity_reference(x, mass=mass)
+    v = att.velocity(x, weights=mass)
+    v_ref = att.velocity_reference(x, weights=mass)
     assert v.shape == (n, d) and np.all(np.isfinite(v))
     # same sums in a different order (online log-sum-exp vs dense): ~ n eps relative
     assert rel_err(v, v_ref) <= 1e-12
@@ -119,8 +119,8 @@ def test_zero_mass_tokens_do_not_act(name, rng):
     x = rng.normal(size=(n, d))
     mass = rng.uniform(0.5, 1.5, size=n)
     mass[n - 1] = 0.0  # the last token: for causal attention it is nobody's predecessor
-    full = att.velocity(x, mass=mass)
-    dropped = att.velocity(x[:-1], mass=mass[:-1])
+    full = att.velocity(x, weights=mass)
+    dropped = att.velocity(x[:-1], weights=mass[:-1])
     # identical sums up to summation order: ~ n eps relative
     assert rel_err(full[:-1], dropped) <= 1e-13
 
@@ -132,7 +132,7 @@ def test_softmax_weights_closed_form(weighted, rng):
     att = make_attention("softmax", d, rng, beta=2.0)
     x = rng.normal(size=(n, d))
     mass = make_mass(rng, n) if weighted else np.ones(n)
-    w = att.weights(x, mass=mass if weighted else None)
+    w = att.matrix(x, weights=mass if weighted else None)
     a = mass / mass.sum()
     e = a[None, :] * np.exp(hand_logits(att, x))
     # a few flops per entry: round-off ~ 10 eps
@@ -141,7 +141,7 @@ def test_softmax_weights_closed_form(weighted, rng):
     assert np.all(w[:, a > 0] > 0) and np.all(w[:, a == 0] == 0)
     # velocity is the weighted sum of the values, by definition
     np.testing.assert_allclose(  # n eps relative (different summation order)
-        att.velocity(x, mass=mass), w @ values(att, x), rtol=1e-13, atol=1e-14
+        att.velocity(x, weights=mass), w @ values(att, x), rtol=1e-13, atol=1e-14
     )
 
 
@@ -149,7 +149,7 @@ def test_causal_weights_closed_form(rng):
     n, d = 10, 2
     att = make_attention("causal", d, rng, beta=1.5)
     x = rng.normal(size=(n, d))
-    w = att.weights(x)
+    w = att.matrix(x)
     assert np.all(np.triu(w, k=1) == 0.0)
     np.testing.assert_array_equal(w[0], np.eye(n)[0])
     e = np.tril(np.exp(hand_logits(att, x)))
@@ -166,7 +166,7 @@ def test_usa_weights_closed_form(rng):
     x = rng.normal(size=(n, d))
     mass = make_mass(rng, n)
     a = mass / mass.sum()
-    w = att.weights(x, mass=mass)
+    w = att.matrix(x, weights=mass)
     # exp: ~10 eps
     np.testing.assert_allclose(w, a[None, :] * np.exp(hand_logits(att, x)), rtol=1e-13, atol=0)
     # the uniform case is v_i = (1/n) sum_j exp(logit_ij) V x_j (MATH.md 2.1)
@@ -182,11 +182,11 @@ def test_sigmoid_weights_closed_form(rng):
     x = rng.normal(size=(n, d))
     mass = make_mass(rng, n)
     a = mass / mass.sum()
-    w = att.weights(x, mass=mass)
+    w = att.matrix(x, weights=mass)
     by_hand = a[None, :] / (1.0 + np.exp(-(hand_logits(att, x) + bias)))
     np.testing.assert_allclose(w, by_hand, rtol=1e-13, atol=0)  # exp and a division: ~10 eps
     np.testing.assert_allclose(  # n eps relative
-        att.velocity(x, mass=mass), by_hand @ values(att, x), rtol=1e-12, atol=1e-14
+        att.velocity(x, weights=mass), by_hand @ values(att, x), rtol=1e-12, atol=1e-14
     )
 
 
@@ -206,7 +206,7 @@ def test_sinkhorn_doubly_stochastic_and_scaling(kind, rng):
     n, d = 20, 3
     att = make_attention("sinkhorn", d, rng, beta=1.5)
     x = make_tokens(kind, rng, n, d)
-    w = att.weights(x)
+    w = att.matrix(x)
     assert att.last_status[1] <= att.tol
     # rows exact by construction, columns to the stopping tol 1e-13 of the log marginal
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)
@@ -230,7 +230,7 @@ def test_sinkhorn_weighted_marginals(rng):
     x = rng.normal(size=(n, d))
     mass = make_mass(rng, n)
     a = mass / mass.sum()
-    w = att.weights(x, mass=mass)
+    w = att.matrix(x, weights=mass)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)  # rows exact: n eps
     np.testing.assert_allclose(a @ w, a, rtol=1e-12, atol=0)  # log-marginal tol 1e-13
     u, v = _plain_sinkhorn(np.exp(hand_logits(att, x)), a)
@@ -248,7 +248,7 @@ def test_sinkhorn_one_sweep_is_softmax(kind, rng):
     sink = tp.SinkhornAttention(1.2, n_iter=1, tol=10.0, **mats)  # tol so large: no warning
     soft = tp.SoftmaxAttention(1.2, **mats)
     # one row normalisation of exp(L) is the softmax: same numbers, other order (~10 eps)
-    np.testing.assert_allclose(sink.weights(x, mass), soft.weights(x, mass), rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(sink.matrix(x, mass), soft.matrix(x, mass), rtol=1e-14, atol=1e-300)
     assert rel_err(sink.velocity(x, mass), soft.velocity(x, mass)) <= 1e-14
 
 
@@ -257,7 +257,7 @@ def test_sinkhorn_not_converged_warns_and_records(rng):
     att = make_attention("sinkhorn", d, rng, n_iter=2)
     x = rng.normal(size=(n, d))
     with pytest.warns(tp.SinkhornConvergenceWarning, match="n_iter=2"):
-        w = att.weights(x)
+        w = att.matrix(x)
     sweeps, err = att.last_status
     assert sweeps == 2 and err > att.tol
     # the reported error is the column log-marginal error of the returned matrix (1/n mass)
@@ -281,7 +281,7 @@ def test_l2_equals_softmax_on_sphere(d, rng):
     l2 = tp.L2Attention(3.0, V=V)
     sa = tp.SoftmaxAttention(3.0, V=V)
     # logits differ by round-off of |K x_j|^2 = 1 (~eps), times beta: 1e-13 covers it
-    np.testing.assert_allclose(l2.weights(x, mass), sa.weights(x, mass), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(l2.matrix(x, mass), sa.matrix(x, mass), rtol=1e-13, atol=0)
     assert rel_err(l2.velocity(x, mass), sa.velocity(x, mass)) <= 1e-13
     assert rel_err(l2.velocity(x), sa.velocity(x)) <= 1e-13
 
@@ -296,7 +296,7 @@ def test_l2_in_rd_closed_form(rect, rng):
     sq = np.sum((qx[:, None, :] - kx[None, :, :]) ** 2, axis=2)
     e = np.exp(-0.5 * beta * sq)
     by_hand = e / e.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(l2.weights(x), by_hand, rtol=1e-12, atol=0)  # logits O(10): ~100 eps
+    np.testing.assert_allclose(l2.matrix(x), by_hand, rtol=1e-12, atol=0)  # logits O(10): ~100 eps
     # |Kx_j| is not constant in R^d, so this is not the softmax of <Qx_i, Kx_j>
     sa = tp.SoftmaxAttention(beta, **mats)
     assert rel_err(l2.velocity(x), sa.velocity(x)) > 1e-2
@@ -311,7 +311,7 @@ def test_multihead_is_sum_of_heads(kind, rng):
     mh = make_attention("multihead", d, rng)
     x = make_tokens(kind, rng, n, d)
     mass = make_mass(rng, n)
-    w = mh.weights(x, mass)
+    w = mh.matrix(x, mass)
     assert w.shape == (len(mh.heads), n, n)
     by_weights = sum(w[h] @ values(head, x) for h, head in enumerate(mh.heads))
     by_heads = sum(head.velocity(x, mass) for head in mh.heads)
@@ -473,10 +473,10 @@ def test_bad_matrices():
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_bad_tokens_and_mass(name, rng):
+def test_bad_tokens_and_weights(name, rng):
     att = make_attention(name, 3, rng)
     x = rng.normal(size=(6, 3))
-    for method in (att.velocity, att.velocity_reference, att.weights):
+    for method in (att.velocity, att.velocity_reference, att.matrix):
         with pytest.raises(ValueError, match="dimension"):
             method(rng.normal(size=(6, 2)))
         for bad in (np.nan, np.inf):
@@ -487,14 +487,14 @@ def test_bad_tokens_and_mass(name, rng):
         for shape in ((6,), (2, 6, 3), (0, 3)):
             with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
                 method(np.ones(shape))
-        with pytest.raises(ValueError, match=r"mass must have shape \(6,\)"):
-            method(x, mass=np.ones(5))
-        with pytest.raises(ValueError, match="mass must be nonnegative"):
-            method(x, mass=np.array([1.0, 1, -0.5, 1, 1, 1]))
-        with pytest.raises(ValueError, match="mass must have a positive sum"):
-            method(x, mass=np.zeros(6))
-        with pytest.raises(ValueError, match="mass must be finite"):
-            method(x, mass=np.array([1.0, 1, np.nan, 1, 1, 1]))
+        with pytest.raises(ValueError, match=r"weights must have shape \(6,\)"):
+            method(x, weights=np.ones(5))
+        with pytest.raises(ValueError, match="weights must be nonnegative"):
+            method(x, weights=np.array([1.0, 1, -0.5, 1, 1, 1]))
+        with pytest.raises(ValueError, match="weights must have a positive sum"):
+            method(x, weights=np.zeros(6))
+        with pytest.raises(ValueError, match="weights must be finite"):
+            method(x, weights=np.array([1.0, 1, np.nan, 1, 1, 1]))
 
 
 def test_bad_sinkhorn_parameters():
@@ -531,8 +531,8 @@ def test_causal_rejects_zero_mass_first_token():
     # token 0 attends only to itself: with zero mass its softmax row is 0/0
     att = tp.SoftmaxAttention(1.0, causal=True)
     x = np.eye(3)
-    with pytest.raises(ValueError, match=r"mass\[0\] must be > 0"):
-        att.velocity(x, mass=[0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"weights\[0\] must be > 0"):
+        att.velocity(x, weights=[0.0, 1.0, 1.0])
 
 
 def test_sinkhorn_large_beta_converges_to_roundoff_floor(rng):
@@ -544,7 +544,7 @@ def test_sinkhorn_large_beta_converges_to_roundoff_floor(rng):
         warnings.simplefilter("error", tp.SinkhornConvergenceWarning)
         att.velocity(x)
         sweeps_kernel = att.last_status[0]
-        att.weights(x)
+        att.matrix(x)
         sweeps_reference = att.last_status[0]
     assert sweeps_kernel < 50 and sweeps_reference < 50
 

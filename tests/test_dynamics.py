@@ -43,7 +43,7 @@ def attention_output(att, theta):
     out = np.zeros_like(theta)
     for head in heads:
         vtheta = theta if head.V is None else theta @ head.V.T
-        out += head.weights(theta) @ vtheta
+        out += head.matrix(theta) @ vtheta
     return out
 
 
@@ -98,8 +98,8 @@ def test_velocity_matches_reference(name, norm, rng):
     mass = rng.uniform(0.1, 1.0, size=n)
     for t in (0.0, 0.9):  # before and after the mix-LN switch tau = 0.5
         for m in (None, mass):
-            v = dyn.velocity(x, t=t, mass=m)
-            v_ref = dyn.velocity_reference(x, t=t, mass=m)
+            v = dyn.velocity(x, t=t, weights=m)
+            v_ref = dyn.velocity_reference(x, t=t, weights=m)
             assert v.shape == (n, d)
             # kernel vs dense attention (n eps relative), times O(1) normalization factors
             assert close(v, v_ref, 1e-12)
@@ -315,8 +315,8 @@ def test_bad_state_and_time(rng):
         dyn.velocity(x[0])
     with pytest.raises(ValueError, match="t must be finite"):
         dyn.velocity(x, t=np.nan)
-    with pytest.raises(ValueError, match=r"mass must have shape \(5,\)"):
-        dyn.velocity(x, mass=np.ones(4))
+    with pytest.raises(ValueError, match=r"weights must have shape \(5,\)"):
+        dyn.velocity(x, weights=np.ones(4))
 
 
 @pytest.mark.parametrize("norm", ["peri", "ngpt"])

@@ -181,7 +181,7 @@ def test_affine_field_matches_particle_field(kind):
     Z = np.stack(np.meshgrid(z, z, indexing="ij"), -1).reshape(-1, d)
     W = np.outer(w, w).ravel()
     x = m + Z @ np.linalg.cholesky(S).T
-    v = att.velocity_reference(x, mass=W)
+    v = att.velocity_reference(x, weights=W)
     b, M = affine_field(_dyn(att), m, S)
     central = np.max(np.abs(Z), axis=1) < 2.5
     # measured <= 1e-13 (30 nodes: 2.7e-11, the quadrature error): round-off

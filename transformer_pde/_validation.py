@@ -17,7 +17,7 @@ __all__ = [
     "as_positive_int",
     "as_tokens",
     "as_matrix",
-    "as_mass",
+    "as_weights",
     "as_rng",
 ]
 
@@ -91,11 +91,11 @@ def as_matrix(value, name: str, shape: tuple[int | None, int | None]) -> np.ndar
     return arr
 
 
-def as_mass(mass, n: int, name: str = "mass") -> np.ndarray:
+def as_weights(weights, n: int, name: str = "weights") -> np.ndarray:
     """Nonnegative weights of shape (n,) with positive total, normalised to sum 1."""
-    if mass is None:
+    if weights is None:
         return np.full(n, 1.0 / n)
-    arr = _as_float_array(mass, name)
+    arr = _as_float_array(weights, name)
     if arr.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got shape {arr.shape}")
     _check_finite(arr, name)

@@ -3,7 +3,7 @@ r"""Attention variants: the interaction between tokens, without time stepping.
 Each variant is a small object holding the inverse temperature ``beta``
 and the matrices ``Q``, ``K`` (shape (k, d), default the identity of the data
 dimension) and ``V`` (shape (d, d), default the identity). Given tokens
-:math:`x_1, \dots, x_n \in \mathbb R^d` with masses :math:`a_j` (default
+:math:`x_1, \dots, x_n \in \mathbb R^d` with weights :math:`a_j` (default
 :math:`1/n`, i.e. the empirical measure) it returns the attention output
 
 .. math::
@@ -19,8 +19,8 @@ Three views of the same map are offered:
 - :meth:`Attention.velocity`: the Numba kernel (parallel over tokens, O(n d) memory,
   log-sum-exp stabilised); what the integrators call.
 - :meth:`Attention.velocity_reference`: a readable dense NumPy computation
-  ``weights(x) @ (x @ V.T)``; tests check that both agree to 1e-12.
-- :meth:`Attention.weights`: the dense n x n matrix :math:`W` (diagnostics, small n).
+  ``matrix(x) @ (x @ V.T)``; tests check that both agree to 1e-12.
+- :meth:`Attention.matrix`: the dense n x n matrix :math:`W` (diagnostics, small n).
 
 References: Geshkovski, Letrouit, Polyanskiy, Rigollet, *A mathematical perspective on
 Transformers* (arXiv 2312.10794); Castin, Ablin, Carrillo, Peyré, *A unified perspective
@@ -112,9 +112,9 @@ class SinkhornConvergenceWarning(RuntimeWarning):
     """Sinkhorn scaling stopped at ``n_iter`` sweeps before reaching ``tol``."""
 
 
-def _log_mass(mass: np.ndarray) -> np.ndarray:
+def _log_weights(weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        return np.log(mass)
+        return np.log(weights)
 
 
 def _t(a: np.ndarray) -> np.ndarray:
@@ -181,19 +181,19 @@ class Attention:
         )
         return f"{type(self).__name__}({self._params()}, {mats})"
 
-    def _check(self, x, mass):
+    def _check(self, x, weights):
         x = _v.as_tokens(x, "x")
         if self.dim is not None and x.shape[1] != self.dim:
             raise ValueError(
                 f"x has token dimension d={x.shape[1]}, but {type(self).__name__} acts on "
                 f"dimension {self.dim} (from the shapes of Q, K, V)"
             )
-        mass = _v.as_mass(mass, x.shape[0])
-        if self.causal and mass[0] == 0.0:
+        weights = _v.as_weights(weights, x.shape[0])
+        if self.causal and weights[0] == 0.0:
             raise ValueError(
-                "mass[0] must be > 0 for causal attention: the first token attends only to itself"
+                "weights[0] must be > 0 for causal attention: the first token attends only to itself"
             )
-        return x, mass
+        return x, weights
 
     def _query(self, x: np.ndarray) -> np.ndarray:
         """``beta Q x`` as a contiguous (n, k) array."""
@@ -209,58 +209,58 @@ class Attention:
         """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
         return (self._query(x),) + self._keys_values(x)
 
-    def logits(self, x, mass=None) -> np.ndarray:
+    def logits(self, x, weights=None) -> np.ndarray:
         r"""Dense logits :math:`\ell_{ij} = \beta\langle Qx_i, Kx_j\rangle`, shape (n, n)."""
-        x, _ = self._check(x, mass)
+        x, _ = self._check(x, weights)
         qx, kx, _ = self._projections(x)
         return qx @ kx.T
 
     # -- the three views --------------------------------------------------------------
-    def weights(self, x, mass=None) -> np.ndarray:
+    def matrix(self, x, weights=None) -> np.ndarray:
         """Dense weight matrix W, shape (n, n), with ``A_i = sum_j W_ij V x_j``.
 
         Parameters
         ----------
         x : array_like, shape (n, d)
             Tokens.
-        mass : array_like, shape (n,), optional
-            Nonnegative token masses (normalised to sum 1); uniform ``1/n`` by default.
+        weights : array_like, shape (n,), optional
+            Nonnegative token weights (normalised to sum 1); uniform ``1/n`` by default.
         """
-        x, mass = self._check(x, mass)
-        return self._weights_reference(x, mass)
+        x, weights = self._check(x, weights)
+        return self._matrix_reference(x, weights)
 
-    def velocity_reference(self, x, mass=None) -> np.ndarray:
-        """Attention output computed densely in NumPy, shape (n, d). See :meth:`weights`."""
-        x, mass = self._check(x, mass)
+    def velocity_reference(self, x, weights=None) -> np.ndarray:
+        """Attention output computed densely in NumPy, shape (n, d). See :meth:`matrix`."""
+        x, weights = self._check(x, weights)
         _, _, vx = self._projections(x)
-        return self._weights_reference(x, mass) @ vx
+        return self._matrix_reference(x, weights) @ vx
 
-    def velocity(self, x, mass=None) -> np.ndarray:
-        """Attention output from the Numba kernel, shape (n, d). See :meth:`weights`.
+    def velocity(self, x, weights=None) -> np.ndarray:
+        """Attention output from the Numba kernel, shape (n, d). See :meth:`matrix`.
 
         Raises ``FloatingPointError`` if the output overflows float64.
         """
-        x, mass = self._check(x, mass)
-        return check_finite_output(self._velocity(x, mass), repr(self))
+        x, weights = self._check(x, weights)
+        return check_finite_output(self._velocity(x, weights), repr(self))
 
-    def _velocity(self, x, mass):
+    def _velocity(self, x, weights):
         """The kernel on trusted inputs (what the integrators call)."""
-        return self._field(x, x, mass, self.causal)
+        return self._field(x, x, weights, self.causal)
 
-    def _field(self, targets, sources, mass, causal=False):
-        """Attention output (m, d) at ``targets`` (m, d) of the sources (n, d) with masses
+    def _field(self, targets, sources, weights, causal=False):
+        """Attention output (m, d) at ``targets`` (m, d) of the sources (n, d) with weights
         (n,), on trusted inputs: the mean-field velocity of a weighted point set. The
         causal index mask (source j <= target i) needs ``targets is sources``."""
         kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]))
         with _threads_for(len(targets) * len(sources)):
-            self._kernel(mass, self._query(targets), kx, vx, out, causal)
+            self._kernel(weights, self._query(targets), kx, vx, out, causal)
         return out
 
-    def _weights_reference(self, x, mass):  # pragma: no cover - abstract
+    def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _kernel(self, mass, qx, kx, vx, out, causal):  # pragma: no cover - abstract
+    def _kernel(self, weights, qx, kx, vx, out, causal):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -300,14 +300,14 @@ class SoftmaxAttention(Attention):
         qx, kx, _ = self._projections(x)
         return qx @ kx.T
 
-    def _weights_reference(self, x, mass):
-        logits = self._logits_reference(x) + _log_mass(mass)[None, :]
+    def _matrix_reference(self, x, weights):
+        logits = self._logits_reference(x) + _log_weights(weights)[None, :]
         if self.causal:
             logits = np.where(np.tri(len(x), dtype=bool), logits, -np.inf)
         return np.exp(log_softmax(logits, axis=1))
 
-    def _kernel(self, mass, qx, kx, vx, out, causal):
-        _softmax(qx, kx, vx, _log_mass(mass) + self._column_bias(kx), causal, out)
+    def _kernel(self, weights, qx, kx, vx, out, causal):
+        _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out)
 
 
 class L2Attention(SoftmaxAttention):
@@ -350,15 +350,15 @@ class UnnormalizedAttention(Attention):
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
     """
 
-    def _weights_reference(self, x, mass):
+    def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
-        return mass[None, :] * np.exp(qx @ kx.T)
+        return weights[None, :] * np.exp(qx @ kx.T)
 
-    def _kernel(self, mass, qx, kx, vx, out, causal):
+    def _kernel(self, weights, qx, kx, vx, out, causal):
         if _fused(qx, vx):
-            _k.exp_field(qx, _t(kx), _t(vx), _log_mass(mass), out)
+            _k.exp_field(qx, _t(kx), _t(vx), _log_weights(weights), out)
         else:
-            _tiled(qx, kx, vx, _log_mass(mass), _k.EXP, 0.0, False, out)
+            _tiled(qx, kx, vx, _log_weights(weights), _k.EXP, 0.0, False, out)
 
 
 class SigmoidAttention(Attention):
@@ -380,22 +380,22 @@ class SigmoidAttention(Attention):
     def _params(self) -> str:
         return f"beta={self.beta:g}, bias={self.bias:g}"
 
-    def _weights_reference(self, x, mass):
+    def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
-        return mass[None, :] * expit(qx @ kx.T + self.bias)
+        return weights[None, :] * expit(qx @ kx.T + self.bias)
 
-    def _kernel(self, mass, qx, kx, vx, out, causal):
+    def _kernel(self, weights, qx, kx, vx, out, causal):
         if _fused(qx, vx):
-            _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, mass, out)
+            _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, weights, out)
         else:
-            _tiled(qx, kx, vx, mass, _k.SIGMOID, self.bias, False, out)
+            _tiled(qx, kx, vx, weights, _k.SIGMOID, self.bias, False, out)
 
 
 class SinkhornAttention(Attention):
     r"""Sinkformer attention: the softmax kernel scaled to be doubly stochastic.
 
     The plan :math:`\pi_{ij} = a_i a_j e^{f_i + g_j + \beta\langle Qx_i, Kx_j\rangle}`
-    has both marginals equal to the masses :math:`a` (log-domain Sinkhorn on the
+    has both marginals equal to the weights :math:`a` (log-domain Sinkhorn on the
     potentials f, g) and :math:`W_{ij} = \pi_{ij}/a_i`. For the empirical measure
     (:math:`a = 1/n`) the rows and the columns of W sum to 1. MATH.md 3.1, 5.2.
 
@@ -443,10 +443,10 @@ class SinkhornAttention(Attention):
                 stacklevel=3,
             )
 
-    def _weights_reference(self, x, mass):
+    def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
         logits = qx @ kx.T
-        loga = _log_mass(mass)
+        loga = _log_weights(weights)
         tol = self._tolerance(qx, kx)
         g = np.zeros(len(x))
         err, n_done = np.inf, 0
@@ -462,12 +462,12 @@ class SinkhornAttention(Attention):
         self._report(n_done, err, tol)
         return np.exp(logits + f[:, None] + (g + loga)[None, :])
 
-    def _field(self, targets, sources, mass, causal=False):
+    def _field(self, targets, sources, weights, causal=False):
         """The plan's conditional mean at ``targets``: with the potential g of the self-
         transport of the sources, row i of the plan is softmax_j(l_ij + g_j + log a_j)
         (the row potential f_i only normalises it), which extends to any target point."""
         qs, ks, vs = self._projections(sources)
-        loga = _log_mass(mass)
+        loga = _log_weights(weights)
         tol = self._tolerance(qs, ks)
         with _threads_for(len(sources) ** 2):
             _, g, n_done, err = _k.sinkhorn_potentials(qs, _t(ks), _t(qs), ks, loga,
@@ -520,20 +520,20 @@ class MultiHeadAttention:
     def __repr__(self) -> str:
         return f"MultiHeadAttention([{', '.join(map(repr, self.heads))}])"
 
-    def weights(self, x, mass=None) -> np.ndarray:
+    def matrix(self, x, weights=None) -> np.ndarray:
         """Per-head weight matrices, shape (H, n, n)."""
-        return np.stack([head.weights(x, mass) for head in self.heads])
+        return np.stack([head.matrix(x, weights) for head in self.heads])
 
-    def velocity_reference(self, x, mass=None) -> np.ndarray:
+    def velocity_reference(self, x, weights=None) -> np.ndarray:
         """Sum of the heads' dense NumPy outputs, shape (n, d)."""
-        return sum(head.velocity_reference(x, mass) for head in self.heads)
+        return sum(head.velocity_reference(x, weights) for head in self.heads)
 
-    def velocity(self, x, mass=None) -> np.ndarray:
+    def velocity(self, x, weights=None) -> np.ndarray:
         """Sum of the heads' kernel outputs, shape (n, d)."""
-        return sum(head.velocity(x, mass) for head in self.heads)
+        return sum(head.velocity(x, weights) for head in self.heads)
 
-    def _velocity(self, x, mass):
-        return sum(head._velocity(x, mass) for head in self.heads)
+    def _velocity(self, x, weights):
+        return sum(head._velocity(x, weights) for head in self.heads)
 
-    def _field(self, targets, sources, mass, causal=False):
-        return sum(head._field(targets, sources, mass, causal) for head in self.heads)
+    def _field(self, targets, sources, weights, causal=False):
+        return sum(head._field(targets, sources, weights, causal) for head in self.heads)

@@ -313,25 +313,26 @@ def density_peaks(density, factor: float = 5.0):
 # ---------------------------------------------------------------------------------------
 # the attention matrix (Paper A)
 # ---------------------------------------------------------------------------------------
-def attention_matrix(attention, x, mass=None) -> np.ndarray:
+def attention_matrix(attention, x, weights=None) -> np.ndarray:
     r"""The attention matrix :math:`P_{ij}` of tokens x, shape (n, n) (per head (H, n, n)).
 
     .. math::
 
         P_{ij} = \frac{e^{\beta\langle Qx_i, Kx_j\rangle}}{\sum_k e^{\beta\langle Qx_i, Kx_k\rangle}}
 
-    for softmax (the weights of the attention object, MATH.md 1.1). ``attention`` may be
-    an attention object or a :class:`~transformer_pde.TokenDynamics`; with a
-    normalization scheme that carries radii the weights are taken on the directions.
+    for softmax (the matrix of the attention object, MATH.md 1.1; with token ``weights``
+    :math:`a_j` the terms carry them). ``attention`` may be an attention object or a
+    :class:`~transformer_pde.TokenDynamics`; with a normalization scheme that carries radii
+    the matrix is taken on the directions.
     """
     dyn = attention if isinstance(attention, TokenDynamics) else None
     att = dyn.attention if dyn is not None else attention
-    if not hasattr(att, "weights"):
+    if not hasattr(att, "matrix"):
         raise TypeError(f"attention must be an attention object or TokenDynamics, got {type(att).__name__}")
     x = _v.as_tokens(x, "x")
     if dyn is not None and dyn.norm in ("pre", "peri", "mix"):
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return att.weights(x, mass)
+    return att.matrix(x, weights)
 
 
 def _matrix(P, name: str = "P") -> np.ndarray:

@@ -144,7 +144,7 @@ class TokenDynamics:
                 )
         return x
 
-    def velocity(self, x, t: float = 0.0, mass=None) -> np.ndarray:
+    def velocity(self, x, t: float = 0.0, weights=None) -> np.ndarray:
         """Velocity of the state x at time t, shape (n, d) -> (n, d), Numba kernels.
 
         Parameters
@@ -153,38 +153,38 @@ class TokenDynamics:
             State (on the unit sphere for norm in {"post", "ngpt", "cod"}).
         t : float
             Time (used by "mix", "cod" and a time-dependent nGPT ``alpha``).
-        mass : array_like, shape (n,), optional
-            Token masses of a weighted empirical measure; uniform by default.
+        weights : array_like, shape (n,), optional
+            Token weights of a weighted empirical measure (normalised to sum 1); uniform by default.
         """
         x = self.check_state(x)
-        v = self._rhs(x, _v.as_real(t, "t"), self.attention._velocity, _v.as_mass(mass, len(x)))
+        v = self._rhs(x, _v.as_real(t, "t"), self.attention._velocity, _v.as_weights(weights, len(x)))
         return check_finite_output(v, repr(self))
 
-    def velocity_reference(self, x, t: float = 0.0, mass=None) -> np.ndarray:
+    def velocity_reference(self, x, t: float = 0.0, weights=None) -> np.ndarray:
         """As :meth:`velocity`, with the dense NumPy attention reference."""
         x = self.check_state(x)
-        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity_reference, mass)
+        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity_reference, weights)
 
     # -- private ---------------------------------------------------------------------
-    def _rhs(self, x: np.ndarray, t: float, attend, mass=None, piece: int | None = None
+    def _rhs(self, x: np.ndarray, t: float, attend, weights=None, piece: int | None = None
              ) -> np.ndarray:
-        """The velocity, trusting x and mass (what the integrators call).
+        """The velocity, trusting x and weights (what the integrators call).
 
         ``piece`` (0 or 1 for mix-LN) selects the side of the switch at ``tau``
         explicitly, so a step that starts at tau can use the pre-LN branch throughout;
         by default the side follows t (post-LN for t <= tau).
         """
-        if mass is None:
-            mass = np.full(len(x), 1.0 / len(x))
+        if weights is None:
+            weights = np.full(len(x), 1.0 / len(x))
         norm = self.norm
         if norm == "none":
-            return attend(x, mass)
+            return attend(x, weights)
         if norm in _ON_SPHERE:
             theta, r = x, None
         else:
             r = np.linalg.norm(x, axis=1, keepdims=True)
             theta = x / r
-        a = attend(theta, mass)
+        a = attend(theta, weights)
         if norm == "post":
             return self.geometry.project(theta, a)
         if norm == "pre":

@@ -328,8 +328,8 @@ def circle(theta_a, theta_b, p=2, a_weights=None, b_weights=None) -> float:
     p = _as_order(p)
     ta = _as_angles(theta_a, "theta_a")
     tb = _as_angles(theta_b, "theta_b")
-    wa = _v.as_mass(a_weights, len(ta), "a_weights")
-    wb = _v.as_mass(b_weights, len(tb), "b_weights")
+    wa = _v.as_weights(a_weights, len(ta), "a_weights")
+    wb = _v.as_weights(b_weights, len(tb), "b_weights")
     qa, qb = _Quantile.atoms(ta, wa), _Quantile.atoms(tb, wb)
     return _root(_circle_cost(qa, qb, p), p)
 
@@ -404,8 +404,8 @@ def particles(x, y, p=2, a_weights=None, b_weights=None, metric: str = "euclidea
     y = _as_points(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got x {x.shape} and y {y.shape}")
-    a = _v.as_mass(a_weights, len(x), "a_weights")
-    b = _v.as_mass(b_weights, len(y), "b_weights")
+    a = _v.as_weights(a_weights, len(x), "a_weights")
+    b = _v.as_weights(b_weights, len(y), "b_weights")
     _check_emd_size(len(x), len(y), "subsample the points")
     if metric == "geodesic":
         if x.shape[1] < 2:
@@ -479,8 +479,8 @@ def sphere_sliced(x, y, p=2, n_projections: int = 256, rng=None, a_weights=None,
     if x.shape[1] < 2:
         raise ValueError(f"x and y must be unit vectors of dimension d >= 2, got d = {x.shape[1]}")
     x, y = _check_unit(x, "x"), _check_unit(y, "y")
-    a = _v.as_mass(a_weights, len(x), "a_weights")
-    b = _v.as_mass(b_weights, len(y), "b_weights")
+    a = _v.as_weights(a_weights, len(x), "a_weights")
+    b = _v.as_weights(b_weights, len(y), "b_weights")
     proj = _stiefel(rng, n_projections, x.shape[1])
     # POT reshapes by its n_projections argument even when given the projections
     turns = ot.sliced_wasserstein_sphere(x, y, a, b, n_projections=n_projections, p=p,
@@ -654,7 +654,7 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
 
     if kind == "circle":
         t = _as_angles(x, "x")
-        w = _v.as_mass(weights, len(t), "weights")
+        w = _v.as_weights(weights, len(t), "weights")
         qx = _Quantile.atoms(t, w)
         if method == "exact":
             edges = np.arange(grid.n_cells) * grid.h
@@ -668,7 +668,7 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
         if arr.shape[1] != 1:
             raise ValueError(f"x must have shape (n,) or (n, 1) on a 1-D grid, got shape {arr.shape}")
         pts = arr[:, 0]
-        w = _v.as_mass(weights, len(pts), "weights")
+        w = _v.as_weights(weights, len(pts), "weights")
         qx = _Quantile.atoms(pts, w)
         if method == "exact":
             edges = grid.lo[0] + np.arange(grid.shape[0]) * grid.h[0]
@@ -683,7 +683,7 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
     pts = _v.as_tokens(x, "x")
     if pts.shape[1] != grid.dim:
         raise ValueError(f"x must have shape (n, {grid.dim}) on {grid!r}, got shape {pts.shape}")
-    w = _v.as_mass(weights, len(pts), "weights")
+    w = _v.as_weights(weights, len(pts), "weights")
     if method == "sliced":
         return sphere_sliced(pts, centers, p=p, n_projections=n_projections, rng=rng,
                              a_weights=w, b_weights=mass)

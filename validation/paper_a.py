@@ -12,7 +12,7 @@ from the first bounds the first's error (error ~ rtol, so the rtol 1e-12 run is 
 better), and it is the tolerance of the invariants below that hold exactly for the ODE.
 
 (a) V = Q = K = I, d = 2, n = 20, x_i(0) ~ U[-5, 5]^2 (MATH.md 1.3), T = 10:
-  * the rescaled system (e:Rres) integrated directly with RK4 (own code, att.weights)
+  * the rescaled system (e:Rres) integrated directly with RK4 (own code, att.matrix)
     agrees with e^{-tV} x(t) on [0, 1.5] within 10x its Richardson error estimate plus
     the simulate error;
   * conv{z_i(t)} is non-increasing for inclusion (p:noninc): every z_i(t_{k+1}) lies in
@@ -119,7 +119,7 @@ def _rk4_rescaled(att, V, z0, t_end, h):
     exp_tV = _exp_tV(V)
 
     def field(t, z):
-        P = att.weights(z @ exp_tV(t).T)
+        P = att.matrix(z @ exp_tV(t).T)
         return (P @ z - z) @ V.T
 
     z, t = z0.copy(), 0.0

@@ -81,7 +81,7 @@ class Density:
         if isinstance(grid, CausalCircleGrid):
             raise TypeError("from_samples needs token positions; on a CausalCircleGrid use from_function")
         x = _v.as_tokens(x, "x", d=grid.dim)
-        w = _v.as_mass(weights, len(x), "weights")
+        w = _v.as_weights(weights, len(x), "weights")
         cells = grid.cell_of(x)
         keep = cells >= 0
         if not keep.any():
