@@ -2,7 +2,7 @@
 
 SA tokens (post-LN, Q = K = V = I) start equally spaced on the circle with a small
 seeded jitter. They first gather into about k*(beta) = argmax_k k^2 I_k(beta) clusters
-(MATH.md 2.4), which persist for a long time before merging two by two; the interaction
+(docs/math.md §2.4), which persist for a long time before merging two by two; the interaction
 energy only grows. Run it with ``python examples/metastable_clusters.py``.
 """
 

@@ -1,6 +1,6 @@
 """Attention variants: Numba kernels vs NumPy references, closed forms, symmetries, checks.
 
-Every test compares against mathematics computed here by hand (MATH.md 1.1, 2.1, 3.1,
+Every test compares against mathematics computed here by hand (docs/math.md §1.1, 2.1, 3.1,
 5.2), not only against the package's own reference.
 """
 
@@ -169,7 +169,7 @@ def test_usa_weights_closed_form(rng):
     w = att.matrix(x, weights=mass)
     # exp: ~10 eps
     np.testing.assert_allclose(w, a[None, :] * np.exp(hand_logits(att, x)), rtol=1e-13, atol=0)
-    # the uniform case is v_i = (1/n) sum_j exp(logit_ij) V x_j (MATH.md 2.1)
+    # the uniform case is v_i = (1/n) sum_j exp(logit_ij) V x_j (docs/math.md §2.1)
     v = att.velocity(x)
     np.testing.assert_allclose(  # n eps relative
         v, np.exp(hand_logits(att, x)) @ values(att, x) / n, rtol=1e-12, atol=1e-14

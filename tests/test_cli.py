@@ -72,7 +72,7 @@ def test_demo_mathematics(quick_demo, name):
     beta, n = run["beta"], run["n"]
     # every RK4 stage and step is retracted to the sphere: |x_i| = 1 up to a few ulps
     assert run["max_norm_deviation"] <= 1e-12
-    # SA increases E_beta (MATH.md 2.3, dissipation >= 0). Between saved times the exact
+    # SA increases E_beta (docs/math.md §2.3, dissipation >= 0). Between saved times the exact
     # increase is >= 0; RK4 error and the rounding of n^2 exponentials are ~1e-15 relative
     assert run["energy_min_relative_increment"] >= -1e-12
     assert run["energy_end"] >= run["energy_start"]
@@ -96,7 +96,7 @@ def test_demo_sphere_single_cluster(quick_demo):
 
 
 def test_demo_circle_fastest_mode(quick_demo):
-    """The summary's k* is theory.fastest_circle_mode (MATH.md 6 item 7: beta=9 -> k*=4;
+    """The summary's k* is theory.fastest_circle_mode (docs/math.md §6 item 7: beta=9 -> k*=4;
     the whole list is tested in test_theory.py)."""
     assert quick_demo[1]["runs"]["circle"]["k_star"] == 4
 
@@ -230,7 +230,7 @@ def test_readme_example_is_the_quickstart():
 
 
 def test_readme_mean_field_example_prints_the_growth_rate(capsys):
-    """The README's mean-field block runs and prints the rate it promises (MATH.md 2.4)."""
+    """The README's mean-field block runs and prints the rate it promises (docs/math.md §2.4)."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     (block,) = [b for b in blocks if "solve_meanfield" in b]
     exec(compile(block, "README.md", "exec"), {})
@@ -265,7 +265,7 @@ def test_metastable_clusters_example(capsys):
     k_star = int(re.search(r"k\*\(beta=9\) = (\d+)", out).group(1))
     counts = [int(c) for c in re.findall(r":\s+(\d+) clusters", out)]
     energy = [float(e) for e in re.findall(r"E / E_max = ([\d.]+)", out)]
-    # MATH.md 2.4: k*(9) = 4; the tokens sit at k* clusters over a plateau (several saved
+    # docs/math.md §2.4: k*(9) = 4; the tokens sit at k* clusters over a plateau (several saved
     # times) before merging, and the energy never decreases (printed to 4 decimals)
     assert k_star == 4 and counts.count(k_star) >= 3
     assert counts[-1] < k_star and all(b >= a for a, b in zip(energy, energy[1:]))

@@ -100,7 +100,7 @@ def test_density_energy_agrees_with_its_particles(rng):
 @pytest.mark.parametrize("model", ["SA", "USA"])
 @pytest.mark.parametrize("d", [2, 3])
 def test_energy_never_decreases_along_sa_and_usa(model, d, rng):
-    """MATH.md 2.3: dE/dt = int |X|^2 Z dmu >= 0 (SA) and int |X^U|^2 dmu >= 0 (USA).
+    """docs/math.md §2.3: dE/dt = int |X|^2 Z dmu >= 0 (SA) and int |X^U|^2 dmu >= 0 (USA).
 
     Checked at every saved step of an rk4 run. Between saved steps the energy changes by
     at least ~1e-6 relative here, far above the rk4 error (dt = 0.01, ~1e-10) and round-off

@@ -19,7 +19,7 @@ def circle_study():
 
 
 def test_circle_rate_is_one_over_sqrt_n(circle_study):
-    """W_2(mu^n_t, mu_t) ~ n^{-1/2} on the circle (MATH.md 5.3, Fournier-Guillin on a 1-D
+    """W_2(mu^n_t, mu_t) ~ n^{-1/2} on the circle (docs/math.md §5.3, Fournier-Guillin on a 1-D
     support, propagated by the stable flow). With 8 seeds x 5 token counts the slope's
     95% interval is about +-0.09 wide (measured -0.47 to -0.49 over two seed sets)."""
     for k in range(len(circle_study.t)):

@@ -1,4 +1,4 @@
-"""TokenDynamics and geometry: normalization schemes against MATH.md 4.5, checks.
+"""TokenDynamics and geometry: normalization schemes against docs/math.md §4.5, checks.
 
 The attention output A_j = sum_k W_jk V theta_k is recomputed here from the dense weight
 matrix of the attention object; each scheme's velocity is then decomposed into a radial
@@ -38,7 +38,7 @@ def make_attention(name, d, rng, beta=1.0):
 
 
 def attention_output(att, theta):
-    """A_j = sum_k W_jk V theta_k from the dense weights (MATH.md 4.5)."""
+    """A_j = sum_k W_jk V theta_k from the dense weights (docs/math.md §4.5)."""
     heads = att.heads if isinstance(att, tp.MultiHeadAttention) else (att,)
     out = np.zeros_like(theta)
     for head in heads:
@@ -105,7 +105,7 @@ def test_velocity_matches_reference(name, norm, rng):
             assert close(v, v_ref, 1e-12)
 
 
-# -- 2. each normalization scheme against MATH.md 4.5 -----------------------------------
+# -- 2. each normalization scheme against docs/math.md §4.5 -----------------------------------
 def test_pre_ln(rng):
     n, d = 16, 3
     att = make_attention("softmax", d, rng)
@@ -189,7 +189,7 @@ def test_euclidean_has_no_normalization(rng):
     x = 2.0 * rng.normal(size=(n, d))
     dyn = tp.TokenDynamics(att, geometry="euclidean")
     assert dyn.norm == "none" and isinstance(dyn.state_space, tp.Euclidean)
-    # xdot_i = A_i(x) on the tokens themselves, not their directions (MATH.md 1.1)
+    # xdot_i = A_i(x) on the tokens themselves, not their directions (docs/math.md §1.1)
     assert close(dyn.velocity(x), attention_output(att, x), 1e-13)  # n eps relative
 
 
@@ -197,7 +197,7 @@ def test_euclidean_has_no_normalization(rng):
 @pytest.mark.parametrize("d", (2, 3, 5))
 @pytest.mark.parametrize("cls", [tp.SoftmaxAttention, tp.UnnormalizedAttention])
 def test_beta_zero_is_projected_mean(cls, d, rng):
-    """MATH.md 2.1, e:Snonres0: xdot_i = P_{x_i}(xbar) for SA and USA at beta = 0."""
+    """docs/math.md §2.1, e:Snonres0: xdot_i = P_{x_i}(xbar) for SA and USA at beta = 0."""
     n = 24
     x = random_sphere(rng, n, d)
     v = tp.TokenDynamics(cls(0.0)).velocity(x)

@@ -3,12 +3,12 @@
 What is checked, and against what:
 
 1. ``gaussian_moments`` = an independent scipy integration, written here, of the full
-   matrix ODE with the formulas exactly as MATH.md 3.3 prints them (softmax, L2 with
+   matrix ODE with the formulas exactly as docs/math.md §3.3 prints them (softmax, L2 with
    alpha = beta/2, Sinkhorn in its "code form", multi-head sums), d = 2 and 3.
 2. The affine field b + M(x - m) = the package's own particle field
    (``velocity_reference`` with Gauss-Hermite nodes of the Gaussian as weighted tokens).
 3. V = +-I (and V = cI multi-head) closed forms Sigma(t) = (Sigma0^-1 - tS)^-1 and the
-   1-D mean; blow-up time vs the eigenvalue formula of MATH.md 3.4, and the error raised
+   1-D mean; blow-up time vs the eigenvalue formula of docs/math.md §3.4, and the error raised
    when t_eval passes it; exponential growth is not called a blow-up.
 4. Monte-Carlo: particle runs (tp.simulate) from Gaussian samples vs the moment ODE,
    in standard errors (delta-method formula, and the spread over seeds).
@@ -79,7 +79,7 @@ def _mats(head, d):
 
 
 def _mathmd_terms(head, m, S):
-    """(Gamma(m), M) of one head, transcribed from MATH.md 3.3 (not from gaussian.py)."""
+    """(Gamma(m), M) of one head, transcribed from docs/math.md §3.3 (not from gaussian.py)."""
     d = len(m)
     eye = np.eye(d)
     Q, K, V = _mats(head, d)
@@ -126,7 +126,7 @@ def _rel(a, b):
 
 
 # ---------------------------------------------------------------------------------------
-# 1. agreement with an independent integration of the MATH.md formulas
+# 1. agreement with an independent integration of the docs/math.md §3.3 formulas
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", KINDS)
@@ -168,8 +168,8 @@ def test_affine_field_matches_particle_field(kind):
     """Tokens at 40 x 40 Gauss-Hermite nodes of N(m, S) with the quadrature weights as
     masses: the particle field at the central nodes is the mean-field velocity up to the
     quadrature error (exponentially small for these exp(quadratic) integrands).
-    ``sinkhorn_k1``: Q, K of shape (1, d), so A0 has rank 1 (where MATH.md's pinv code
-    form of M_S is wrong: it differs by ~0.2 on this kind of example)."""
+    ``sinkhorn_k1``: Q, K of shape (1, d), so A0 has rank 1 (where the pinv code
+    form of M_S is wrong (docs/math.md §10.1): it differs by ~0.2 on this kind of example)."""
     rng = np.random.default_rng(3)
     d = 2
     if kind == "sinkhorn_k1":
@@ -192,7 +192,7 @@ def test_affine_field_matches_particle_field(kind):
 # 3. closed forms and blow-up
 # ---------------------------------------------------------------------------------------
 def _blow_up_formula(A, S0, c=1.0):
-    """t* = 1 / lambda_max(S0^1/2 c(A + A^T) S0^1/2) (MATH.md 3.4)."""
+    """t* = 1 / lambda_max(S0^1/2 c(A + A^T) S0^1/2) (docs/math.md §3.4)."""
     R = np.real(sqrtm(S0))
     lam = np.linalg.eigvalsh(R @ (c * (A + A.T)) @ R)[-1]
     return 1.0 / lam if lam > 0 else np.inf
@@ -291,7 +291,7 @@ def test_no_blow_up_is_infinite_and_exponential_growth_is_not_a_blow_up():
     # V = -I with A + A^T > 0: Sigma^-1 = Sigma0^-1 + tS only grows, no blow-up
     att = tp.SoftmaxAttention(1.0, V=-np.eye(d))
     assert blow_up_time(_dyn(att), np.eye(d)) == np.inf
-    # Sinkhorn, V = I, A0 = I: Sigma ~ e^{2t} (MATH.md 3.4), tr reaches 1e8 near t = 9
+    # Sinkhorn, V = I, A0 = I: Sigma ~ e^{2t} (docs/math.md §3.4), tr reaches 1e8 near t = 9
     att = tp.SinkhornAttention(1.0)
     with pytest.raises(GaussianBlowUpError, match="exponential") as err:
         gaussian_moments(_dyn(att), np.zeros(d), np.eye(d), [0.0, 20.0])
@@ -352,7 +352,7 @@ def test_particles_within_standard_errors(kind, n, seeds):
     (a) Against gaussian_moments from the true (m0, S0): every moment within 5 standard
         errors, the standard error from the delta-method formula (_delta_se).
     (b) Against gaussian_moments from the sample's own mean and covariance (removes the
-        initial sampling error, MATH.md 6 item 8): the discrepancy D is the non-Gaussianity
+        initial sampling error, docs/math.md §6 item 8): the discrepancy D is the non-Gaussianity
         of the sample, zero-mean, O(n^-1/2); its mean over seeds is within 5 standard errors,
         the standard error from the spread over seeds (std / sqrt(seeds)).
     """
@@ -398,7 +398,7 @@ def test_covariance_symmetric_psd(kind):
     rng = np.random.default_rng(5)
     d = 3
     if kind == "line":
-        # K = -Q with Q a single row, V = I: Sigma collapses onto a plane (MATH.md 3.4)
+        # K = -Q with Q a single row, V = I: Sigma collapses onto a plane (docs/math.md §3.4)
         q = rng.normal(size=(1, d))
         att = tp.SoftmaxAttention(2.0, q, -q)
         t = np.linspace(0.0, 1e4, 11)
@@ -416,7 +416,7 @@ def test_covariance_symmetric_psd(kind):
 
 def test_softmax_V_minus_identity_contracts(rng):
     """V = -I, K = Q: S = A + A^T = 2 beta Q^T Q > 0 and Sigma^-1 = Sigma0^-1 + tS, so
-    Sigma decreases (in the Loewner order) to 0 like (tS)^-1 (MATH.md 3.4)."""
+    Sigma decreases (in the Loewner order) to 0 like (tS)^-1 (docs/math.md §3.4)."""
     d = 2
     Q = rng.normal(size=(d, d))
     att = tp.SoftmaxAttention(1.0, Q, Q, -np.eye(d))
@@ -433,7 +433,7 @@ def test_softmax_V_minus_identity_contracts(rng):
 @pytest.mark.parametrize("a", [-2.0, -0.3, 0.5, 3.0])
 @pytest.mark.parametrize("s", [0.1, 1.0, 7.0])
 def test_sinkhorn_scalar(a, s):
-    """MATH.md 3.3: Sigma = s, A0 = a gives M_S = (sqrt(1 + 4a^2 s^2) - 1)/(2as)."""
+    """docs/math.md §3.3: Sigma = s, A0 = a gives M_S = (sqrt(1 + 4a^2 s^2) - 1)/(2as)."""
     att = tp.SinkhornAttention(a)  # d = 1: A0 = beta K^T Q = a
     b, M = affine_field(_dyn(att), [0.4], [[s]])
     exact = (np.sqrt(1 + 4 * a * a * s * s) - 1) / (2 * a * s)
@@ -442,7 +442,7 @@ def test_sinkhorn_scalar(a, s):
 
 
 def test_sinkhorn_scalar_ode():
-    """d = 1, V = 1: Sigma' = (sqrt(1 + 4a^2 Sigma^2) - 1)/a (MATH.md 3.4)."""
+    """d = 1, V = 1: Sigma' = (sqrt(1 + 4a^2 Sigma^2) - 1)/a (docs/math.md §3.4)."""
     for a in (0.8, -0.8):
         att = tp.SinkhornAttention(a)
         t = np.linspace(0.0, 2.0, 5)
@@ -455,8 +455,8 @@ def test_sinkhorn_scalar_ode():
 
 @pytest.mark.parametrize("k", [3, 1])
 def test_sinkhorn_plan_fixed_point(rng, k):
-    """Both Schur equations of the plan's precision (MATH.md 3.3) to 1e-12, the
-    fixed-point iteration of MATH.md 5bis, the code form and the affine field's M."""
+    """Both Schur equations of the plan's precision (docs/math.md §3.3) to 1e-12, the
+    fixed-point iteration of docs/math.md §5bis, the code form and the affine field's M."""
     d = 3
     Q, K, _ = _qkv(rng, d, k=k)
     A0 = 1.5 * K.T @ Q
@@ -471,7 +471,7 @@ def test_sinkhorn_plan_fixed_point(rng, k):
     # marginals: the joint precision inverts to a covariance with diagonal blocks S
     J = np.linalg.inv(np.block([[P11, -A0.T], [-A0, P22]]))
     assert np.allclose(J[:d, :d], S, atol=1e-12) and np.allclose(J[d:, d:], S, atol=1e-12)
-    # MATH.md 5bis fixed-point iteration from P = S^-1
+    # docs/math.md §5bis fixed-point iteration from P = S^-1
     F11, F22 = Sinv.copy(), Sinv.copy()
     for _ in range(5000):
         F22 = Sinv + A0 @ np.linalg.solve(F11, A0.T)
@@ -483,7 +483,7 @@ def test_sinkhorn_plan_fixed_point(rng, k):
     att = tp.SinkhornAttention(1.5, Q, K)
     _, M = affine_field(_dyn(att), np.zeros(d), S)
     assert np.allclose(M, np.linalg.solve(P22, A0), rtol=0, atol=1e-12)  # round-off
-    if k == d:  # MATH.md's code form A0^-T S^-1 C_S (A0 invertible)
+    if k == d:  # the published code form A0^-T S^-1 C_S (A0 invertible)
         R = np.real(sqrtm(S))
         C = 0.5 * (R @ np.real(sqrtm(np.eye(d) + 4 * R @ A0.T @ S @ A0 @ R)) @ np.linalg.inv(R)
                    - np.eye(d))

@@ -7,8 +7,8 @@ What is checked, and against what:
    random Q, K, V, in R^d, on the sphere, and for every normalization scheme.
 2. The measured orders of euler / heun / rk4 (slope of log error vs log dt) are 1 / 2 / 4.
 3. On the sphere |x_i| = 1 to round-off at every saved time, whatever the step.
-4. The equiangular reference values of MATH.md section 6 item 2 and the beta = 0 closed
-   form of MATH.md 4.4 are reproduced from x_i(0) = e_i.
+4. The equiangular reference values of docs/math.md §6 item 2 and the beta = 0 closed
+   form of docs/math.md §4.4 are reproduced from x_i(0) = e_i.
 5. Saved times, run info, error control of dopri5.
 6. Non-finite runs stop with a FloatingPointError naming the time and the token.
 7. Bad input raises ValueError / TypeError naming the parameter.
@@ -255,7 +255,7 @@ def test_unit_norm_at_every_saved_time(method, dt, norm, rng):
 
 
 # ---------------------------------------------------------------------------------------
-# 4. equiangular reference values (MATH.md 4.4 and 6.2)
+# 4. equiangular reference values (docs/math.md §4.4 and 6.2)
 # ---------------------------------------------------------------------------------------
 def _equiangular(kind, n, beta, times):
     """Simulate Q=K=V=I from x_i(0) = e_i (d = n); return the Gram matrices (nt, n, n)."""
@@ -298,7 +298,7 @@ def test_equiangular_reference_values(kind, n, beta, t, rho_ref):
 @pytest.mark.parametrize("kind", ["SA", "USA"])
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_equiangular_beta0_closed_form(kind, n):
-    """beta = 0: rho(t) = (e^{2t} - 1) / (e^{2t} + n - 1) (MATH.md 4.4), for SA and USA."""
+    """beta = 0: rho(t) = (e^{2t} - 1) / (e^{2t} + n - 1) (docs/math.md §4.4), for SA and USA."""
     times = np.linspace(0.0, 3.0, 13)
     G = _equiangular(kind, n, 0.0, times)
     exact = np.expm1(2 * times) / (np.exp(2 * times) + n - 1)
@@ -627,7 +627,7 @@ def test_initial_tokens_slightly_off_the_sphere_are_normalised(rng):
                                rtol=0, atol=1e-15)
 
 
-# -- noisy tokens (MATH.md 4.7) -------------------------------------------------------------
+# -- noisy tokens (docs/math.md §4.7) -------------------------------------------------------------
 def _walkers(d, kappa):
     """Attention with V = 0: no drift, so the noisy tokens are independent Brownian motions."""
     return tp.TokenDynamics(tp.SoftmaxAttention(1.0, V=np.zeros((d, d))), kappa=kappa)

@@ -1,5 +1,5 @@
 r"""The Transformer PDE on R^1 and R^2 (issue 3): softmax attention with V = +-I from a
-Gaussian follows the Gaussian closure of MATH.md 3.3-3.4,
+Gaussian follows the Gaussian closure of docs/math.md §3.3-3.4,
 
     Sigma(t) = (Sigma0^-1 - t (A + A^T))^-1,   m' = (I + Sigma A) m,   A = beta K^T Q   (V = I),
 
@@ -32,7 +32,7 @@ def _gaussian(mean, cov):
 
 def _closure(a_mat, v_sign, mean0, cov0, t):
     """Solve m' = V (I + Sigma A) m, Sigma' = V Sigma A Sigma + Sigma A^T Sigma V^T (V = +-I)
-    (MATH.md 3.3) with scipy; returns m (nt, d) and Sigma (nt, d, d)."""
+    (docs/math.md §3.3) with scipy; returns m (nt, d) and Sigma (nt, d, d)."""
     d = len(mean0)
     eye = np.eye(d)
 
@@ -65,7 +65,7 @@ def _moment_errors(dyn, grid, f, t, a_mat, v_sign=1.0):
 
 
 def test_closure_ode_matches_the_closed_form():
-    """The helper ODE reproduces Sigma(t) = (Sigma0^-1 - t (A + A^T))^-1 (MATH.md 3.4)."""
+    """The helper ODE reproduces Sigma(t) = (Sigma0^-1 - t (A + A^T))^-1 (docs/math.md §3.4)."""
     a_mat = np.array([[-0.9, -0.6], [0.0, -0.8]])
     cov0 = np.array([[0.4, 0.12], [0.12, 0.25]])
     t = np.linspace(0.0, 1.0, 5)

@@ -2,7 +2,7 @@ r"""The Transformer PDE on the circle (issue 3): conservation, positivity, stati
 linear growth rates, order of convergence, fast path vs quadrature, symmetries, masked
 attention on (s, theta), the noisy model, input checks, and a smoke test of the benchmark.
 
-Closed forms used (MATH.md 2.4, 4.7, 8): for the density rho0 (1 + eps cos k theta) the
+Closed forms used (docs/math.md §2.4, 4.7, 8): for the density rho0 (1 + eps cos k theta) the
 mode k grows at k^2 I_k(beta) / (beta I_0(beta)) (SA) and k^2 I_k(beta) / beta (USA); with
 noise kappa^-1 Laplacian at beta = 0 the first mode grows at 1/2 - 1/kappa (pitchfork at
 kappa = 2).
@@ -362,7 +362,7 @@ def test_noisy_beta0_pitchfork_at_kappa_2(att, kappa):
 @pytest.mark.slow
 def test_noisy_beta0_supercritical_steady_state():
     """kappa = 4 > 2: the density settles on e^{kappa r cos(theta - phi)} with
-    r = I_1(kappa r) / I_0(kappa r) (MATH.md 4.7)."""
+    r = I_1(kappa r) / I_0(kappa r) (docs/math.md §4.7)."""
     kappa = 4.0
     r_star = brentq(lambda r: ive(1, kappa * r) / ive(0, kappa * r) - r, 1e-3, 1.0)
     grid = CircleGrid(64)

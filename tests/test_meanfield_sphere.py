@@ -3,7 +3,7 @@ reconstruction, the spherical-harmonic fast path, the 1-D axisymmetric reference
 the acceptance checks (conservation, positivity, linear growth rates, order of
 convergence, agreement with the axisymmetric reduction, fast path vs quadrature).
 
-Closed forms used (MATH.md 2.2 and 8): for rho0 (1 + eps Y_l) on S^2 the degree-l
+Closed forms used (docs/math.md §2.2 and 8): for rho0 (1 + eps Y_l) on S^2 the degree-l
 component grows at l(l+1) i_l(beta) / (beta i_0(beta)) (SA) and l(l+1) i_l(beta) / beta
 (USA), i_l the modified spherical Bessel functions; the divergence of the tangent field
 P_x e is -2 <x, e>; cells of a latitude-longitude grid have area dphi (cos t0 - cos t1).

@@ -2,8 +2,9 @@
 
 Tokens move as interacting particles under attention; as their number grows their
 empirical measure follows the Transformer PDE. This package simulates the particles,
-and (in later modules) the PDE and its Gaussian closed forms, with checks that tie
-the levels together. See ``DESIGN.md`` and ``MATH.md`` of the project.
+evolves the density on grids, compares both with the Gaussian closed forms, and ties the
+levels together with Wasserstein distances, clustering diagnostics and the theorems'
+closed forms. The equations and their sources are in ``docs/math.md`` of the project.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ dimension) and ``V`` (shape (d, d), default the identity). Given tokens
 
     A_i = \sum_{j} W_{ij}\, V x_j, \qquad \ell_{ij} = \beta \langle Q x_i, K x_j \rangle,
 
-whose weight matrix :math:`W` depends on the variant (MATH.md 1.1, 2.1, 3.1).
+whose weight matrix :math:`W` depends on the variant (docs/math.md §1.1, 2.1, 3.1).
 The output is *not* projected to any tangent space: that is the job of
 :class:`transformer_pde.TokenDynamics`.
 
@@ -274,7 +274,7 @@ class SoftmaxAttention(Attention):
 
     with the sums restricted to :math:`j, k \le i` when ``causal=True`` (masked
     attention: token i attends to itself and the tokens before it).
-    MATH.md 1.1 and 2.1.
+    docs/math.md §1.1 and 2.1.
 
     Parameters
     ----------
@@ -319,7 +319,7 @@ class L2Attention(SoftmaxAttention):
 
     The term :math:`-\frac\beta2\|Qx_i\|^2` does not depend on j and cancels, so the
     kernel computes :math:`\beta\langle Qx_i, Kx_j\rangle - \frac\beta2\|Kx_j\|^2`;
-    on the sphere with ``Q = K = I`` this is softmax attention. MATH.md 3.1.
+    on the sphere with ``Q = K = I`` this is softmax attention. docs/math.md §3.1.
     """
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
@@ -346,7 +346,7 @@ class UnnormalizedAttention(Attention):
         W_{ij} = a_j\, e^{\beta\langle Qx_i, Kx_j\rangle}
         \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j).
 
-    MATH.md 2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
+    docs/math.md §2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
     """
 
@@ -369,7 +369,7 @@ class SigmoidAttention(Attention):
         W_{ij} = a_j\, \sigma\big(\beta\langle Qx_i, Kx_j\rangle + b\big),
         \qquad \sigma(z) = \frac{1}{1 + e^{-z}}.
 
-    MATH.md 3.1. Parameters as :class:`Attention` plus ``bias`` :math:`b` (not scaled
+    docs/math.md §3.1. Parameters as :class:`Attention` plus ``bias`` :math:`b` (not scaled
     by beta).
     """
 
@@ -397,7 +397,7 @@ class SinkhornAttention(Attention):
     The plan :math:`\pi_{ij} = a_i a_j e^{f_i + g_j + \beta\langle Qx_i, Kx_j\rangle}`
     has both marginals equal to the weights :math:`a` (log-domain Sinkhorn on the
     potentials f, g) and :math:`W_{ij} = \pi_{ij}/a_i`. For the empirical measure
-    (:math:`a = 1/n`) the rows and the columns of W sum to 1. MATH.md 3.1, 5.2.
+    (:math:`a = 1/n`) the rows and the columns of W sum to 1. docs/math.md §3.1, 5.2.
 
     Each sweep makes the rows exact, then measures the column error
     :math:`\max_j |\log(\sum_i \pi_{ij}/a_j)|`; iterations stop when it is at most
@@ -489,7 +489,7 @@ class MultiHeadAttention:
 
     where each head is a single-head variant whose ``V`` maps :math:`\mathbb R^d` to
     :math:`\mathbb R^d` (so it includes that head's share of the output projection,
-    :math:`W_h^\top V_h` in MATH.md 3.1) and whose ``Q``, ``K`` may be (k_h, d) blocks.
+    :math:`W_h^\top V_h` in docs/math.md §3.1) and whose ``Q``, ``K`` may be (k_h, d) blocks.
 
     Parameters
     ----------

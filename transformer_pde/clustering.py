@@ -1,6 +1,6 @@
 r"""Clustering diagnostics of tokens and densities.
 
-What the papers measure when they say "the tokens cluster" (MATH.md 2.3-2.6, 1.2, 5bis v):
+What the papers measure when they say "the tokens cluster" (docs/math.md §2.3-2.6, 1.2, 5bis v):
 
 - clusters: tokens i, j are linked when :math:`\langle x_i, x_j\rangle > 0.9999` (arXiv
   2312.10794's code); a cluster is a connected component of that graph;
@@ -11,7 +11,7 @@ What the papers measure when they say "the tokens cluster" (MATH.md 2.3-2.6, 1.2
   non-decreasing along SA and USA;
 - the Kuramoto order parameter :math:`r = \|\int x\,d\mu\|`;
 - the attention matrix, its numerical rank, its distance to the nearest Boolean
-  (0/1, one 1 per row) matrix and its leaders (MATH.md 1.2, Paper A);
+  (0/1, one 1 per row) matrix and its leaders (docs/math.md §1.2, Paper A);
 - the number of peaks of a grid density.
 
 Functions that measure a state accept tokens ``x`` of shape (n, d), a stack (nt, n, d),
@@ -141,7 +141,7 @@ def cluster_labels(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float |
 
     For well-separated clusters the number of labels equals
     :math:`\operatorname{rank}\mathbf 1\{\langle x_i,x_j\rangle > 0.9999\}`, the count of
-    Geshkovski et al. (MATH.md 2.6).
+    Geshkovski et al. (docs/math.md §2.6).
 
     Parameters
     ----------
@@ -181,7 +181,7 @@ def _offdiagonal(x: np.ndarray) -> np.ndarray:
 def clustered_pair_fraction(x, threshold: float = PAIR_THRESHOLD):
     r"""Fraction of pairs :math:`i < j` with :math:`\langle x_i, x_j\rangle > \text{threshold}`.
 
-    The statistic of the (beta, t) phase diagrams of arXiv 2312.10794 (MATH.md 2.6):
+    The statistic of the (beta, t) phase diagrams of arXiv 2312.10794 (docs/math.md §2.6):
     1 for a single cluster, about 1/k for k equal clusters, 0 for scattered tokens.
     Accepts tokens (n, d), a stack (nt, n, d) or a Trajectory.
     """
@@ -194,7 +194,7 @@ def inner_product_stats(x) -> dict:
     r"""Minimum, mean, maximum and standard deviation of :math:`\langle x_i, x_j\rangle`, i < j.
 
     For tokens (n, d) a dict of floats; for a stack or Trajectory a dict of arrays (nt,).
-    The equiangular state has min = max = :math:`\rho` (MATH.md 4.4).
+    The equiangular state has min = max = :math:`\rho` (docs/math.md §4.4).
     """
     states, single = _tokens(x)
     rows = [_offdiagonal(p) for p in states]
@@ -221,7 +221,7 @@ def _energy_normalized(pts: np.ndarray, w: np.ndarray, beta: float, kernel_hat=N
 
 
 def interaction_energy(x, beta: float, *, normalized: bool = False):
-    r"""Interaction energy of tokens or of a density (MATH.md 2.3).
+    r"""Interaction energy of tokens or of a density (docs/math.md §2.3).
 
     .. math::
 
@@ -229,7 +229,7 @@ def interaction_energy(x, beta: float, *, normalized: bool = False):
         d\mu(x)\,d\mu(y), \qquad
         \mathsf E_\beta(X) = \frac{1}{2\beta n^2}\sum_{i,j} e^{\beta\langle x_i, x_j\rangle}.
 
-    It is non-decreasing along SA and USA (the dissipation identities of MATH.md 2.3);
+    It is non-decreasing along SA and USA (the dissipation identities of docs/math.md §2.3);
     on the sphere its maximum :math:`e^\beta/(2\beta)` is reached exactly at single
     clusters (Diracs) and its minimum at the uniform measure. A density uses the midpoint
     rule on its cells (second order; on a :class:`~transformer_pde.CircleGrid` by FFT,
@@ -262,7 +262,7 @@ def interaction_energy(x, beta: float, *, normalized: bool = False):
 
 
 def order_parameter(x):
-    r"""Kuramoto order parameter :math:`r = \|\int x\,d\mu(x)\|` (MATH.md 2.4, 4.7).
+    r"""Kuramoto order parameter :math:`r = \|\int x\,d\mu(x)\|` (docs/math.md §2.4, 4.7).
 
     On the circle :math:`r = |\frac1n\sum_j e^{i\theta_j}|`: 0 for the uniform measure,
     1 for one cluster. Accepts tokens, a stack, a Trajectory, a Density or a
@@ -320,7 +320,7 @@ def attention_matrix(attention, x, weights=None) -> np.ndarray:
 
         P_{ij} = \frac{e^{\beta\langle Qx_i, Kx_j\rangle}}{\sum_k e^{\beta\langle Qx_i, Kx_k\rangle}}
 
-    for softmax (the matrix of the attention object, MATH.md 1.1; with token ``weights``
+    for softmax (the matrix of the attention object, docs/math.md §1.1; with token ``weights``
     :math:`a_j` the terms carry them). ``attention`` may be an attention object or a
     :class:`~transformer_pde.TokenDynamics`; with a normalization scheme that carries radii
     the matrix is taken on the directions.
@@ -358,7 +358,7 @@ def boolean_distance(P) -> float:
 
     B from :func:`nearest_boolean` (for a row-stochastic row the entry at the argmax errs by
     :math:`1 - P_{ij^*}` and every other entry by at most as much). Tends to 0 when P
-    converges to a Boolean matrix (MATH.md 1.2, ``t:boolean``).
+    converges to a Boolean matrix (docs/math.md §1.2, ``t:boolean``).
     """
     P = _matrix(P)
     return float(np.max(1.0 - np.max(P, axis=1)))
@@ -366,7 +366,7 @@ def boolean_distance(P) -> float:
 
 def numerical_rank(P, rtol: float = 1e-6) -> int:
     r"""Number of singular values of P above ``rtol`` times the largest (rank of a limit
-    attention matrix is at most 2 for d = 1, MATH.md 1.2)."""
+    attention matrix is at most 2 for d = 1, docs/math.md §1.2)."""
     P = _matrix(P)
     rtol = _v.as_positive(rtol, "rtol")
     s = np.linalg.svd(P, compute_uv=False)
@@ -376,7 +376,7 @@ def numerical_rank(P, rtol: float = 1e-6) -> int:
 def leaders(P, threshold: float = 0.5) -> np.ndarray:
     r"""Leaders: columns j that attract some row, :math:`\exists i: P_{ij} > \text{threshold}`.
 
-    In the Boolean limit of Paper A with d = 1 (MATH.md 1.2) every row converges to
+    In the Boolean limit of Paper A with d = 1 (docs/math.md §1.2) every row converges to
     :math:`e_a` or :math:`e_b` for the extreme tokens a, b, so the leaders are {a, b}.
 
     Returns

@@ -2,7 +2,7 @@ r"""Mean-field convergence: how fast n tokens approach the Transformer PDE.
 
 The empirical measure :math:`\mu^n_t = \frac1n\sum_i\delta_{x_i(t)}` of tokens drawn
 i.i.d. from :math:`\mu_0` solves the PDE exactly, so its distance to the PDE solution
-:math:`\mu_t` is the initial sampling error propagated by a stable flow (MATH.md 5.3):
+:math:`\mu_t` is the initial sampling error propagated by a stable flow (docs/math.md §5.3):
 
 .. math::
 

@@ -2,7 +2,7 @@ r"""The built-in demo behind ``transformer-pde demo``.
 
 Tokens start uniformly at random on the circle :math:`\mathbb S^1` and on the sphere
 :math:`\mathbb S^2` and move under softmax self-attention (SA) with post-LN and
-``Q = K = V = I`` (MATH.md 2.1, Geshkovski, Letrouit, Polyanskiy, Rigollet, arXiv
+``Q = K = V = I`` (docs/math.md §2.1, Geshkovski, Letrouit, Polyanskiy, Rigollet, arXiv
 2312.10794):
 
 .. math::
@@ -11,7 +11,7 @@ Tokens start uniformly at random on the circle :math:`\mathbb S^1` and on the sp
     x_j\Big), \qquad Z_{\beta,i} = \sum_k e^{\beta\langle x_i, x_k\rangle}.
 
 On the circle with :math:`\beta = 9` the uniform state first breaks into a few
-metastable clusters (about :math:`k^* \approx \sqrt{2\beta}`, MATH.md 2.4); on the sphere
+metastable clusters (about :math:`k^* \approx \sqrt{2\beta}`, docs/math.md §2.4); on the sphere
 with :math:`\beta = 1` the tokens collapse to one cluster. Along the way the interaction
 energy
 
@@ -19,7 +19,7 @@ energy
 
     \mathsf E_\beta(X) = \frac{1}{2\beta n^2}\sum_{i,j} e^{\beta\langle x_i, x_j\rangle}
 
-never decreases (MATH.md 2.3) and is at most :math:`e^\beta/(2\beta)`, its value for a
+never decreases (docs/math.md §2.3) and is at most :math:`e^\beta/(2\beta)`, its value for a
 single cluster.
 """
 
@@ -98,7 +98,7 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
         :math:`(\mathsf E(t_{k+1}) - \mathsf E(t_k)) / \mathsf E(t_k)` over saved times;
         >= 0 up to round-off), and for the circle ``k_star``, the fastest-growing mode
         :math:`\arg\max_k k^2 I_k(\beta)` of the linearised mean-field equation, about
-        the number of metastable clusters (MATH.md 2.4).
+        the number of metastable clusters (docs/math.md §2.4).
 
     Raises
     ------

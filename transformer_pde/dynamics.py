@@ -3,7 +3,7 @@ r"""Token dynamics = attention + geometry + normalization scheme.
 On the sphere, tokens are written :math:`x_j = r_j\theta_j` with
 :math:`\theta_j\in\mathbb S^{d-1}`; attention acts on the directions,
 :math:`A_j = \sum_k W_{jk}(\Theta) V\theta_k`, and the normalization scheme decides how
-direction and radius move (MATH.md 4.5, Karagodin-Ge-Polyanskiy-Rigollet,
+direction and radius move (docs/math.md §4.5, Karagodin-Ge-Polyanskiy-Rigollet,
 arXiv 2510.22026):
 
 .. math::
@@ -23,7 +23,7 @@ cod      depth-scaled LN               P_x A / sqrt(t + 1)        sphere
 
 (The pre-LN row follows from :math:`s_j = r_j`, :math:`\dot r_j = \langle\theta_j, A_j\rangle`:
 :math:`\dot x_j = \dot r_j\theta_j + r_j\dot\theta_j = A_j`; peri-LN likewise.)
-In Euclidean geometry there is no normalization: :math:`\dot x_i = A_i(x)` (MATH.md 1.1, 3.1).
+In Euclidean geometry there is no normalization: :math:`\dot x_i = A_i(x)` (docs/math.md §1.1, 3.1).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class TokenDynamics:
     tau : float, optional
         Mix-LN switching time: post-LN for :math:`t \le \tau`, pre-LN after.
     kappa : float, optional
-        Noise level :math:`\kappa > 0` of the noisy model (MATH.md 4.7): each token also
+        Noise level :math:`\kappa > 0` of the noisy model (docs/math.md §4.7): each token also
         carries a Brownian motion :math:`\sqrt{2/\kappa}\,P^\perp_{x}\circ dW` and the mean
         field gains the diffusion :math:`\kappa^{-1}\Delta\rho`. None (default): no
         noise. Used by :func:`~transformer_pde.simulate` and

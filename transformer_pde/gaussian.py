@@ -13,7 +13,7 @@ stays Gaussian, with
 
     \dot m = b, \qquad \dot\Sigma = M\Sigma + \Sigma M^\top
 
-(MATH.md 3.2). This holds for softmax, :math:`L^2` and Sinkhorn attention and for sums
+(docs/math.md §3.2). This holds for softmax, :math:`L^2` and Sinkhorn attention and for sums
 of them (multi-head), in Euclidean geometry without causal mask. With
 :math:`A = \beta K^\top Q` (the package convention: logits :math:`\beta\langle Qx, Ky\rangle
 = y^\top A x`, no hidden :math:`1/\sqrt d`), and per head (multi-head sums b and M):
@@ -27,7 +27,7 @@ Sinkhorn    :math:`Vm`                                            :math:`V M_S`
 =========== ===================================================== =================================
 
 where :math:`H = \beta K^\top K` (the :math:`L^2` logits are
-:math:`-\frac\beta2\|Qx - Ky\|^2`, i.e. :math:`\alpha = \beta/2` in MATH.md 3.3) and
+:math:`-\frac\beta2\|Qx - Ky\|^2`, i.e. :math:`\alpha = \beta/2` in docs/math.md §3.3) and
 :math:`M_S` is the regression matrix :math:`E[Y\mid X = x] = m + M_S(x - m)` of the
 entropic self-transport plan of :math:`\mu` with kernel :math:`e^{y^\top A x}`, i.e.
 :math:`\varepsilon = 1` with the temperature carried by :math:`\beta` (what
@@ -39,15 +39,15 @@ entropic self-transport plan of :math:`\mu` with kernel :math:`e^{y^\top A x}`, 
     M_S L = L N, \qquad N = U f(D) W^\top, \qquad f(s) = \frac{\sqrt{1 + 4s^2} - 1}{2s}
     = \frac{2s}{1 + \sqrt{1 + 4s^2}},
 
-which needs no inverse of A or of :math:`\Sigma` and equals the code form of MATH.md 3.3
-when A is invertible. All three follow from the tilting lemma (MATH.md 5bis).
+which needs no inverse of A or of :math:`\Sigma` and equals the code form of docs/math.md §3.3
+when A is invertible. All three follow from the tilting lemma (docs/math.md §5bis).
 
 The ODE is integrated for a factor :math:`L` of :math:`\Sigma`: :math:`\dot L = ML` gives
 :math:`\frac{d}{dt}LL^\top = M\Sigma + \Sigma M^\top`, so :math:`\Sigma = LL^\top` is
 symmetric positive semi-definite by construction at every time. With :math:`V = cI`
 softmax heads, :math:`\frac{d}{dt}\Sigma^{-1} = -\sum_h c_h(A_h + A_h^\top)` and the
 covariance is known in closed form; a positive eigenvalue of that matrix's product with
-:math:`\Sigma_0` means a finite-time blow-up (MATH.md 3.4).
+:math:`\Sigma_0` means a finite-time blow-up (docs/math.md §3.4).
 
 Variants without a Gaussian closure raise ``ValueError`` saying why: unnormalized and
 sigmoid attention (the field of a Gaussian is not affine), causal masks (the state carries
@@ -150,7 +150,7 @@ class GaussianTrajectory:
     @property
     def normalized_cov(self) -> np.ndarray:
         r""":math:`\Sigma(t)/\operatorname{tr}\Sigma(t)`, shape (nt, d, d) (the shape of the
-        Gaussian, whose limits MATH.md 3.4 describes)."""
+        Gaussian, whose limits docs/math.md §3.4 describes)."""
         return self.cov / np.trace(self.cov, axis1=1, axis2=2)[:, None, None]
 
 
@@ -174,7 +174,7 @@ def _no_closure_reason(att) -> str | None:
         return (
             "causal (masked) attention has no Gaussian closure: the state carries each token's "
             "position s and the field depends on the law of the tokens before s, so it is not "
-            "an affine function of x for a Gaussian in R^d (MATH.md 3.3)"
+            "an affine function of x for a Gaussian in R^d (docs/math.md §3.3)"
         )
     if isinstance(att, (L2Attention, SoftmaxAttention, SinkhornAttention)):
         return None
@@ -188,7 +188,7 @@ def _no_closure_reason(att) -> str | None:
     if name == "SigmoidAttention":
         return (
             "SigmoidAttention has no Gaussian closure: the sigmoid weight is not an exponential "
-            "of a quadratic, so the field of a Gaussian is not affine in x (MATH.md 3.3)"
+            "of a quadratic, so the field of a Gaussian is not affine in x (docs/math.md §3.3)"
         )
     return f"{name} has no known Gaussian closure (only softmax, L2, Sinkhorn and their sums do)"
 
@@ -384,7 +384,7 @@ def sinkhorn_plan_precision(cov, A0) -> tuple[np.ndarray, np.ndarray]:
         P_{22} = \Sigma^{-1} + A_0P_{11}^{-1}A_0^\top, \qquad
         P_{11} = \Sigma^{-1} + A_0^\top P_{22}^{-1}A_0
 
-    (the marginal constraints, MATH.md 3.3). Here both blocks are computed in closed form
+    (the marginal constraints, docs/math.md §3.3). Here both blocks are computed in closed form
     from the SVD :math:`L^\top A_0 L = UDW^\top` (:math:`\Sigma = LL^\top`):
     :math:`P_{22}^{-1} = L\,U h(D^2) U^\top L^\top`, :math:`P_{11}^{-1} = L\,W h(D^2) W^\top L^\top`,
     :math:`h(s^2) = 2/(1 + \sqrt{1 + 4s^2})`; the regression matrix of y on x is
@@ -423,7 +423,7 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
         (m, \Sigma)(t_0) = (m_0, \Sigma_0),
 
     with b, M the affine field of :func:`affine_field` (softmax, :math:`L^2`, Sinkhorn
-    with :math:`\varepsilon = 1`, and multi-head sums of them; MATH.md 3.2-3.3). The
+    with :math:`\varepsilon = 1`, and multi-head sums of them; docs/math.md §3.2-3.3). The
     factor ODE :math:`\dot L = ML`, :math:`\Sigma = LL^\top`, is integrated with scipy's
     DOP853, so the covariance is symmetric positive semi-definite at every saved time.
 
@@ -455,7 +455,7 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
         before ``t_eval[-1]``; its ``t`` is the blow-up time, refined from the event by
         extrapolating :math:`1/\operatorname{tr}\Sigma` to zero (softmax with
         :math:`V = I`: :math:`t^* = 1/\lambda_{\max}(\Sigma_0^{1/2}(A + A^\top)\Sigma_0^{1/2})`,
-        MATH.md 3.4; see :func:`blow_up_time`).
+        docs/math.md §3.4; see :func:`blow_up_time`).
     ValueError
         For variants or geometries with no Gaussian closure (unnormalized, sigmoid,
         causal, the sphere), and for bad input.
@@ -545,7 +545,7 @@ def _raise_blow_up(f, d, t_e, y_e, t, tr0, max_trace):
             f"gaussian_moments: the covariance blows up in finite time at t* = {t_star:.10g} "
             f"(tr cov reached max_trace={max_trace:g} at t={t_e:.10g}), before the last "
             f"requested time t_eval[-1]={t[-1]:g}; the Gaussian solution does not exist past t* "
-            "(MATH.md 3.4)",
+            "(docs/math.md §3.4)",
             t_star, True,
         )
     raise GaussianBlowUpError(
@@ -585,7 +585,7 @@ def blow_up_time(dyn: TokenDynamics, cov0) -> float:
         \Sigma(t)^{-1} = \Sigma_0^{-1} - tS, \quad S = \sum_h c_h(A_h + A_h^\top), \qquad
         t^* = \frac{1}{\lambda_{\max}(\Sigma_0^{1/2}S\,\Sigma_0^{1/2})}
 
-    (MATH.md 3.4; :math:`V = I` gives :math:`S = A + A^\top`), and :math:`t^* = \infty`
+    (docs/math.md §3.4; :math:`V = I` gives :math:`S = A + A^\top`), and :math:`t^* = \infty`
     when :math:`\lambda_{\max} \le 0`. The blow-up does not depend on the mean.
 
     Parameters
@@ -628,7 +628,7 @@ def gaussian_closed_form(dyn: TokenDynamics, mean0, cov0, t) -> GaussianTrajecto
         S = \sum_h c_h(A_h + A_h^\top), \qquad
         \dot m = \Big(\sum_h c_h\Big)m + \Sigma(t)\Big(\sum_h c_hA_h\Big)m
 
-    (MATH.md 3.4: :math:`\frac{d}{dt}\Sigma^{-1} = -S`). The covariance is evaluated as
+    (docs/math.md §3.4: :math:`\frac{d}{dt}\Sigma^{-1} = -S`). The covariance is evaluated as
     :math:`L_0W\operatorname{diag}(1/(1 - (t - t_0)\lambda))W^\top L_0^\top` with
     :math:`L_0^\top SL_0 = W\operatorname{diag}(\lambda)W^\top`, :math:`\Sigma_0 = L_0L_0^\top`.
     No closed form is known for the mean when A is not symmetric; it is integrated from
@@ -670,7 +670,7 @@ def gaussian_closed_form(dyn: TokenDynamics, mean0, cov0, t) -> GaussianTrajecto
         raise GaussianBlowUpError(
             f"gaussian_closed_form: the covariance blows up at t* = {t_star:.10g} "
             f"(1/lambda_max(Sigma0^1/2 S Sigma0^1/2) after t[0]={t[0]:g}), but t goes up to "
-            f"{t[-1]:g} (MATH.md 3.4)",
+            f"{t[-1]:g} (docs/math.md §3.4)",
             t_star, True,
         )
     F = L0 @ W

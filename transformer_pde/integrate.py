@@ -233,7 +233,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     on the sphere). On the sphere every stage and every step is retracted, so
     :math:`\|x_i\| = 1` to round-off at all saved times (see the module docstring).
 
-    When the model is noisy (``TokenDynamics(..., kappa=...)``, MATH.md 4.7) the tokens
+    When the model is noisy (``TokenDynamics(..., kappa=...)``, docs/math.md §4.7) the tokens
     carry independent Brownian motions projected on the tangent spaces,
 
     .. math::

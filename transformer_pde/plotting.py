@@ -289,7 +289,7 @@ def demo_figure(circle: Mapping, sphere: Mapping, pde: Mapping | None = None) ->
     (:func:`plot_circle_density`, when ``pde`` is given), and the sphere tokens in 3-D
     (:func:`plot_sphere_tokens`). Bottom: the number of clusters (and of density peaks)
     and the interaction energy divided by its maximum :math:`e^\beta/(2\beta)` (the
-    value of a single cluster, MATH.md 2.3), against time.
+    value of a single cluster, docs/math.md §2.3), against time.
 
     Parameters
     ----------

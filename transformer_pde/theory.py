@@ -1,10 +1,10 @@
 r"""Closed forms from the papers: equiangular rates, normalization schemes, long context,
 linear growth rates, metastable time scales, the noisy model, Gaussian solutions.
 
-Every function states its equation and where it comes from (MATH.md sections). Models
+Every function states its equation and where it comes from (docs/math.md sections). Models
 are named ``"SA"`` (softmax self-attention) and ``"USA"`` (unnormalized), both with
 Q = K = V = I and post-LN on the sphere unless a normalization scheme is named.
-The Gaussian solutions for :math:`V = \pm I` (MATH.md 3.4) live in
+The Gaussian solutions for :math:`V = \pm I` (docs/math.md §3.4) live in
 :mod:`transformer_pde.gaussian` and are re-exported here:
 :func:`gaussian_closed_form` and :func:`blow_up_time`.
 """
@@ -58,7 +58,7 @@ def _n_tokens(n) -> int:
 
 
 def equiangular_rate(rho, n: int, beta: float, model: str = "SA"):
-    r"""Right-hand side of the equiangular ODE (MATH.md 4.4, `eq: ybeta`, `eq: ybetaUSA`).
+    r"""Right-hand side of the equiangular ODE (docs/math.md §4.4, `eq: ybeta`, `eq: ybetaUSA`).
 
     .. math::
 
@@ -94,7 +94,7 @@ def equiangular_rho(t, n: int, beta: float, model: str = "SA", rho0: float = 0.0
 
     :math:`\beta = 0` uses the closed form
     :math:`\rho = (c e^{2t} - 1)/(c e^{2t} + n - 1)`, :math:`c = (1+(n-1)\rho_0)/(1-\rho_0)`
-    (MATH.md 4.4, 6 item 3); otherwise DOP853 at rtol 1e-13.
+    (docs/math.md §4.4, 6 item 3); otherwise DOP853 at rtol 1e-13.
 
     Parameters
     ----------
@@ -127,7 +127,7 @@ def equiangular_rho(t, n: int, beta: float, model: str = "SA", rho0: float = 0.0
 def equiangular_time(rho, n: int, beta: float, model: str = "SA"):
     r"""Time at which the equiangular solution from :math:`\rho_0 = 0` reaches ``rho``.
 
-    Exact solutions of the separable ODE (MATH.md 4.4; Ei the exponential integral):
+    Exact solutions of the separable ODE (docs/math.md §4.4; Ei the exponential integral):
 
     .. math::
 
@@ -160,7 +160,7 @@ def equiangular_time(rho, n: int, beta: float, model: str = "SA"):
 def long_context_cosine(n, beta, rho):
     r"""Cosine between two outputs of one attention layer on an equiangular input.
 
-    MATH.md 4.6 (Chen-Lin-Polyanskiy-Rigollet, arXiv 2510.05554), V = I:
+    docs/math.md §4.6 (Chen-Lin-Polyanskiy-Rigollet, arXiv 2510.05554), V = I:
 
     .. math::
 
@@ -183,7 +183,7 @@ def long_context_cosine(n, beta, rho):
 
 
 def critical_gamma(rho):
-    r""":math:`\gamma_c = 1/(1-\rho)`, the critical scaling :math:`\beta = \gamma\log n` (MATH.md 4.6)."""
+    r""":math:`\gamma_c = 1/(1-\rho)`, the critical scaling :math:`\beta = \gamma\log n` (docs/math.md §4.6)."""
     rho = np.asarray(rho, dtype=float)
     if np.any(rho >= 1.0):
         raise ValueError("rho must be < 1")
@@ -193,7 +193,7 @@ def critical_gamma(rho):
 def circle_growth_rate(k, beta: float, model: str = "SA"):
     r"""Growth rate of mode :math:`e^{ik\theta}` of the uniform density on the circle.
 
-    MATH.md 2.4: :math:`\lambda_k^{SA} = k^2 I_k(\beta)/(\beta I_0(\beta))`,
+    docs/math.md §2.4: :math:`\lambda_k^{SA} = k^2 I_k(\beta)/(\beta I_0(\beta))`,
     :math:`\lambda_k^{USA} = k^2 I_k(\beta)/\beta` (:math:`\beta > 0`).
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
@@ -206,7 +206,7 @@ def circle_growth_rate(k, beta: float, model: str = "SA"):
 def sphere_growth_rate(l, beta: float, model: str = "SA"):
     r"""Growth rate of a degree-l spherical harmonic of the uniform density on :math:`\mathbb S^2`.
 
-    MATH.md 8: :math:`\lambda_l^{SA} = l(l+1)\,i_l(\beta)/(\beta\,i_0(\beta))`,
+    docs/math.md §8: :math:`\lambda_l^{SA} = l(l+1)\,i_l(\beta)/(\beta\,i_0(\beta))`,
     :math:`\lambda_l^{USA} = l(l+1)\,i_l(\beta)/\beta` (:math:`i_l` modified spherical Bessel).
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
@@ -217,14 +217,14 @@ def sphere_growth_rate(l, beta: float, model: str = "SA"):
 
 def fastest_circle_mode(beta: float, k_max: int = 1000) -> int:
     r""":math:`k^* = \arg\max_k k^2 I_k(\beta)`: about the number of metastable clusters on the
-    circle (MATH.md 2.4, 6 item 7; :math:`k^* \approx \sqrt{2\beta}`)."""
+    circle (docs/math.md §2.4, 6 item 7; :math:`k^* \approx \sqrt{2\beta}`)."""
     beta = _v.as_positive(beta, "beta")
     k = np.arange(1, _v.as_positive_int(k_max, "k_max") + 1)
     return int(k[np.argmax(k**2 * ive(k, beta))])
 
 
 # ---------------------------------------------------------------------------------------
-# normalization schemes in the equiangular model (MATH.md 4.5)
+# normalization schemes in the equiangular model (docs/math.md §4.5)
 # ---------------------------------------------------------------------------------------
 _NORM_SCHEMES = ("post", "pre", "peri", "mix", "ngpt", "cod")
 
@@ -236,7 +236,7 @@ def _alpha_at(alpha, t: float) -> float:
 def equiangular_normalized_rate(rho, r, t: float, n: int, beta: float, norm: str = "post", *,
                                 alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0):
     r"""Right-hand side :math:`(\dot\rho, \dot r)` of the equiangular SA model under a
-    normalization scheme (MATH.md 4.5; Karagodin-Ge-Polyanskiy-Rigollet, arXiv 2510.22026).
+    normalization scheme (docs/math.md §4.5; Karagodin-Ge-Polyanskiy-Rigollet, arXiv 2510.22026).
 
     Tokens :math:`x_j = r\theta_j` with a common radius r and
     :math:`\langle\theta_i,\theta_j\rangle = \rho`; with :math:`Z = e^\beta + (n-1)e^{\beta\rho}`,
@@ -313,7 +313,7 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
                            tau: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     r"""Solve the equiangular SA model under a normalization scheme (DOP853, rtol 1e-13).
 
-    See :func:`equiangular_normalized_rate` for the equations. Consequences (MATH.md 4.5):
+    See :func:`equiangular_normalized_rate` for the equations. Consequences (docs/math.md §4.5):
     post :math:`1-\rho \sim e^{-2t}`; pre and peri :math:`r(t)/t \to 1` and
     :math:`1 - \rho \sim Ct^{-2}`; CoD :math:`1-\rho \sim e^{-4\sqrt t}`; nGPT
     :math:`1-\rho\sim e^{-2\int_0^t\alpha}`. Particles :math:`x_i(0) = r_0e_i` (n = d) of
@@ -362,11 +362,11 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
 
 
 # ---------------------------------------------------------------------------------------
-# metastability (MATH.md 4.3, 5.1)
+# metastability (docs/math.md §4.3, 5.1)
 # ---------------------------------------------------------------------------------------
 def merge_time_scale(beta: float, rho_max):
     r"""Time scale :math:`e^{\beta(1-\rho_{\max})}` of the next merge of clusters whose largest
-    inter-cluster inner product is :math:`\rho_{\max}` (MATH.md 4.3, Bruno-Pasqualotto-Agazzi).
+    inter-cluster inner product is :math:`\rho_{\max}` (docs/math.md §4.3, Bruno-Pasqualotto-Agazzi).
 
     k equally spaced clusters on the circle have :math:`\rho_{\max} = \cos(2\pi/k)`.
     """
@@ -378,7 +378,7 @@ def merge_time_scale(beta: float, rho_max):
 
 
 def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
-    r"""Lower bound on how long k separated caps persist (MATH.md 5.1, GKPR arXiv 2410.06833):
+    r"""Lower bound on how long k separated caps persist (docs/math.md §5.1, GKPR arXiv 2410.06833):
 
     .. math::
 
@@ -399,7 +399,7 @@ def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# the noisy model at beta = 0 (MATH.md 4.7, 8)
+# the noisy model at beta = 0 (docs/math.md §4.7, 8)
 # ---------------------------------------------------------------------------------------
 def _dimension(d) -> int:
     d = _v.as_positive_int(d, "d")
@@ -410,7 +410,7 @@ def _dimension(d) -> int:
 
 def critical_kappa(d: int = 2) -> float:
     r""":math:`\kappa_c = d`: the uniform state of the noisy model at :math:`\beta = 0` on
-    :math:`\mathbb S^{d-1}` loses stability for :math:`\kappa > d` (MATH.md 4.7; 2 on the circle)."""
+    :math:`\mathbb S^{d-1}` loses stability for :math:`\kappa > d` (docs/math.md §4.7; 2 on the circle)."""
     return float(_dimension(d))
 
 
@@ -418,7 +418,7 @@ def noisy_order_parameter(kappa: float, d: int = 2) -> float:
     r"""Order parameter of the stationary state of the noisy model at :math:`\beta = 0`.
 
     The stationary densities are von Mises-Fisher, :math:`\propto e^{\kappa r\langle x, w\rangle}`,
-    with r solving (MATH.md 4.7)
+    with r solving (docs/math.md §4.7)
 
     .. math::
 
@@ -444,7 +444,7 @@ def noisy_growth_rate(kappa: float, d: int = 2) -> float:
 
         \lambda = (d-1)\Big(\frac1d - \frac1\kappa\Big),
 
-    the drift's :math:`(d-1)/d` (MATH.md 8, :math:`\beta\to0`) minus the diffusion
+    the drift's :math:`(d-1)/d` (docs/math.md §8, :math:`\beta\to0`) minus the diffusion
     :math:`\kappa^{-1}l(l+d-2)` at l = 1: :math:`\tfrac12 - \tfrac1\kappa` on the circle.
     """
     kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)

@@ -1,4 +1,4 @@
-r"""The axisymmetric reduction on the 2-sphere: the high-resolution 1-D reference (MATH.md 8).
+r"""The axisymmetric reduction on the 2-sphere: the high-resolution 1-D reference (docs/math.md §8).
 
 A density that depends on the polar angle only stays so under rotation-invariant models;
 :func:`solve_axisymmetric` solves the reduced equation on an :class:`AxisymmetricGrid` of
@@ -23,7 +23,7 @@ __all__ = ["AxisymmetricGrid", "solve_axisymmetric"]
 # the axisymmetric reduction
 # ---------------------------------------------------------------------------------------
 class AxisymmetricGrid(Grid):
-    r"""Latitude bands of the 2-sphere: the grid of the axisymmetric reduction (MATH.md 8).
+    r"""Latitude bands of the 2-sphere: the grid of the axisymmetric reduction (docs/math.md §8).
 
     A density :math:`\rho(\vartheta)` (w.r.t. area) that depends on the colatitude only is
     stored as its values on ``n_theta`` equal bands :math:`[\vartheta_i, \vartheta_{i+1}]`.
@@ -174,7 +174,7 @@ def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float 
     For rotation-invariant models (every head's Q, K, V multiples of I; not Sinkhorn) a
     density that depends only on the colatitude :math:`\vartheta` (the angle to the z axis)
     stays so, and the PDE becomes a conservative 1-D equation in :math:`\vartheta` with
-    area weight :math:`\sin\vartheta` and zero flux at the poles (MATH.md 8). It is solved
+    area weight :math:`\sin\vartheta` and zero flux at the poles (docs/math.md §8). It is solved
     here with the same scheme as the grids (MC-limited upwind finite volumes, SSP-RK3,
     automatic CFL step) on ``n_theta`` bands, with the longitude integrals of the kernel
     done exactly (:class:`AxisymmetricGrid`). Its error is :math:`O(\pi/n_\theta)^2`, so a

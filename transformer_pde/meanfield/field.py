@@ -11,7 +11,7 @@ component of the attention field,
 
 (the projection drops out: :math:`n_f` is tangent at :math:`x_f`), with
 :math:`A[\mu](x) = \int W(x, y)\,Vy\,d\mu(y)` as in :mod:`transformer_pde.attention`
-(MATH.md 2.2, 3.1).
+(docs/math.md §2.2, 3.1).
 
 Two ways to compute it:
 
@@ -27,7 +27,7 @@ Two ways to compute it:
       N_f = -v\sum_j a_j\,w(\cos\psi_{f-j})\sin\psi_{f-j}, \qquad \psi_m = (m - \tfrac12)h,
 
   are circular convolutions computed by FFT in O(M log M) (the continuous version has the
-  Fourier multipliers :math:`2\pi I_k(b)` of MATH.md 8; the discrete kernel makes the FFT
+  Fourier multipliers :math:`2\pi I_k(b)` of docs/math.md §8; the discrete kernel makes the FFT
   reproduce the quadrature sum exactly, up to round-off). Then :math:`u_f = N_f/Z_f`
   (softmax, L2) or :math:`N_f` (USA, sigmoid).
 

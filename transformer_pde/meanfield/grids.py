@@ -196,7 +196,7 @@ class CausalCircleGrid(Grid):
     :math:`s \in (0, 1]` is a token's position in the sequence, cut into S fibres
     :math:`((k-1)/S, k/S]`; each fibre is a :class:`CircleGrid` of M cells. Mass moves in
     :math:`\theta` only (:math:`\dot s = 0`) and fibre k attends to the fibres
-    :math:`k' \le k` (MATH.md 3.1, masked attention). Densities are w.r.t.
+    :math:`k' \le k` (docs/math.md §3.1, masked attention). Densities are w.r.t.
     :math:`ds\,d\theta`, shape (S, M); a causal particle system of n tokens at positions
     i/n is the case S = n with one token per fibre.
 

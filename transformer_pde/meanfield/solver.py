@@ -4,7 +4,7 @@ r"""The Transformer PDE on a grid: conservative finite volumes, SSP Runge-Kutta 
 
     \partial_t\rho + \operatorname{div}\big(\rho\,X[\rho]\big) = \kappa^{-1}\Delta\rho
 
-(MATH.md 2.2, 3.1; the diffusion term is the noisy model of MATH.md 4.7, present when the
+(docs/math.md §2.2, 3.1; the diffusion term is the noisy model of docs/math.md §4.7, present when the
 model has a noise level, ``TokenDynamics(..., kappa=...)``). In space: the upwind flux of MC-limited second-order face values
 (:mod:`~transformer_pde.meanfield.grids`) times the face velocity
 (:mod:`~transformer_pde.meanfield.field`), plus a two-point diffusion flux; each face

@@ -1,6 +1,6 @@
 r"""The 2-sphere: a reduced latitude-longitude grid of quasi-uniform cells.
 
-Three pieces (MATH.md 2.2 and 8):
+Three pieces (docs/math.md §2.2 and 8):
 
 - :class:`SphereGrid`, a finite-volume grid of quasi-uniform cells on
   :math:`\mathbb S^2 \subset \mathbb R^3` with a limited second-order reconstruction;
