@@ -77,7 +77,7 @@ drift (~ e^{-beta (1 - cos phi)}) is below its self-contraction speed at the cel
 t = 100; a close pair, drifting fast, does merge on the grid). Merges are checked on
 particles only.
 
-Run: python validation/metastability.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.metastability [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ Overlays in the figure: the beta where k* changes (1.05, 3.17, 6.21; beta <= 1 h
 equiangular prediction gamma_beta(t) = 0.999 (MATH.md 2.5 `eq: gamma.infty`), which does
 not apply at d = 2 (at large beta the circle clusters far sooner than orthogonal tokens).
 
-Run: python validation/phase_diagram.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.phase_diagram [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ Measured:
    a-priori bound from the right-hand side alone (iterate eta <- T rho'(rho0 + eta) from
    eta = T * 2n^{1-gamma(1-rho0-h)}, h = (rho* - rho0)/2) bounds the drift rho(T) - rho0.
 
-Run: python validation/long_context.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.long_context [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ propagated by a stable flow, and on a 1-D support E W_p(mu^n_0, mu_0) ~ n^-1/2
 grid PDE at t in {1, 3}, for n = 2^6 .. 2^10 (quick) or 2^8 .. 2^13 (full) and eight
 seeds; the fitted slope of log W against log n must be -1/2 +- 0.1.
 
-Run: python validation/circle_convergence.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.circle_convergence [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ Checks:
   closed form) is within 5 standard errors (seed scatter / sqrt(8)) of zero: the
   particles are unbiased (per component, |t_7| > 5 has probability 0.16%).
 
-Run: python validation/gaussian_particles.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.gaussian_particles [--quick] [--out DIR]
 """
 
 from __future__ import annotations

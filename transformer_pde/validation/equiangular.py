@@ -30,7 +30,7 @@ normalization schemes, with a common radius r(t) for pre/peri/mix-LN). Measured 
    peri: <theta, A>/|A| with |A| <= 1), so |r(T)/T - 1| <= (|r0 - t_s| + int (1-rho) dt)/T
    with t_s the switch time (0; mix: tau): this bounds r(T)/T -> 1.
 
-Run: python validation/equiangular.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.equiangular [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ check both envelopes at every saved time t > 0 (while D_y >= 1e-10, above the ro
 of the distances) and that the fitted late rate is >= 2 m r_0 (it is far above: the
 weight bound m is attained only at the initial spread).
 
-Run: python validation/sphere_clustering.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.sphere_clustering [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ average of r over the stationary window, with a standard error from block means
   kappa = 4, gave dr/d(dt) ~ 0.11: the retraction shrinks the noise increments, so the
   effective kappa is slightly larger).
 
-Run: python validation/noise.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.noise [--quick] [--out DIR]
 """
 
 from __future__ import annotations

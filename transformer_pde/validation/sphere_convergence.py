@@ -16,7 +16,7 @@ flattens it further at the largest n, and (iii) the sliced estimate is noisy (a 
 seeds, 64 great circles). A second check makes sure the measured range stays above that
 floor.
 
-Run: python validation/sphere_convergence.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.sphere_convergence [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ better), and it is the tolerance of the invariants below that hold exactly for t
 (For V = I and generic data all limit points came out as vertices of K; the "boundary or
 0" alternative is checked but was not exercised.)
 
-Run: python validation/paper_a.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.paper_a [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ local orders above 2 (measured 2.9 and 2.5 for N = 16 -> 24 -> 32), so a two-sid
 around 2 would test the choice of grids; a bound from below tests what matters, that the
 scheme is second and not first order (a first-order scheme would fit about 1).
 
-Run: python validation/grid_vs_gaussian.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.grid_vs_gaussian [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ have a bounded field (|Gamma| <= |V| max|x_j|), so they grow at most exponential
 cannot follow a finite-time blow-up, which the Gaussian owes to its unbounded tails; so
 the blow-up regime is checked at t*/4.
 
-Run: python validation/anisotropy.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.anisotropy [--quick] [--out DIR]
 """
 
 from __future__ import annotations
