@@ -42,7 +42,9 @@ import numpy as np
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "equiangular"
 THEORY = ("Equiangular tokens x_i(0) = e_i (MATH.md 4.4-4.5, 6 items 1-5): SA/USA particles follow "
@@ -145,11 +147,11 @@ def _slope_check(label, s, log_gap, gap_theory, local, asymptote, variable, win=
                     "window": [float(sw.min()), float(sw.max())], "tolerance": dev + margin}
 
 
-def _sa_usa(quick):
+def _sa_usa(halve_times):
     checks, runs, info = [], {}, {}
     for model, n, beta, T, nt in CASES:
         refs = REFERENCE.get((model, n, beta), [])
-        t = np.union1d(np.linspace(0.0, T, nt if not quick else (nt - 1) // 2 + 1),
+        t = np.union1d(np.linspace(0.0, T, nt if not halve_times else (nt - 1) // 2 + 1),
                        [tr for tr, _ in refs])
         traj = _simulate(tp.TokenDynamics(_attention(model, beta)), n, t)
         inner, gap = _pair_stats(traj.x)
@@ -194,10 +196,8 @@ def _sa_usa(quick):
     return checks, runs, {"cases": info, "rates": rates}
 
 
-def _normalized(quick):
+def _normalized(t_long, m):
     checks, runs, rates = [], {}, {}
-    t_long = 1e3 if quick else 1e4
-    m = 81 if quick else 161
     grids = {
         "post": np.linspace(0.0, 12.0, m),
         "ngpt": np.linspace(0.0, 12.0, m),
@@ -270,18 +270,37 @@ def _normalized(quick):
     return checks, runs, rates
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"halve_times": True, "t_long": 1e3, "m": 81}
+FULL = {"halve_times": False, "t_long": 1e4, "m": 161}
+
+
+def measure(params: dict) -> dict:
+    """SA/USA and the normalization schemes from x_i(0) = e_i, with their checks.
+
+    ``params``: ``halve_times`` (save about half the times of the SA/USA runs), ``t_long``
+    (end time of the pre, peri and mix runs) and ``m`` (saved times of the schemes).
+    """
     started = time.perf_counter()
-    checks, runs, info = _sa_usa(args.quick)
+    checks, runs, info = _sa_usa(params["halve_times"])
     print(f"SA/USA done ({time.perf_counter() - started:.1f} s)", flush=True)
-    c, norm_runs, norm_rates = _normalized(args.quick)
+    c, norm_runs, norm_rates = _normalized(params["t_long"], params["m"])
     checks += c
     print(f"normalization schemes done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(runs, norm_runs)
-    extra = {**info, "normalization_rates": norm_rates}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "runs": runs, "norm_runs": norm_runs, "info": info, "norm_rates": norm_rates}
+
+
+def checks(results: dict) -> list:
+    """The checks of the SA/USA runs (built by ``_sa_usa``) and of the schemes (``_normalized``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return {**results["info"], "normalization_rates": results["norm_rates"]}
+
+
+def figure(results: dict):
+    """rho(t), 1 - rho and local rates for SA/USA and the normalization schemes."""
+    return _figure(results["runs"], results["norm_runs"])
 
 
 def _figure(runs, norm_runs):
@@ -393,5 +412,8 @@ def _figure(runs, norm_runs):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -53,7 +53,9 @@ import scipy.sparse as sp
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "long_context"
 THEORY = ("Long-context phase transition (MATH.md 4.6, 6 item 6): the one-layer cosine closed form "
@@ -152,14 +154,12 @@ def _limit(gamma, rho):
     return 1.0 if gamma < gc else (4.0 * rho / (1.0 + 3.0 * rho) if gamma == gc else rho)
 
 
-def _direct_checks(quick):
+def _direct_checks(n_pkg, n_rows, n_sweep):
     checks, points, worst = [], [], {}
-    n_pkg = (6, 100, 1000) if quick else (6, 100, 1000, 2000, 4000)
-    n_rows = 1000 if quick else 10_000
     cases = [("package", n, g) for n in n_pkg[1:] for g in GAMMAS]
     cases += [("rows", n_rows, g) for g in GAMMAS] + [("sparse", 10**6, g) for g in GAMMAS]
     # gamma sweeps at a small and the large n for the figure (cheap: package at n=100, sparse)
-    sweep = [g for g in np.round(np.linspace(0.5, 4.0, 8 if quick else 15), 6) if g not in GAMMAS]
+    sweep = [g for g in np.round(np.linspace(0.5, 4.0, n_sweep), 6) if g not in GAMMAS]
     cases += [("package", 100, float(g)) for g in sweep] + [("sparse", 10**6, float(g)) for g in sweep]
     funcs = {"package": _direct_package, "rows": _direct_rows, "sparse": _direct_sparse}
     for method, n, gamma in cases:
@@ -293,10 +293,14 @@ def _dynamic_checks():
     return checks, (t, curves)
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n_package": [6, 100, 1000], "n_rows": 1000, "n_sweep": 8}
+FULL = {"n_package": [6, 100, 1000, 2000, 4000], "n_rows": 10_000, "n_sweep": 15}
+
+
+def measure(params: dict) -> dict:
+    """Direct layers against the closed form, the n = 1e6 limits, convergence orders, dynamics."""
     started = time.perf_counter()
-    checks, points = _direct_checks(args.quick)
+    checks, points = _direct_checks(params["n_package"], params["n_rows"], params["n_sweep"])
     print(f"direct computations done ({time.perf_counter() - started:.1f} s)", flush=True)
     c, table = _limit_checks(points)
     checks += c
@@ -304,12 +308,23 @@ def main(argv=None) -> int:
     checks += c
     c, dynamic = _dynamic_checks()
     checks += c
-    figure = _figure(points, curves, dynamic)
-    extra = {"direct": points, "limits_n1e6": table,
-             "convergence": {f"gamma={g:g}": {"n": n.tolist(), "distance": d.tolist()}
-                             for g, (n, d) in curves.items()}}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "points": points, "table": table, "curves": curves, "dynamic": dynamic}
+
+
+def checks(results: dict) -> list:
+    """The checks built with each measurement (``_direct_checks``, ``_limit_checks``, ...)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return {"direct": results["points"], "limits_n1e6": results["table"],
+            "convergence": {f"gamma={g:g}": {"n": n.tolist(), "distance": d.tolist()}
+                            for g, (n, d) in results["curves"].items()}}
+
+
+def figure(results: dict):
+    """Cosines against gamma and n, distances to the limits, the dynamic regime."""
+    return _figure(results["points"], results["curves"], results["dynamic"])
 
 
 def _figure(points, curves, dynamic):
@@ -374,5 +389,8 @@ def _figure(points, curves, dynamic):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -91,9 +91,11 @@ from scipy.special import ive
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
 from transformer_pde.clustering import (CLUSTER_THRESHOLD, cluster_count, cluster_labels, density_peaks,
                                         interaction_energy)
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "metastability"
 THEORY = ("Circle metastability (MATH.md 2.4, 4.3, 5.1): from a near-uniform start SA forms about "
@@ -324,25 +326,37 @@ def _analyse(beta: float, label: str, run: dict, particles: bool) -> list:
 
 
 # ---------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    if args.quick:
-        betas, seeds, M, n, T_grid, T_part = (4.0, 9.0), (0,), 128, 128, 60.0, 300.0
-    else:
-        betas, seeds, M, n, T_grid, T_part = (4.0, 9.0, 16.0), (0, 1, 2), 256, 256, 100.0, 3000.0
+QUICK = {"betas": [4.0, 9.0], "seeds": [0], "M": 128, "n": 128, "T_grid": 60.0, "T_part": 300.0}
+FULL = {"betas": [4.0, 9.0, 16.0], "seeds": [0, 1, 2], "M": 256, "n": 256, "T_grid": 100.0, "T_part": 3000.0}
+
+
+def measure(params: dict) -> dict:
+    """Grid and particle runs per beta and seed, analysed (with their checks) by ``_analyse``."""
+    p = params
+    betas, seeds, M, n, T_grid, T_part = (tuple(p["betas"]), tuple(p["seeds"]), p["M"], p["n"], p["T_grid"],
+                                          p["T_part"])
     checks, results = [], {}
     for beta in betas:
         for seed in seeds:
             phases = _phases(seed)
             runs = {"grid": _grid_run(beta, M, T_grid, phases),
                     "particles": _particle_run(beta, n, T_part, phases)}
-            for kind, run in runs.items():
-                checks += _analyse(beta, f"beta={beta:g} seed={seed} {kind}", run, kind == "particles")
+            for kind, one in runs.items():
+                checks += _analyse(beta, f"beta={beta:g} seed={seed} {kind}", one, kind == "particles")
             results[beta, seed] = runs
-    figure = _figure(results, betas)
+    return {"checks": checks, "results": results, "betas": betas, "seeds": seeds, "M": M, "n": n,
+            "T_grid": T_grid, "T_part": T_part}
+
+
+def checks(results: dict) -> list:
+    """The checks of every run, built by ``_analyse`` as it measures."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
     extra = {}
-    for (beta, seed), runs in results.items():
+    for (beta, seed), runs in r["results"].items():
         extra[f"beta={beta:g} seed={seed}"] = {
             kind: {key: (val.tolist() if isinstance(val, np.ndarray) else val) for key, val in run.items()
                    if key in ("t_f", "k_meta", "share", "rates", "t_lin", "max_rel_decrement", "wall",
@@ -351,10 +365,14 @@ def main(argv=None) -> int:
         extra[f"beta={beta:g} seed={seed}"]["k_star"] = theory.fastest_circle_mode(beta)
         extra[f"beta={beta:g} seed={seed}"]["equal_spacing_merge_scale"] = float(
             theory.merge_time_scale(beta, np.cos(2.0 * np.pi / theory.fastest_circle_mode(beta))))
-    extra["setup"] = {"eps": EPS, "modes": N_MODES, "M": M, "n": n, "T_grid": T_grid,
-                      "T_particles": T_part, "seeds": list(seeds)}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started, theory=THEORY,
-                  extra=extra)
+    extra["setup"] = {"eps": EPS, "modes": N_MODES, "M": r["M"], "n": r["n"], "T_grid": r["T_grid"],
+                      "T_particles": r["T_part"], "seeds": list(r["seeds"])}
+    return extra
+
+
+def figure(results: dict):
+    """Densities, cluster counts, mode amplitudes and energies per beta."""
+    return _figure(results["results"], results["betas"])
 
 
 def _figure(results, betas):
@@ -413,5 +431,8 @@ def _figure(results, betas):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -66,7 +66,9 @@ from scipy.spatial import ConvexHull
 
 import transformer_pde as tp
 from transformer_pde import clustering as cl
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "paper_a"
 THEORY = ("Paper A (MATH.md 1.1-1.3): with z = e^{-tV} x, conv{z_i(t)} is non-increasing and z_i "
@@ -289,13 +291,14 @@ def _boolean_case(seed, t):
                     "x0": x0[order, 0]}, info
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"seeds_a": [0], "seeds_b": [0], "seeds_c": [0, 1]}
+FULL = {"seeds_a": list(range(4)), "seeds_b": list(range(4)), "seeds_c": list(range(8))}
+
+
+def measure(params: dict) -> dict:
+    """The three cases of Paper A per seed, each with its checks."""
     started = time.perf_counter()
-    if args.quick:
-        seeds_a, seeds_b, seeds_c = (0,), (0,), (0, 1)
-    else:
-        seeds_a, seeds_b, seeds_c = tuple(range(4)), tuple(range(4)), tuple(range(8))
+    seeds_a, seeds_b, seeds_c = (tuple(params[k]) for k in ("seeds_a", "seeds_b", "seeds_c"))
     t = np.linspace(0.0, T_END, 201)
     checks, runs, extra = [], {}, {"T": T_END, "rtol": RTOL, "rtol_error_estimate": RTOL_CHECK}
     for s in seeds_a:
@@ -311,9 +314,21 @@ def main(argv=None) -> int:
         c, runs["c", s], extra[f"c_seed{s}"] = _boolean_case(s, t_c)
         checks += c
     print(f"(c) done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(runs, seeds_a[0], seeds_b[0], seeds_c[0])
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "runs": runs, "extra": extra, "first": (seeds_a[0], seeds_b[0], seeds_c[0])}
+
+
+def checks(results: dict) -> list:
+    """The checks of each case, built by ``_identity_case``, ``_good_triple_case``, ``_boolean_case``."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return results["extra"]
+
+
+def figure(results: dict):
+    """Hulls of the rescaled tokens, the good triple's hyperplanes, the d = 1 attention matrix."""
+    return _figure(results["runs"], *results["first"])
 
 
 def _closed(points):
@@ -401,5 +416,8 @@ def _figure(runs, sa, sb, sc):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -60,8 +60,10 @@ import numpy as np
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
 from transformer_pde.clustering import PAIR_THRESHOLD, clustered_pair_fraction
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "phase_diagram"
 THEORY = ("Phase diagram of SA on the circle (n = 32, MATH.md 2.5-2.6): one cluster for beta <= 1 "
@@ -189,13 +191,20 @@ def _merge_tail(frac_small):
     return t1, p_tail, u
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n_betas": 13, "seeds": 24, "per_beta_check": 1, "dt_check": False}
+FULL = {"n_betas": 25, "seeds": 256, "per_beta_check": 2, "dt_check": True}
+
+
+def measure(params: dict) -> dict:
+    """The diagram (pair fraction per beta, t and system) and its checks, built as it is analysed.
+
+    ``params``: ``n_betas`` values of beta in [0.1, 9], ``seeds`` systems per beta,
+    ``per_beta_check`` systems per beta re-run by the reference integrator, ``dt_check``
+    (re-run a subset with dt / 2).
+    """
     started = time.perf_counter()
-    if args.quick:
-        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 13), 24, 1
-    else:
-        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 25), 256, 2
+    betas = np.linspace(0.1, 9.0, params["n_betas"])
+    seeds, per_beta_check = params["seeds"], params["per_beta_check"]
     x0s = [_initial(1000 + i, seeds) for i in range(len(betas))]
     frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s)]  # each (nt, seeds)
     print(f"diagram done ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -261,7 +270,7 @@ def main(argv=None) -> int:
              f"{inc_mean[w]:.2g}; most negative mean increment {inc_mean.min():.2g}; single-system "
              f"decreases: {int(np.sum(inc < 0))} of {inc.size}, largest {inc.min():.3g}"))
 
-    if not args.quick:
+    if params["dt_check"]:
         sub = [0, len(betas) // 2, len(betas) - 1]
         diffs = []
         for i in sub:
@@ -276,13 +285,27 @@ def main(argv=None) -> int:
             note="below the sampling error (largest s.e. of a 64-system mean) of the diagram"))
         info["dt_change"] = diffs
 
-    figure = _figure(betas, mean, se, t_form, at_form, se_form, ks)
-    extra = {"betas": betas.tolist(), "seeds": seeds, "t": T_EVAL.tolist(),
-             "mean_fraction": mean.tolist(), "formation_time": t_form.tolist(),
-             "fraction_at_formation": at_form.tolist(), "k_star": ks.tolist(),
-             "fraction_at_T": mean[-1].tolist(), "merge_time_tail_p": p_tail, **info}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "betas": betas, "seeds": seeds, "mean": mean, "se": se, "t_form": t_form,
+            "at_form": at_form, "se_form": se_form, "ks": ks, "p_tail": p_tail, "info": info}
+
+
+def checks(results: dict) -> list:
+    """The checks of the diagram, built by ``measure`` as it analyses the runs."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
+    return {"betas": r["betas"].tolist(), "seeds": r["seeds"], "t": T_EVAL.tolist(),
+            "mean_fraction": r["mean"].tolist(), "formation_time": r["t_form"].tolist(),
+            "fraction_at_formation": r["at_form"].tolist(), "k_star": r["ks"].tolist(),
+            "fraction_at_T": r["mean"][-1].tolist(), "merge_time_tail_p": r["p_tail"], **r["info"]}
+
+
+def figure(results: dict):
+    """The (beta, t) diagram, the fraction at formation against the k* bands."""
+    r = results
+    return _figure(r["betas"], r["mean"], r["se"], r["t_form"], r["at_form"], r["se_form"], r["ks"])
 
 
 def _figure(betas, mean, se, t_form, at_form, se_form, ks):
@@ -340,5 +363,8 @@ def _figure(betas, mean, se, t_form, at_form, se_form, ks):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

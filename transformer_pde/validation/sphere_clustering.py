@@ -61,7 +61,9 @@ from scipy.spatial.distance import pdist
 
 import transformer_pde as tp
 from transformer_pde import clustering as cl
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "sphere_clustering"
 THEORY = ("Clustering on S^2 (MATH.md 2.3, 2.5, 4.2): uniform tokens reach one cluster for SA and "
@@ -258,23 +260,38 @@ def _hemisphere_part(n, seeds):
     return checks, runs, info
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n": 32, "seeds": [0, 1], "hemi_seeds": [0]}
+FULL = {"n": 64, "seeds": list(range(10)), "hemi_seeds": list(range(4))}
+
+
+def measure(params: dict) -> dict:
+    """Uniform and hemisphere runs, with their checks."""
     started = time.perf_counter()
-    if args.quick:
-        n, seeds, hemi_seeds = 32, (0, 1), (0,)
-    else:
-        n, seeds, hemi_seeds = 64, tuple(range(10)), tuple(range(4))
+    n, seeds, hemi_seeds = params["n"], tuple(params["seeds"]), tuple(params["hemi_seeds"])
     checks, uniform_runs, info_u = _uniform_part(n, seeds)
     print(f"uniform runs done ({time.perf_counter() - started:.1f} s)", flush=True)
     hchecks, hemi_runs, info_h = _hemisphere_part(n, hemi_seeds)
     checks += hchecks
     print(f"hemisphere runs done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(uniform_runs, hemi_runs, seeds, hemi_seeds)
-    extra = {"n": n, "seeds": list(seeds), "hemisphere_seeds": list(hemi_seeds),
-             "uniform": info_u, "hemisphere": info_h}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "uniform_runs": uniform_runs, "hemi_runs": hemi_runs, "info_u": info_u,
+            "info_h": info_h, "n": n, "seeds": seeds, "hemi_seeds": hemi_seeds}
+
+
+def checks(results: dict) -> list:
+    """The checks of the uniform runs (``_uniform_part``) and the hemisphere runs (``_hemisphere_part``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
+    return {"n": r["n"], "seeds": list(r["seeds"]), "hemisphere_seeds": list(r["hemi_seeds"]),
+            "uniform": r["info_u"], "hemisphere": r["info_h"]}
+
+
+def figure(results: dict):
+    """Diameters and energies of the uniform runs, the hemisphere collapse and its rate."""
+    r = results
+    return _figure(r["uniform_runs"], r["hemi_runs"], r["seeds"], r["hemi_seeds"])
 
 
 def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
@@ -349,5 +366,8 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))
