@@ -19,10 +19,12 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["main", "build_parser", "DEFAULT_OUT"]
+__all__ = ["main", "build_parser", "DEFAULT_OUT", "DEFAULT_VALIDATION_OUT"]
 
 #: default folder of ``transformer-pde demo``, relative to the working directory
 DEFAULT_OUT = "transformer_pde_demo"
+#: default folder of ``transformer-pde validate``, relative to the working directory
+DEFAULT_VALIDATION_OUT = "transformer_pde_validation"
 
 
 def _int_at_least(minimum: int, why: str = ""):
@@ -51,7 +53,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``transformer-pde`` (sub-command ``demo``)."""
+    """The argument parser of ``transformer-pde`` (sub-commands ``demo`` and ``validate``)."""
     parser = argparse.ArgumentParser(
         prog="transformer-pde",
         description="Mean-field dynamics of self-attention: token particles, the "
@@ -84,17 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", action="store_true", help="show progress bars")
     val = sub.add_parser(
         "validate",
-        help="run the validation scripts against theory and write a Markdown report",
-        description="Run every validation/*.py script (each compares measurements with "
-                    "theory, writes JSON + PNG) and write report.md into a folder.",
+        help="run the validations against theory and write a Markdown report",
+        description="Run the validations shipped with the package (the modules of "
+                    "transformer_pde.validation, each in a fresh interpreter: each compares "
+                    "measurements with theory and writes NAME/NAME.json and NAME/NAME.png) and "
+                    f"write report.md into a folder, by default ./{DEFAULT_VALIDATION_OUT}/ "
+                    "(relative to the working directory). Works from any directory.",
     )
-    val.add_argument("--out", metavar="DIR", default="transformer_pde_validation",
-                     help="folder for the report and results (default: ./transformer_pde_validation)")
-    val.add_argument("--quick", action="store_true", help="the small, fast mode (minutes)")
+    val.add_argument("--out", metavar="DIR", default=DEFAULT_VALIDATION_OUT,
+                     help=f"folder for the report and results, created if missing "
+                          f"(default: ./{DEFAULT_VALIDATION_OUT})")
+    val.add_argument("--quick", action="store_true",
+                     help="the small, fast mode (a few minutes for all twelve)")
     val.add_argument("--dir", metavar="DIR", default=None,
-                     help="folder of the scripts (default: validation/ of the source tree or the cwd)")
+                     help="run the *.py scripts of this folder instead (your own validations, each "
+                          "taking --quick and --out DIR and writing NAME.json; default: the package's)")
     val.add_argument("--only", metavar="NAME", nargs="+", default=None,
-                     help="run only these validations (script names without .py)")
+                     help="run only these validations (module or script names without .py)")
     return parser
 
 
@@ -158,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .checks import run_validations
 
         try:
-            report, passed = run_validations(args.dir, Path(args.out).expanduser(), quick=args.quick,
-                                             only=args.only)
+            report, passed = run_validations(Path(args.out).expanduser(), quick=args.quick,
+                                             only=args.only, directory=args.dir)
         except (OSError, ValueError) as exc:
             print(f"transformer-pde validate: error: {exc}", file=sys.stderr)
             return 1

@@ -305,8 +305,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     slow merges of metastable clusters (drift :math:`\sim e^{-\beta(1-\cos\varphi)}`
     on the circle) are therefore delayed or frozen on a coarse grid: measured at
     :math:`\beta = 4`, a merge that particles complete at t = 54 happens at t = 85 with
-    1024 cells and not by t = 100 with 256 (the ``metastability`` validation). Compare
-    merge times with particles, or refine until they agree.
+    1024 cells and not by t = 100 with 256 (``transformer_pde.validation.metastability``).
+    Compare merge times with particles, or refine until they agree.
 
     Examples
     --------

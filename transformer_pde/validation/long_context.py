@@ -1,6 +1,6 @@
 """Long-context phase transition: one attention layer on equiangular tokens, beta = gamma log n.
 
-Theory (MATH.md 4.6 and 6 item 6; Chen-Lin-Polyanskiy-Rigollet, arXiv 2510.05554): for n
+Theory (docs/math.md §4.6 and 6 item 6; Chen-Lin-Polyanskiy-Rigollet, arXiv 2510.05554): for n
 unit tokens with <x_i, x_k> = rho (i != k), one softmax layer with V = I gives outputs
 y_i = sum_k w_ik x_k whose directions theta_i = y_i/|y_i| have the common cosine
 theory.long_context_cosine(n, beta, rho) (the closed form with a = 1/(1 + (n-1)e^{-beta(1-rho)})).
@@ -18,7 +18,7 @@ Measured:
    layer's): n = 1e6, which is where the limits are stated. There each coordinate of y_i is
    summed pairwise: a plain sparse product sums the 1e6 weights sequentially after the large
    self-weight and was measured 1e-11 off (n eps / 2 ~ 1e-10 is its worst case).
-2. MATH.md 6 item 6: n = 6, beta = 2, rho = 0.3 gives 0.8350434 (to 5e-8); rho = 1/2,
+2. docs/math.md §6 item 6: n = 6, beta = 2, rho = 0.3 gives 0.8350434 (to 5e-8); rho = 1/2,
    n = 1e6: gamma = 1, 2, 3 give 1.000, 0.800, 0.5005 (half a unit of the last digit) and lie
    within 1e-3 of the limits 1, 4 rho/(1 + 3 rho), rho.
 3. Convergence in n of the closed form (n = 1e2..1e8): expanding a, b = (1-a)/(n-1),
@@ -30,7 +30,7 @@ Measured:
    the slope is off by at most 2 * 8 n^{-m} / log(100) at n >= 1e6 (the tolerance). The
    leading-order coefficients are checked at n = 1e8 for rho in {1/4, 1/2, 3/4} and
    gamma in {gamma_c/2, 2 gamma_c} (relative tolerance 8 n^{-m}).
-4. Dynamic version (MATH.md 4.6, last line): the SA equiangular ODE with beta = gamma log n,
+4. Dynamic version (docs/math.md §4.6, last line): the SA equiangular ODE with beta = gamma log n,
    rho' = 2(1-rho)(1+(n-1)rho)/(n^{gamma(1-rho)} + n - 1), tends to 2 rho(1-rho) above
    rho* = 1 - 1/gamma and to 0 below. gamma = 3, T = 1, n = 1e8 (theory.equiangular_rho):
    from rho0 = 0.8 > rho*, |rho' - 2 rho(1-rho)| <= delta = 2(1-rho0)(1 + n^{gamma(1-rho0)})/(n-1)
@@ -39,7 +39,7 @@ Measured:
    a-priori bound from the right-hand side alone (iterate eta <- T rho'(rho0 + eta) from
    eta = T * 2n^{1-gamma(1-rho0-h)}, h = (rho* - rho0)/2) bounds the drift rho(T) - rho0.
 
-Run: python validation/long_context.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.long_context [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ import scipy.sparse as sp
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "long_context"
-THEORY = ("Long-context phase transition (MATH.md 4.6, 6 item 6): the one-layer cosine closed form "
+THEORY = ("Long-context phase transition (docs/math.md §4.6, 6 item 6): the one-layer cosine closed form "
           "equals a direct computation of the layer (to 1e-12 relative, n up to 1e6), gives 0.8350434 "
           "at n=6, beta=2, rho=0.3, and with beta = gamma log n tends to 1, 4rho/(1+3rho), rho for "
           "gamma <, =, > gamma_c = 1/(1-rho) at the predicted rates; the equiangular ODE freezes "
@@ -152,14 +154,12 @@ def _limit(gamma, rho):
     return 1.0 if gamma < gc else (4.0 * rho / (1.0 + 3.0 * rho) if gamma == gc else rho)
 
 
-def _direct_checks(quick):
+def _direct_checks(n_pkg, n_rows, n_sweep):
     checks, points, worst = [], [], {}
-    n_pkg = (6, 100, 1000) if quick else (6, 100, 1000, 2000, 4000)
-    n_rows = 1000 if quick else 10_000
     cases = [("package", n, g) for n in n_pkg[1:] for g in GAMMAS]
     cases += [("rows", n_rows, g) for g in GAMMAS] + [("sparse", 10**6, g) for g in GAMMAS]
     # gamma sweeps at a small and the large n for the figure (cheap: package at n=100, sparse)
-    sweep = [g for g in np.round(np.linspace(0.5, 4.0, 8 if quick else 15), 6) if g not in GAMMAS]
+    sweep = [g for g in np.round(np.linspace(0.5, 4.0, n_sweep), 6) if g not in GAMMAS]
     cases += [("package", 100, float(g)) for g in sweep] + [("sparse", 10**6, float(g)) for g in sweep]
     funcs = {"package": _direct_package, "rows": _direct_rows, "sparse": _direct_sparse}
     for method, n, gamma in cases:
@@ -170,7 +170,7 @@ def _direct_checks(quick):
         worst[method, n] = max(worst.get((method, n), 0.0), err)
         points.append({"method": method, "n": n, "gamma": gamma, "cos": float(cos.mean()), "closed": ref,
                        "rel_err": err})
-    # MATH.md 6 item 6, first value, directly and by the closed form
+    # docs/math.md §6 item 6, first value, directly and by the closed form
     cos6 = _direct_package(6, 2.0, 0.3)
     ref6 = float(theory.long_context_cosine(6, 2.0, 0.3))
     worst["package", 6] = float(np.abs(cos6 / ref6 - 1.0).max())
@@ -180,7 +180,7 @@ def _direct_checks(quick):
         what = "n=6 beta=2 rho=0.3" if n == 6 else f"rho={RHO:g}, beta=gamma log n"
         checks.append(check_range(f"direct ({method}) vs closed form, n={n}: max relative error of cosines",
                                   err, high=REL_TOL, note=f"{what}; {sizes[method]}"))
-    checks.append(check_close("closed form n=6, beta=2, rho=0.3 vs MATH.md 6 item 6", ref6, 0.8350434, 5e-8,
+    checks.append(check_close("closed form n=6, beta=2, rho=0.3 vs docs/math.md §6 item 6", ref6, 0.8350434, 5e-8,
                               note=f"direct (package) {cos6.mean():.10f}"))
     return checks, points
 
@@ -197,7 +197,7 @@ def _limit_checks(points):
         text = printed[gamma]
         half = 0.5 * 10.0 ** -len(text.split(".")[1])
         lim = _limit(gamma, RHO)
-        checks.append(check_close(f"rho=1/2, n=1e6, gamma={gamma:g}: direct cosine vs MATH.md 6 item 6",
+        checks.append(check_close(f"rho=1/2, n=1e6, gamma={gamma:g}: direct cosine vs docs/math.md §6 item 6",
                                   direct, float(text), half,
                                   note=f"printed {text}; closed form {closed:.8f}"))
         checks.append(check_close(f"rho=1/2, n=1e6, gamma={gamma:g}: direct cosine vs the n -> inf limit",
@@ -293,10 +293,14 @@ def _dynamic_checks():
     return checks, (t, curves)
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n_package": [6, 100, 1000], "n_rows": 1000, "n_sweep": 8}
+FULL = {"n_package": [6, 100, 1000, 2000, 4000], "n_rows": 10_000, "n_sweep": 15}
+
+
+def measure(params: dict) -> dict:
+    """Direct layers against the closed form, the n = 1e6 limits, convergence orders, dynamics."""
     started = time.perf_counter()
-    checks, points = _direct_checks(args.quick)
+    checks, points = _direct_checks(params["n_package"], params["n_rows"], params["n_sweep"])
     print(f"direct computations done ({time.perf_counter() - started:.1f} s)", flush=True)
     c, table = _limit_checks(points)
     checks += c
@@ -304,12 +308,23 @@ def main(argv=None) -> int:
     checks += c
     c, dynamic = _dynamic_checks()
     checks += c
-    figure = _figure(points, curves, dynamic)
-    extra = {"direct": points, "limits_n1e6": table,
-             "convergence": {f"gamma={g:g}": {"n": n.tolist(), "distance": d.tolist()}
-                             for g, (n, d) in curves.items()}}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "points": points, "table": table, "curves": curves, "dynamic": dynamic}
+
+
+def checks(results: dict) -> list:
+    """The checks built with each measurement (``_direct_checks``, ``_limit_checks``, ...)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return {"direct": results["points"], "limits_n1e6": results["table"],
+            "convergence": {f"gamma={g:g}": {"n": n.tolist(), "distance": d.tolist()}
+                            for g, (n, d) in results["curves"].items()}}
+
+
+def figure(results: dict):
+    """Cosines against gamma and n, distances to the limits, the dynamic regime."""
+    return _figure(results["points"], results["curves"], results["dynamic"])
 
 
 def _figure(points, curves, dynamic):
@@ -374,5 +389,8 @@ def _figure(points, curves, dynamic):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

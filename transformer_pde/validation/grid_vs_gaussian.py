@@ -1,6 +1,6 @@
 """The grid PDE in R^1 and R^2 converges to the Gaussian closed form at second order.
 
-Theory (MATH.md 3.4): for softmax attention with V = I the Transformer PDE keeps
+Theory (docs/math.md §3.4): for softmax attention with V = I the Transformer PDE keeps
 Gaussians Gaussian, with Sigma(t) = (Sigma0^-1 - t(A + A^T))^-1 (A = beta K^T Q) and
 dm/dt = (I + Sigma A) m (``tp.gaussian_closed_form``). The finite-volume scheme of
 ``tp.solve_meanfield`` (MUSCL with the MC limiter, SSP-RK3 at a fixed CFL number) is
@@ -32,22 +32,23 @@ local orders above 2 (measured 2.9 and 2.5 for N = 16 -> 24 -> 32), so a two-sid
 around 2 would test the choice of grids; a bound from below tests what matters, that the
 scheme is second and not first order (a first-order scheme would fit about 1).
 
-Run: python validation/grid_vs_gaussian.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.grid_vs_gaussian [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 import transformer_pde as tp
 from transformer_pde import wasserstein
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "grid_vs_gaussian"
-THEORY = ("Gaussian closed form Sigma(t) = (Sigma0^-1 - t(A + A^T))^-1 (MATH.md 3.4) against the "
+THEORY = ("Gaussian closed form Sigma(t) = (Sigma0^-1 - t(A + A^T))^-1 (docs/math.md §3.4) against the "
           "R^1/R^2 grid PDE: W_2 (Bures) between their moments at T is O(h^2); fitted order >= 1.7.")
 
 T = 1.0
@@ -78,12 +79,14 @@ def _run(case: dict, N: int):
     return float(w2), float(grid.h[0]), int(sol.info.n_steps), ref
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    sizes = ({"R^1": [32, 64, 128, 256], "R^2": [16, 24, 32]} if args.quick else
-             {"R^1": [32, 64, 128, 256, 512, 1024], "R^2": [16, 24, 32, 48, 64]})
-    checks, results = [], {}
+QUICK = {"sizes": {"R^1": [32, 64, 128, 256], "R^2": [16, 24, 32]}}
+FULL = {"sizes": {"R^1": [32, 64, 128, 256, 512, 1024], "R^2": [16, 24, 32, 48, 64]}}
+
+
+def measure(params: dict) -> dict:
+    """W_2 between the grid moments and the closed form for each case and grid size; fitted orders."""
+    sizes = params["sizes"]
+    results = {}
     for key, case in CASES.items():
         w2, h, steps = [], [], []
         for N in sizes[key]:
@@ -97,13 +100,28 @@ def main(argv=None) -> int:
         results[key] = {"N": sizes[key], "h": h, "W2": w2, "steps": steps, "order": float(slope),
                         "intercept": float(intercept), "local_orders": local.tolist(),
                         "cov_T": ref.cov[-1].tolist(), "cov_0": case["cov0"].tolist()}
-        checks.append(check_range(f"{key}: fitted order of W_2(grid, closed form) in h", float(slope),
+    return {"runs": results}
+
+
+def checks(results: dict) -> list:
+    """The fitted order of W_2 in h is at least ORDER_MIN in each dimension."""
+    checks = []
+    for key, r in results["runs"].items():
+        w2, local = r["W2"], r["local_orders"]
+        checks.append(check_range(f"{key}: fitted order of W_2(grid, closed form) in h", r["order"],
                                   ORDER_MIN, np.inf,
                                   note="local orders " + ", ".join(f"{o:.2f}" for o in local)
-                                       + f"; W_2 = {w2[-1]:.3g} at N = {sizes[key][-1]}"))
-    figure = _figure(results)
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra={"T": T, "runs": results})
+                                       + f"; W_2 = {w2[-1]:.3g} at N = {r['N'][-1]}"))
+    return checks
+
+
+def _extra(results: dict) -> dict:
+    return {"T": T, "runs": results["runs"]}
+
+
+def figure(results: dict):
+    """W_2 against h with the fit and order 2, one panel per dimension."""
+    return _figure(results["runs"])
 
 
 def _figure(results):
@@ -123,5 +141,8 @@ def _figure(results):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,6 +1,6 @@
 """Particles converge to the Transformer PDE on the sphere S^2 at the rate n^-1/2 (up to a log).
 
-Theory (MATH.md 5.3): the empirical measure of n tokens drawn i.i.d. from the initial
+Theory (docs/math.md §5.3): the empirical measure of n tokens drawn i.i.d. from the initial
 density solves the PDE exactly, so the distance between the particles and the PDE at a
 fixed time is the initial sampling error propagated by a stable flow; on the 2-D support
 S^2, E W_1(mu^n_0, mu_0) ~ n^-1/2 log n (Fournier-Guillin). Measured: the spherical sliced
@@ -16,7 +16,7 @@ flattens it further at the largest n, and (iii) the sliced estimate is noisy (a 
 seeds, 64 great circles). A second check makes sure the measured range stays above that
 floor.
 
-Run: python validation/sphere_convergence.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.sphere_convergence [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import numpy as np
 from scipy import stats
 
 import transformer_pde as tp
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "sphere_convergence"
 THEORY = ("Mean-field limit on S^2: the sliced distance SSW_2(particles, grid PDE) at t = 1 "
-          "decays like n^-1/2 up to a log factor (MATH.md 5.3); the fitted slope must lie in "
+          "decays like n^-1/2 up to a log factor (docs/math.md §5.3); the fitted slope must lie in "
           "[-0.7, -0.3] (log factor, grid floor ~h/2 and sliced noise make the band wide).")
 
 #: axis of the initial density and its shape (smooth, non-uniform, not axisymmetric)
@@ -45,13 +47,14 @@ def _rho(x):
     return np.exp(1.5 * (x @ AXIS)) * (1.0 + 0.5 * x[..., 0] ** 2)
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n_exponents": [7, 12], "seeds": 4, "n_lat": 32}
+FULL = {"n_exponents": [7, 14], "seeds": 6, "n_lat": 48}
+
+
+def measure(params: dict) -> dict:
+    """SSW_2 between particles and the grid PDE at t = 1 for each n and seed; the grid floor."""
     started = time.perf_counter()
-    if args.quick:
-        n_values, seeds, n_lat = 2 ** np.arange(7, 12), range(4), 32
-    else:
-        n_values, seeds, n_lat = 2 ** np.arange(7, 14), range(6), 48
+    n_values, seeds, n_lat = 2 ** np.arange(*params["n_exponents"]), range(params["seeds"]), params["n_lat"]
     t_end, dt = 1.0, 0.1
     grid = tp.SphereGrid(n_lat)
     rho0 = tp.Density.from_function(grid, _rho)
@@ -83,6 +86,14 @@ def main(argv=None) -> int:
     median = np.median(distance, axis=1)
     print(f"grid floor (SSW_2 between n_lat={n_lat} and {2 * n_lat} grids): {floor:.4e}")
     print(f"slope {fit.slope:+.3f} [{fit.slope - half:+.3f}, {fit.slope + half:+.3f}] (95% CI)")
+    return {"n_values": n_values, "seeds": seeds, "n_lat": n_lat, "t_end": t_end, "distance": distance,
+            "fit": fit, "half": half, "median": median, "floor": floor, "sol": sol}
+
+
+def checks(results: dict) -> list:
+    """The fitted slope in [-0.7, -0.3]; the measured range above the grid floor."""
+    fit, half, floor, n_lat = results["fit"], results["half"], results["floor"], results["n_lat"]
+    median = results["median"]
     checks = [
         check_range("slope of log SSW_2 vs log n at t=1", fit.slope, -0.7, -0.3,
                     note=f"95% CI [{fit.slope - half:+.3f}, {fit.slope + half:+.3f}]; theory -1/2 "
@@ -91,14 +102,23 @@ def main(argv=None) -> int:
                     note=f"floor {floor:.3g} rad (n_lat={n_lat} vs {2 * n_lat}): the n range "
                          "stays above the grid's own error"),
     ]
-    figure = _figure(n_values, distance, fit, floor, n_lat)
-    extra = {"n": n_values.tolist(), "seeds": list(map(int, seeds)), "t": t_end, "n_lat": n_lat,
-             "n_projections": N_PROJ, "distance": distance.tolist(), "median": median.tolist(),
-             "slope": fit.slope, "slope_ci95": [fit.slope - half, fit.slope + half],
-             "grid_floor": floor, "pde_steps": sol.info.n_steps,
-             "pde_mass_drift": sol.info.mass_drift}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return checks
+
+
+def _extra(results: dict) -> dict:
+    r = results
+    fit, half, sol = r["fit"], r["half"], r["sol"]
+    return {"n": r["n_values"].tolist(), "seeds": list(map(int, r["seeds"])), "t": r["t_end"],
+            "n_lat": r["n_lat"], "n_projections": N_PROJ, "distance": r["distance"].tolist(),
+            "median": r["median"].tolist(), "slope": fit.slope,
+            "slope_ci95": [fit.slope - half, fit.slope + half], "grid_floor": r["floor"],
+            "pde_steps": sol.info.n_steps, "pde_mass_drift": sol.info.mass_drift}
+
+
+def figure(results: dict):
+    """SSW_2 against n: seeds, medians, the fit, slope -1/2 and the grid floor."""
+    r = results
+    return _figure(r["n_values"], r["distance"], r["fit"], r["floor"], r["n_lat"])
 
 
 def _figure(n_values, distance, fit, floor, n_lat):
@@ -123,5 +143,8 @@ def _figure(n_values, distance, fit, floor, n_lat):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,17 +1,17 @@
 r"""Paper A in R^d: nested hulls (V = I), three hyperplanes (good triple), Boolean P (d = 1).
 
-Theory (MATH.md 1.1-1.3, 6 item 10; Geshkovski-Letrouit-Polyanskiy-Rigollet, arXiv
+Theory (docs/math.md §1.1-1.3, 6 item 10; Geshkovski-Letrouit-Polyanskiy-Rigollet, arXiv
 2305.05465). Tokens in R^d follow dx_i/dt = sum_j P_ij(t) V x_j with
 P = softmax_j(<Q x_i, K x_j>) (tp.SoftmaxAttention(beta=1, Q, K, V), geometry
 "euclidean"). They grow like e^{tV}; the rescaled tokens z_i = e^{-tV} x_i solve
 dz_i/dt = sum_j P_ij V (z_j - z_i) with P from the logits <Q e^{tV} z_i, K e^{tV} z_j>
-(MATH.md 1.1, e:Rres). Here x comes from tp.simulate (dopri5, rtol 1e-12) and
+(docs/math.md §1.1, e:Rres). Here x comes from tp.simulate (dopri5, rtol 1e-12) and
 z = e^{-tV} x (eigendecomposition of V, checked against scipy.linalg.expm). The
 integration error of a run is estimated by a second run at rtol 1e-10: its difference
 from the first bounds the first's error (error ~ rtol, so the rtol 1e-12 run is ~100x
 better), and it is the tolerance of the invariants below that hold exactly for the ODE.
 
-(a) V = Q = K = I, d = 2, n = 20, x_i(0) ~ U[-5, 5]^2 (MATH.md 1.3), T = 10:
+(a) V = Q = K = I, d = 2, n = 20, x_i(0) ~ U[-5, 5]^2 (docs/math.md §1.3), T = 10:
   * the rescaled system (e:Rres) integrated directly with RK4 (own code, att.matrix)
     agrees with e^{-tV} x(t) on [0, 1.5] within 10x its Richardson error estimate plus
     the simulate error;
@@ -52,7 +52,7 @@ better), and it is the tolerance of the invariants below that hold exactly for t
 (For V = I and generic data all limit points came out as vertices of K; the "boundary or
 0" alternative is checked but was not exercised.)
 
-Run: python validation/paper_a.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.paper_a [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -66,10 +66,12 @@ from scipy.spatial import ConvexHull
 
 import transformer_pde as tp
 from transformer_pde import clustering as cl
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "paper_a"
-THEORY = ("Paper A (MATH.md 1.1-1.3): with z = e^{-tV} x, conv{z_i(t)} is non-increasing and z_i "
+THEORY = ("Paper A (docs/math.md §1.1-1.3): with z = e^{-tV} x, conv{z_i(t)} is non-increasing and z_i "
           "converge to S (vertices satisfy |v|^2 = max_j <v, v_j>) for V = I; for a good triple the "
           "values phi_1^*(z_i) gather on <= 3 hyperplanes; in d = 1, P(t) becomes Boolean "
           "(<= 1 exceptional row), rank <= 2, leaders = extreme tokens.")
@@ -175,7 +177,7 @@ def _identity_case(seed, t, cross_check):
         checks.append(check_range(
             f"{tag}: max |z(RK4 on the rescaled ODE) - e^(-tV) x(simulate)| at t={t[k]:g}",
             diff, high=10.0 * rich + err + 1e-12 * scale,
-            note=f"MATH.md 1.1 e:Rres; RK4 h={h / 2:g}, Richardson error {rich:.2g}"))
+            note=f"docs/math.md §1.1 e:Rres; RK4 h={h / 2:g}, Richardson error {rich:.2g}"))
         info["rescaled_cross_check"] = {"diff": diff, "richardson": rich, "t": float(t[k])}
     # the limit set
     j1 = int(np.argmin(np.abs(t - (t[-1] - 1.0))))
@@ -259,7 +261,7 @@ def _boolean_case(seed, t):
     lead = cl.leaders(P[-1])
     i_min, i_max = int(np.argmin(x0)), int(np.argmax(x0))
     extremes = np.array(sorted({i_min, i_max}))
-    # mechanism (MATH.md 1.2): row i concentrates on argmax_j z_j if z_i > 0, on argmin if z_i < 0
+    # mechanism (docs/math.md §1.2): row i concentrates on argmax_j z_j if z_i > 0, on argmin if z_i < 0
     z_T = traj.x[-1, :, 0] * np.exp(-t[-1])
     predicted = np.where(z_T > 0, i_max, i_min)
     wrong_rows = int(np.sum(np.argmax(P[-1], axis=1) != predicted))
@@ -289,13 +291,14 @@ def _boolean_case(seed, t):
                     "x0": x0[order, 0]}, info
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"seeds_a": [0], "seeds_b": [0], "seeds_c": [0, 1]}
+FULL = {"seeds_a": list(range(4)), "seeds_b": list(range(4)), "seeds_c": list(range(8))}
+
+
+def measure(params: dict) -> dict:
+    """The three cases of Paper A per seed, each with its checks."""
     started = time.perf_counter()
-    if args.quick:
-        seeds_a, seeds_b, seeds_c = (0,), (0,), (0, 1)
-    else:
-        seeds_a, seeds_b, seeds_c = tuple(range(4)), tuple(range(4)), tuple(range(8))
+    seeds_a, seeds_b, seeds_c = (tuple(params[k]) for k in ("seeds_a", "seeds_b", "seeds_c"))
     t = np.linspace(0.0, T_END, 201)
     checks, runs, extra = [], {}, {"T": T_END, "rtol": RTOL, "rtol_error_estimate": RTOL_CHECK}
     for s in seeds_a:
@@ -311,9 +314,21 @@ def main(argv=None) -> int:
         c, runs["c", s], extra[f"c_seed{s}"] = _boolean_case(s, t_c)
         checks += c
     print(f"(c) done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(runs, seeds_a[0], seeds_b[0], seeds_c[0])
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "runs": runs, "extra": extra, "first": (seeds_a[0], seeds_b[0], seeds_c[0])}
+
+
+def checks(results: dict) -> list:
+    """The checks of each case, built by ``_identity_case``, ``_good_triple_case``, ``_boolean_case``."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return results["extra"]
+
+
+def figure(results: dict):
+    """Hulls of the rescaled tokens, the good triple's hyperplanes, the d = 1 attention matrix."""
+    return _figure(results["runs"], *results["first"])
 
 
 def _closed(points):
@@ -401,5 +416,8 @@ def _figure(runs, sa, sb, sc):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

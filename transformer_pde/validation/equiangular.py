@@ -1,18 +1,18 @@
 """Equiangular tokens: particles follow the rho-ODE, its reference values and its rates.
 
-Theory (MATH.md 4.4, 4.5, 6 items 1-5; GLPR arXiv 2312.10794 Thm `orthogonal`,
+Theory (docs/math.md §4.4, 4.5, 6 items 1-5; GLPR arXiv 2312.10794 Thm `orthogonal`,
 Karagodin-Ge-Polyanskiy-Rigollet arXiv 2510.22026): n = d tokens started at x_i(0) = e_i
 stay equiangular, <theta_i, theta_j> = rho(t) for all i != j, where rho solves a scalar ODE
 (theory.equiangular_rho for SA/USA with post-LN; theory.equiangular_normalized for the
 normalization schemes, with a common radius r(t) for pre/peri/mix-LN). Measured here:
 
-1. SA and USA (Q = K = V = I, post-LN on the sphere) for the (n, beta) of MATH.md 6
+1. SA and USA (Q = K = V = I, post-LN on the sphere) for the (n, beta) of docs/math.md §6
    items 1-2 (and USA at n = 8, 32 over t <= 0.05): tp.simulate with dopri5 (rtol 1e-12,
    atol 1e-14) matches the ODE to 1e-8 at every saved time, the n(n-1)/2 inner products
    stay equal (spread <= 1e-9), and the printed reference values are reproduced to half a
    unit of their last digit. At beta = 0 the particles match rho = (e^2t - 1)/(e^2t + n - 1)
    (tanh t for n = 2); for beta > 0 the exact Ei formulas of theory.equiangular_time map the
-   particles' rho(t) back to t within 1e-8 (MATH.md 6 item 3).
+   particles' rho(t) back to t within 1e-8 (docs/math.md §6 item 3).
 2. Each normalization scheme (post, pre, peri, mix with tau = 1, nGPT with alpha = 1,
    CoD) with n = d = 4, beta = 1.5: particles match (rho, r) of the reduced ODE
    (rho to 1e-8, r to 1e-8 relative: r grows like t).
@@ -30,7 +30,7 @@ normalization schemes, with a common radius r(t) for pre/peri/mix-LN). Measured 
    peri: <theta, A>/|A| with |A| <= 1), so |r(T)/T - 1| <= (|r0 - t_s| + int (1-rho) dt)/T
    with t_s the switch time (0; mix: tau): this bounds r(T)/T -> 1.
 
-Run: python validation/equiangular.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.equiangular [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ import numpy as np
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "equiangular"
-THEORY = ("Equiangular tokens x_i(0) = e_i (MATH.md 4.4-4.5, 6 items 1-5): SA/USA particles follow "
+THEORY = ("Equiangular tokens x_i(0) = e_i (docs/math.md §4.4-4.5, 6 items 1-5): SA/USA particles follow "
           "the rho-ODE to 1e-8 and reproduce its reference values; each normalization scheme "
           "follows its (rho, r) ODE; 1 - rho decays like e^{-2t} (SA, post, nGPT), e^{-2 e^beta t} "
           "(USA), t^-2 with r(t)/t -> 1 (pre, peri, mix), e^{-4 sqrt t} (CoD).")
@@ -60,7 +62,7 @@ LOW, HIGH = 1e-8, 1e-4
 # a least-squares slope over a window of length L by at most 3 * ABS_ERR / LOW / L
 ABS_ERR = 1e-12
 
-# (model, n, beta, T, nt): MATH.md 6 items 1-2; T long enough for the rate fits where used
+# (model, n, beta, T, nt): docs/math.md §6 items 1-2; T long enough for the rate fits where used
 CASES = [
     ("SA", 5, 1.0, 12.0, 241),
     ("USA", 5, 1.0, 5.0, 201),
@@ -73,7 +75,7 @@ CASES = [
     ("USA", 8, 4.0, 0.05, 21),
     ("USA", 32, 9.0, 0.05, 21),
 ]
-# MATH.md 6 item 2 (rho0 = 0): (model, n, beta) -> [(t, printed value)]
+# docs/math.md §6 item 2 (rho0 = 0): (model, n, beta) -> [(t, printed value)]
 REFERENCE = {
     ("SA", 5, 1.0): [(2.0, "0.860669"), (3.0, "0.978586")],
     ("USA", 5, 1.0): [(2.0, "0.998378"), (3.0, "0.999993")],
@@ -145,11 +147,11 @@ def _slope_check(label, s, log_gap, gap_theory, local, asymptote, variable, win=
                     "window": [float(sw.min()), float(sw.max())], "tolerance": dev + margin}
 
 
-def _sa_usa(quick):
+def _sa_usa(halve_times):
     checks, runs, info = [], {}, {}
     for model, n, beta, T, nt in CASES:
         refs = REFERENCE.get((model, n, beta), [])
-        t = np.union1d(np.linspace(0.0, T, nt if not quick else (nt - 1) // 2 + 1),
+        t = np.union1d(np.linspace(0.0, T, nt if not halve_times else (nt - 1) // 2 + 1),
                        [tr for tr, _ in refs])
         traj = _simulate(tp.TokenDynamics(_attention(model, beta)), n, t)
         inner, gap = _pair_stats(traj.x)
@@ -163,17 +165,17 @@ def _sa_usa(quick):
                                   note="equiangular state is invariant"))
         for tr, text in refs:
             k = int(np.searchsorted(t, tr))
-            checks.append(check_close(f"{label}: particle rho({tr:g}) vs MATH.md 6 item 2",
+            checks.append(check_close(f"{label}: particle rho({tr:g}) vs docs/math.md §6 item 2",
                                       float(inner[k].mean()), float(text), _half_unit(text),
                                       note=f"printed {text}; ODE {rho[k]:.10f}"))
         if beta == 0.0:
-            # MATH.md 6 item 3: rho = (e^{2t}-1)/(e^{2t}+n-1), tanh t for n = 2
+            # docs/math.md §6 item 3: rho = (e^{2t}-1)/(e^{2t}+n-1), tanh t for n = 2
             exact = np.tanh(t) if n == 2 else np.expm1(2 * t) / (np.exp(2 * t) + n - 1)
             checks.append(check_range(f"{label}: max |<x_i,x_j> - closed form| "
                                       f"({'tanh t' if n == 2 else '(e^2t-1)/(e^2t+n-1)'})",
                                       float(np.abs(inner - exact[:, None]).max()), high=RHO_TOL))
         else:
-            # MATH.md 6 item 3: the Ei formulas invert rho(t); a particle error delta rho
+            # docs/math.md §6 item 3: the Ei formulas invert rho(t); a particle error delta rho
             # moves t by delta rho / rho', so use the times where rho' stays >= 1e-4
             use = (t > 0) & (theory.equiangular_rate(rho, n, beta, model) >= 1e-4)
             t_ei = theory.equiangular_time(np.minimum(inner[use].mean(axis=1), 1 - 1e-16), n, beta, model)
@@ -194,10 +196,8 @@ def _sa_usa(quick):
     return checks, runs, {"cases": info, "rates": rates}
 
 
-def _normalized(quick):
+def _normalized(t_long, m):
     checks, runs, rates = [], {}, {}
-    t_long = 1e3 if quick else 1e4
-    m = 81 if quick else 161
     grids = {
         "post": np.linspace(0.0, 12.0, m),
         "ngpt": np.linspace(0.0, 12.0, m),
@@ -270,18 +270,37 @@ def _normalized(quick):
     return checks, runs, rates
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"halve_times": True, "t_long": 1e3, "m": 81}
+FULL = {"halve_times": False, "t_long": 1e4, "m": 161}
+
+
+def measure(params: dict) -> dict:
+    """SA/USA and the normalization schemes from x_i(0) = e_i, with their checks.
+
+    ``params``: ``halve_times`` (save about half the times of the SA/USA runs), ``t_long``
+    (end time of the pre, peri and mix runs) and ``m`` (saved times of the schemes).
+    """
     started = time.perf_counter()
-    checks, runs, info = _sa_usa(args.quick)
+    checks, runs, info = _sa_usa(params["halve_times"])
     print(f"SA/USA done ({time.perf_counter() - started:.1f} s)", flush=True)
-    c, norm_runs, norm_rates = _normalized(args.quick)
+    c, norm_runs, norm_rates = _normalized(params["t_long"], params["m"])
     checks += c
     print(f"normalization schemes done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(runs, norm_runs)
-    extra = {**info, "normalization_rates": norm_rates}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "runs": runs, "norm_runs": norm_runs, "info": info, "norm_rates": norm_rates}
+
+
+def checks(results: dict) -> list:
+    """The checks of the SA/USA runs (built by ``_sa_usa``) and of the schemes (``_normalized``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    return {**results["info"], "normalization_rates": results["norm_rates"]}
+
+
+def figure(results: dict):
+    """rho(t), 1 - rho and local rates for SA/USA and the normalization schemes."""
+    return _figure(results["runs"], results["norm_runs"])
 
 
 def _figure(runs, norm_runs):
@@ -393,5 +412,8 @@ def _figure(runs, norm_runs):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,6 +1,6 @@
 """The (beta, t) phase diagram of SA on the circle: one cluster for beta <= 1, k* clusters at large beta.
 
-Theory (MATH.md 2.4-2.6; GLPR arXiv 2312.10794, phase-diagrams.py defaults): SA, d = 2,
+Theory (docs/math.md §2.4-2.6; GLPR arXiv 2312.10794, phase-diagrams.py defaults): SA, d = 2,
 n = 32 tokens i.i.d. uniform on the circle, T = 30; the statistic is the fraction of pairs
 with <x_i, x_j> > 0.999 (clustering.clustered_pair_fraction): 1 for one cluster, about
 1/k for k clusters. Full mode: beta in linspace(0.1, 9, 25), 256 independent systems per
@@ -16,7 +16,7 @@ equal tp.simulate(..., method="rk4", dt=0.1) to <= 1e-10 (round-off, ~1e-16, amp
 most by the linear instability, e^{0.7 t_f} ~ 70) with identical pair fractions.
 
 Checks against theory:
-- beta <= 1 (Criscitiello-Boumal, MATH.md 2.5 `thm: beta.tiny`, d = 2): almost every
+- beta <= 1 (Criscitiello-Boumal, docs/math.md §2.5 `thm: beta.tiny`, d = 2): almost every
   system ends in one cluster, so 1 - mean fraction at T must be at most what systems still
   merging at T can account for: the tail of the merge times t_1 (first time with fraction
   1), fitted by an exponential above their 75th percentile (censored at T, maximum
@@ -26,7 +26,7 @@ Checks against theory:
 - large beta (k* = argmax k^2 I_k(beta) >= 3, beta >= 3.17; theory.fastest_circle_mode):
   at the formation time t_f(beta) = ln(sqrt(n)) / lambda_k* + ln(1000) / 2 (the fastest
   mode grows from the sampling amplitude n^-1/2 at lambda_k* = k^2 I_k / (beta I_0), then
-  1 - <x_i, x_j> contracts at rate 2 (MATH.md 4.4) from O(1) to the threshold 1e-3) the
+  1 - <x_i, x_j> contracts at rate 2 (docs/math.md §4.4) from O(1) to the threshold 1e-3) the
   mean fraction lies between (n/(k*+1) - 1)/(n - 1) (k*+1 equal clusters) and 1/(k*-1)
   (k*-1 clusters of random, multinomial sizes, whose mean fraction is exactly 1/k), up to
   3 standard errors. The +-1: with n = 32 the initial Fourier amplitudes of the empirical
@@ -34,7 +34,7 @@ Checks against theory:
   lambda_5 = 0.59, 0.70, 0.66 differ by e^{0.3} at most over the growth phase, so the mode
   that wins in one system is k* +- 1. At beta = 9 the fraction at T must also stay below
   that of two equal clusters, 15/31 (metastable multi-cluster states: a merge of clusters
-  with inner product rho takes ~e^{beta(1 - rho)}, MATH.md 4.3).
+  with inner product rho takes ~e^{beta(1 - rho)}, docs/math.md §4.3).
 - clusters do not split: the seed-averaged increment of the fraction between consecutive
   saved times must be >= -4 standard errors (of the paired increments) at every (beta, t)
   (4: a false alarm among the ~700-1500 cells has probability ~5% at most).
@@ -45,10 +45,10 @@ Checks against theory:
 
 Overlays in the figure: the beta where k* changes (1.05, 3.17, 6.21; beta <= 1 has k* =
 1, consistent with the theorem), t_f(beta), and for reference the d -> infinity
-equiangular prediction gamma_beta(t) = 0.999 (MATH.md 2.5 `eq: gamma.infty`), which does
+equiangular prediction gamma_beta(t) = 0.999 (docs/math.md §2.5 `eq: gamma.infty`), which does
 not apply at d = 2 (at large beta the circle clusters far sooner than orthogonal tokens).
 
-Run: python validation/phase_diagram.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.phase_diagram [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ import numpy as np
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
 from transformer_pde.clustering import PAIR_THRESHOLD, clustered_pair_fraction
 
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
+
 NAME = "phase_diagram"
-THEORY = ("Phase diagram of SA on the circle (n = 32, MATH.md 2.5-2.6): one cluster for beta <= 1 "
+THEORY = ("Phase diagram of SA on the circle (n = 32, docs/math.md §2.5-2.6): one cluster for beta <= 1 "
           "(Criscitiello-Boumal), about k* = argmax k^2 I_k(beta) metastable clusters at large beta "
           "(pair fraction between the k*+1 and k*-1 cluster values at the formation time), and a "
           "pair fraction non-decreasing in t on average.")
@@ -189,13 +191,20 @@ def _merge_tail(frac_small):
     return t1, p_tail, u
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n_betas": 13, "seeds": 24, "per_beta_check": 1, "dt_check": False}
+FULL = {"n_betas": 25, "seeds": 256, "per_beta_check": 2, "dt_check": True}
+
+
+def measure(params: dict) -> dict:
+    """The diagram (pair fraction per beta, t and system) and its checks, built as it is analysed.
+
+    ``params``: ``n_betas`` values of beta in [0.1, 9], ``seeds`` systems per beta,
+    ``per_beta_check`` systems per beta re-run by the reference integrator, ``dt_check``
+    (re-run a subset with dt / 2).
+    """
     started = time.perf_counter()
-    if args.quick:
-        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 13), 24, 1
-    else:
-        betas, seeds, per_beta_check = np.linspace(0.1, 9.0, 25), 256, 2
+    betas = np.linspace(0.1, 9.0, params["n_betas"])
+    seeds, per_beta_check = params["seeds"], params["per_beta_check"]
     x0s = [_initial(1000 + i, seeds) for i in range(len(betas))]
     frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s)]  # each (nt, seeds)
     print(f"diagram done ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -261,7 +270,7 @@ def main(argv=None) -> int:
              f"{inc_mean[w]:.2g}; most negative mean increment {inc_mean.min():.2g}; single-system "
              f"decreases: {int(np.sum(inc < 0))} of {inc.size}, largest {inc.min():.3g}"))
 
-    if not args.quick:
+    if params["dt_check"]:
         sub = [0, len(betas) // 2, len(betas) - 1]
         diffs = []
         for i in sub:
@@ -276,13 +285,27 @@ def main(argv=None) -> int:
             note="below the sampling error (largest s.e. of a 64-system mean) of the diagram"))
         info["dt_change"] = diffs
 
-    figure = _figure(betas, mean, se, t_form, at_form, se_form, ks)
-    extra = {"betas": betas.tolist(), "seeds": seeds, "t": T_EVAL.tolist(),
-             "mean_fraction": mean.tolist(), "formation_time": t_form.tolist(),
-             "fraction_at_formation": at_form.tolist(), "k_star": ks.tolist(),
-             "fraction_at_T": mean[-1].tolist(), "merge_time_tail_p": p_tail, **info}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "betas": betas, "seeds": seeds, "mean": mean, "se": se, "t_form": t_form,
+            "at_form": at_form, "se_form": se_form, "ks": ks, "p_tail": p_tail, "info": info}
+
+
+def checks(results: dict) -> list:
+    """The checks of the diagram, built by ``measure`` as it analyses the runs."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
+    return {"betas": r["betas"].tolist(), "seeds": r["seeds"], "t": T_EVAL.tolist(),
+            "mean_fraction": r["mean"].tolist(), "formation_time": r["t_form"].tolist(),
+            "fraction_at_formation": r["at_form"].tolist(), "k_star": r["ks"].tolist(),
+            "fraction_at_T": r["mean"][-1].tolist(), "merge_time_tail_p": r["p_tail"], **r["info"]}
+
+
+def figure(results: dict):
+    """The (beta, t) diagram, the fraction at formation against the k* bands."""
+    r = results
+    return _figure(r["betas"], r["mean"], r["se"], r["t_form"], r["at_form"], r["se_form"], r["ks"])
 
 
 def _figure(betas, mean, se, t_form, at_form, se_form, ks):
@@ -340,5 +363,8 @@ def _figure(betas, mean, se, t_form, at_form, se_form, ks):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,6 +1,6 @@
 """The shape of Gaussian tokens: collapse to 0, collapse onto a line, blow-up to rank one.
 
-Theory (MATH.md 3.2-3.5; Castin, Ablin, Carrillo, Peyre, arXiv 2501.18322, Gaussian data):
+Theory (docs/math.md §3.2-3.5; Castin, Ablin, Carrillo, Peyre, arXiv 2501.18322, Gaussian data):
 a Gaussian N(m, Sigma) stays Gaussian under softmax, L2, multi-head and Sinkhorn attention,
 and the normalized covariance Sigma / tr(Sigma) (the shape) has three regimes, reproduced
 here in d = 2 with the package convention A = beta K^T Q, beta = 1, mean 0:
@@ -28,7 +28,7 @@ have a bounded field (|Gamma| <= |V| max|x_j|), so they grow at most exponential
 cannot follow a finite-time blow-up, which the Gaussian owes to its unbounded tails; so
 the blow-up regime is checked at t*/4.
 
-Run: python validation/anisotropy.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.anisotropy [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ import time
 import numpy as np
 
 import transformer_pde as tp
-from transformer_pde.checks import check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_range, run
 from transformer_pde.gaussian import GaussianBlowUpError
 
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
+
 NAME = "anisotropy"
-THEORY = ("Gaussian closure (MATH.md 3.4-3.5, Castin et al.): Sigma/tr Sigma collapses to 0, "
+THEORY = ("Gaussian closure (docs/math.md §3.4-3.5, Castin et al.): Sigma/tr Sigma collapses to 0, "
           "onto the subspace Sigma0 - Sigma0 q (q^T Sigma0 q)^-1 q^T Sigma0, or blows up at "
           "t* = 1/lambda_max(Sigma0^1/2 (A+A^T) Sigma0^1/2) to rank one, for softmax, L2, "
           "multi-head and Sinkhorn; particles agree with the closed form within 4 standard errors.")
@@ -240,25 +242,42 @@ def _particles(models, n, reps):
     return checks, runs
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n": 2000, "reps": 4}
+FULL = {"n": 2000, "reps": 12}
+
+
+def measure(params: dict) -> dict:
+    """Moment trajectories in the three regimes and the particle runs, with their checks."""
     started = time.perf_counter()
-    n, reps = (2000, 4) if args.quick else (2000, 12)
+    n, reps = params["n"], params["reps"]
     models, mats = _models()
     checks, curves, info = _curves(models, mats)
     print(f"moments done ({time.perf_counter() - started:.1f} s)", flush=True)
     pchecks, runs = _particles(models, n, reps)
     checks += pchecks
     print(f"particles done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(curves, runs)
-    extra = {"info": info, "n_particles": n, "particle_runs": reps,
-             "particle_z_scores": {k: r["z"] for k, r in runs.items()},
-             "particle_z_scores_of_mean": {k: r["z_mean"] for k, r in runs.items()},
-             "particle_se": {k: r["se"] for k, r in runs.items()},
-             "matrices": {k: np.asarray(m).tolist() for k, m in mats.items()},
-             "Sigma0": SIGMA0.tolist()}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "curves": curves, "runs": runs, "info": info, "mats": mats, "n": n,
+            "reps": reps}
+
+
+def checks(results: dict) -> list:
+    """The checks of the regimes (built by ``_curves``) and of the particles (``_particles``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    runs, mats = results["runs"], results["mats"]
+    return {"info": results["info"], "n_particles": results["n"], "particle_runs": results["reps"],
+            "particle_z_scores": {k: r["z"] for k, r in runs.items()},
+            "particle_z_scores_of_mean": {k: r["z_mean"] for k, r in runs.items()},
+            "particle_se": {k: r["se"] for k, r in runs.items()},
+            "matrices": {k: np.asarray(m).tolist() for k, m in mats.items()},
+            "Sigma0": SIGMA0.tolist()}
+
+
+def figure(results: dict):
+    """Trace, smallest shape eigenvalue and 2-sigma ellipses in each regime."""
+    return _figure(results["curves"], results["runs"])
 
 
 def _ellipse(cov, scale=2.0):
@@ -311,5 +330,8 @@ def _figure(curves, runs):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,6 +1,6 @@
 """Tokens drawn from a Gaussian keep its closed-form moments up to sampling error ~ n^-1/2.
 
-Theory (MATH.md 3.2-3.3, 5.3): for softmax and L2 attention in R^d the Transformer PDE maps
+Theory (docs/math.md §3.2-3.3, 5.3): for softmax and L2 attention in R^d the Transformer PDE maps
 N(m0, S0) to N(m(t), S(t)), with (m, S) solving the moment ODEs of
 ``tp.gaussian_moments``; the empirical measure of n tokens solves the same PDE, so its
 mean and covariance at time T differ from (m(T), S(T)) only by the initial sampling error
@@ -36,22 +36,23 @@ Checks:
   closed form) is within 5 standard errors (seed scatter / sqrt(8)) of zero: the
   particles are unbiased (per component, |t_7| > 5 has probability 0.16%).
 
-Run: python validation/gaussian_particles.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.gaussian_particles [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 from scipy.linalg import eigh
 
 import transformer_pde as tp
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "gaussian_particles"
-THEORY = ("Gaussian closure in R^2 and R^3 (MATH.md 3.2-3.3): tokens sampled from N(m0, S0) "
+THEORY = ("Gaussian closure in R^2 and R^3 (docs/math.md §3.2-3.3): tokens sampled from N(m0, S0) "
           "keep the moments of gaussian_moments up to sampling error, |mean - m(T)| and "
           "||cov - S(T)||_F ~ n^-1/2; fitted slopes -1/2 +- 0.15, bias within 5 standard errors.")
 
@@ -95,11 +96,14 @@ def _fit(logn, loge, groups):
     return float(coef[0]), float(np.sqrt(cov[0, 0]))
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    n_values = [100, 200, 400, 800, 1600] if args.quick else [250, 500, 1000, 2000, 4000, 8000]
-    checks, results = [], {}
+QUICK = {"n_values": [100, 200, 400, 800, 1600]}
+FULL = {"n_values": [250, 500, 1000, 2000, 4000, 8000]}
+
+
+def measure(params: dict) -> dict:
+    """Particle moments against the closed form per configuration, n and seed; pooled slopes."""
+    n_values = params["n_values"]
+    setup, results = {}, {}
     for d in (2, 3):
         for variant in VARIANTS:
             key = f"R^{d} {variant}"
@@ -107,12 +111,7 @@ def main(argv=None) -> int:
             ref = tp.gaussian_moments(dyn, mean0, cov0, np.linspace(0.0, T, 11))
             mT, ST = ref.mean[-1], ref.cov[-1]
             tilt = max(_tilt(dyn, c) for c in ref.cov)
-            checks.append(check_range(f"{key}: max_t ||S^1/2 A S^1/2||_2 (setup: finite field variance)",
-                                      tilt, 0.0, 0.5))
             ratio = eigh(ST, cov0, eigvals_only=True)
-            checks.append(check_range(f"{key}: generalised eigenvalues of (S(T), S0) (setup)",
-                                      float(np.max(np.abs(np.log(ratio)))), 0.0, np.log(4.0),
-                                      note=f"max |log|; eigenvalues {np.round(ratio, 3).tolist()}"))
             L0 = np.linalg.cholesky(cov0)
             iu = np.triu_indices(d)
             dev = np.empty((len(n_values), SEEDS, d + len(iu[0])))
@@ -134,9 +133,7 @@ def main(argv=None) -> int:
             last = dev[-1]
             se = last.std(axis=0, ddof=1) / np.sqrt(SEEDS)
             z = np.abs(last.mean(axis=0)) / se
-            checks.append(check_range(f"{key}: max |bias| / standard error at n={n_values[-1]}",
-                                      float(z.max()), 0.0, 5.0,
-                                      note=f"{len(z)} components (mean, cov upper triangle), {SEEDS} seeds"))
+            setup[key] = {"tilt": tilt, "ratio": ratio, "z": z}
             print(f"{key}: RMS mean error {np.sqrt(np.mean(err_mean**2, axis=1)).round(4).tolist()}, "
                   f"RMS cov error {np.sqrt(np.mean(err_cov**2, axis=1)).round(4).tolist()}", flush=True)
     logn = np.log(n_values)
@@ -151,13 +148,39 @@ def main(argv=None) -> int:
             gs += [key] * len(logn)
         slope, se = _fit(np.array(xs), np.array(ys), gs)
         slopes[moment] = {"pooled": slope, "se": se, "per_config": per}
+    return {"n_values": n_values, "setup": setup, "runs": results, "slopes": slopes}
+
+
+def checks(results: dict) -> list:
+    """Per configuration: the two setup checks and the bias; then the two pooled slopes."""
+    checks, n_values = [], results["n_values"]
+    for key, s in results["setup"].items():
+        checks.append(check_range(f"{key}: max_t ||S^1/2 A S^1/2||_2 (setup: finite field variance)",
+                                  s["tilt"], 0.0, 0.5))
+        ratio = s["ratio"]
+        checks.append(check_range(f"{key}: generalised eigenvalues of (S(T), S0) (setup)",
+                                  float(np.max(np.abs(np.log(ratio)))), 0.0, np.log(4.0),
+                                  note=f"max |log|; eigenvalues {np.round(ratio, 3).tolist()}"))
+        z = s["z"]
+        checks.append(check_range(f"{key}: max |bias| / standard error at n={n_values[-1]}",
+                                  float(z.max()), 0.0, 5.0,
+                                  note=f"{len(z)} components (mean, cov upper triangle), {SEEDS} seeds"))
+    for moment, sl in results["slopes"].items():
+        slope, se, per = sl["pooled"], sl["se"], sl["per_config"]
         label = "|mean - m(T)|" if moment == "mean" else "||cov - S(T)||_F"
         checks.append(check_close(f"slope of log {label} vs log n (4 configurations)", slope, -0.5, 0.15,
                                   note=f"standard error {se:.3f}; per configuration "
                                        + ", ".join(f"{k}: {v:+.2f}" for k, v in per.items())))
-    figure = _figure(results, slopes)
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra={"T": T, "dt": DT, "seeds": SEEDS, "runs": results, "slopes": slopes})
+    return checks
+
+
+def _extra(results: dict) -> dict:
+    return {"T": T, "dt": DT, "seeds": SEEDS, "runs": results["runs"], "slopes": results["slopes"]}
+
+
+def figure(results: dict):
+    """RMS errors of the mean and the covariance against n, with slope -1/2."""
+    return _figure(results["runs"], results["slopes"])
 
 
 def _figure(results, slopes):
@@ -183,5 +206,8 @@ def _figure(results, slopes):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

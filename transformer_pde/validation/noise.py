@@ -1,6 +1,6 @@
 """Noisy tokens at beta = 0 on the circle: the pitchfork of the order parameter at kappa_c = 2.
 
-Theory (MATH.md 4.7, 6 item 13, 8): at beta = 0 SA and USA are the same field
+Theory (docs/math.md §4.7, 6 item 13, 8): at beta = 0 SA and USA are the same field
 P^perp_x(mean), and the noisy tokens dX_i = P^perp_{X_i}(mean X) dt + sqrt(2/kappa) dW_i
 have the Fokker-Planck equation d_t rho = kappa^-1 Laplacian rho - div(rho v[rho]). Its
 stationary states are von Mises densities e^{kappa r cos theta} with the order parameter
@@ -49,7 +49,7 @@ average of r over the stationary window, with a standard error from block means
   kappa = 4, gave dr/d(dt) ~ 0.11: the retraction shrinks the noise increments, so the
   effective kappa is slightly larger).
 
-Run: python validation/noise.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.noise [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ from scipy.special import ive
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
 from transformer_pde.clustering import order_parameter
 
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
+
 NAME = "noise"
-THEORY = ("Noisy tokens at beta = 0 on the circle (MATH.md 4.7): the order parameter r has a "
+THEORY = ("Noisy tokens at beta = 0 on the circle (docs/math.md §4.7): the order parameter r has a "
           "pitchfork at kappa_c = 2, r = I_1(kappa r)/I_0(kappa r) for kappa > 2, 0 below, and the "
           "first harmonic grows at 1/2 - 1/kappa; grid PDE and particles (finite-n value "
           "sqrt(pi/(2n(2-kappa))) below kappa_c) agree.")
@@ -274,38 +276,59 @@ def _particles(kappas, n, plan, quick):
     return checks, out
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+# plan[kappa] = (T, seeds, dt of the quick run; None: the full run's two time steps)
+QUICK = {"grid_kappas": [1.0, 3.0, 6.0], "Ms": [32, 64], "Ms_st": [32, 64], "part_kappas": [1.0, 4.0],
+         "n": 100, "plan": {1.0: (600.0, [1], 0.05), 4.0: (200.0, [2], 0.02)}, "quick": True}
+_FULL_KAPPAS = [1.0, 1.5, 3.0, 4.0, 6.0]
+FULL = {"grid_kappas": [1.0, 1.5, 1.8, 2.2, 2.5, 3.0, 4.0, 6.0], "Ms": [32, 64], "Ms_st": [32, 64, 128],
+        "part_kappas": _FULL_KAPPAS, "n": 100,
+        "plan": {k: (600.0, [2 * i + 1, 2 * i + 2], None) for i, k in enumerate(_FULL_KAPPAS)},
+        "quick": False}
+
+
+def measure(params: dict) -> dict:
+    """Grid PDE rates and stationary states, particle order parameters, with their checks.
+
+    ``params["quick"]``: one time step per particle run (the plan's) instead of dt = 0.02
+    and 0.01 with the dt bias measured.
+    """
     started = time.perf_counter()
-    if args.quick:
-        grid_kappas, Ms, Ms_st = [1.0, 3.0, 6.0], [32, 64], [32, 64]
-        part_kappas, n = [1.0, 4.0], 100
-        plan = {1.0: (600.0, [1], 0.05), 4.0: (200.0, [2], 0.02)}
-    else:
-        grid_kappas, Ms, Ms_st = [1.0, 1.5, 1.8, 2.2, 2.5, 3.0, 4.0, 6.0], [32, 64], [32, 64, 128]
-        part_kappas, n = [1.0, 1.5, 3.0, 4.0, 6.0], 100
-        plan = {k: (600.0, [2 * i + 1, 2 * i + 2], None) for i, k in enumerate(part_kappas)}
+    grid_kappas, Ms, Ms_st = params["grid_kappas"], params["Ms"], params["Ms_st"]
+    part_kappas, n, plan = params["part_kappas"], params["n"], params["plan"]
     checks, grid = _grid(grid_kappas, Ms, Ms_st)
     print(f"grid done ({time.perf_counter() - started:.1f} s)", flush=True)
-    pchecks, parts = _particles(part_kappas, n, plan, args.quick)
+    pchecks, parts = _particles(part_kappas, n, plan, params["quick"])
     checks += pchecks
     print(f"particles done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(grid, parts, Ms, Ms_st)
-    extra = {
+    return {"checks": checks, "grid": grid, "parts": parts, "grid_kappas": grid_kappas, "Ms": Ms,
+            "Ms_st": Ms_st, "n": n}
+
+
+def checks(results: dict) -> list:
+    """The checks of the grid runs (built by ``_grid``) and of the particles (``_particles``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    grid, parts = results["grid"], results["parts"]
+    return {
         "grid_rate": {str(k): {str(M): run["rate"] for M, run in v["runs"].items()}
                       for k, v in grid["rate"].items()},
         "grid_rate_tol": {str(k): v["tol"] for k, v in grid["rate"].items()},
         "grid_stationary_r": {str(k): {str(M): run["r_T"] for M, run in v["runs"].items()}
                               for k, v in grid["stationary"].items()},
         "grid_order": {str(k): v["order"] for k, v in grid["stationary"].items()},
-        "theory_r": {str(k): theory.noisy_order_parameter(k) for k in grid_kappas},
+        "theory_r": {str(k): theory.noisy_order_parameter(k) for k in results["grid_kappas"]},
         "particles": {str(k): {"mean_r": v["run"]["mean"], "se": v["run"]["se"], "pred": v["pred"],
                                "mean_r_dt0.02": v["coarse"]["mean"], "tol": v["tol"],
                                "dt_bias_slope": v.get("dt_bias_slope")} for k, v in parts.items()},
-        "n_particles": n,
+        "n_particles": results["n"],
     }
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+
+
+def figure(results: dict):
+    """Grid rates and stationary r against kappa, particle order parameters."""
+    return _figure(results["grid"], results["parts"], results["Ms"], results["Ms_st"])
 
 
 def _colors(kappas):
@@ -375,5 +398,8 @@ def _figure(grid, parts, Ms, Ms_st):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

@@ -1,14 +1,14 @@
 """Metastability on the circle: about k*(beta) clusters form first, persist, then merge.
 
 Theory. SA (softmax attention, Q = K = V = I, post-LN) on the circle S^1 (d = 2).
-(MATH.md 2.4) The uniform density is unstable; Fourier mode k grows at
+(docs/math.md §2.4) The uniform density is unstable; Fourier mode k grows at
 lambda_k = k^2 I_k(beta) / (beta I_0(beta)) (`theory.circle_growth_rate`), fastest at
 k*(beta) = argmax_k k^2 I_k(beta) ~ sqrt(2 beta) (`theory.fastest_circle_mode`: 3, 4, 6
 for beta = 4, 9, 16), so a near-uniform start breaks into about k* clusters after a time
-t_f ~ ln(1/eps) / lambda_max (eps the initial amplitude). (MATH.md 4.3, 5.1, 6 item 14)
+t_f ~ ln(1/eps) / lambda_max (eps the initial amplitude). (docs/math.md §4.3, 5.1, 6 item 14)
 The clustered state is metastable: two neighbouring clusters at angle phi merge on the
 time scale e^{beta (1 - cos phi)} (`theory.merge_time_scale`), so the cluster count
-falls as a staircase. (MATH.md 2.3) The energy E_beta is non-decreasing along the flow.
+falls as a staircase. (docs/math.md §2.3) The energy E_beta is non-decreasing along the flow.
 
 Setup (same initial condition for the grid PDE and the particles): the density
 rho0 = (1 + eps sum_{k=1}^{20} cos(k theta + phi_k)) / 2 pi, eps = 1e-3, phases phi_k
@@ -44,7 +44,7 @@ at every saved step: relative decrements <= 1e-12 (the energy is a sum of n^2 or
 positive terms, round-off ~1e-15; the particle run's local errors vanish with the velocity
 at equilibria; the finite-volume scheme is not a discrete gradient flow, so for the grid
 this is a measurement: its largest decrement is round-off, <= 5e-15). (5) Particles: the
-first merge follows the pair reduction of Bruno-Pasqualotto-Agazzi (MATH.md 4.3): two
+first merge follows the pair reduction of Bruno-Pasqualotto-Agazzi (docs/math.md §4.3): two
 neighbouring clusters (masses m_i, m_j, angle phi0 when the plateau starts) taken as two
 Diracs, the others neglected, come within the link angle after
     T_pair = int_{phi_link}^{phi0} dphi / (sin(phi) (w_ij + w_ji)),
@@ -77,7 +77,7 @@ drift (~ e^{-beta (1 - cos phi)}) is below its self-contraction speed at the cel
 t = 100; a close pair, drifting fast, does merge on the grid). Merges are checked on
 particles only.
 
-Run: python validation/metastability.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.metastability [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -91,12 +91,14 @@ from scipy.special import ive
 
 import transformer_pde as tp
 from transformer_pde import theory
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
 from transformer_pde.clustering import (CLUSTER_THRESHOLD, cluster_count, cluster_labels, density_peaks,
                                         interaction_energy)
 
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
+
 NAME = "metastability"
-THEORY = ("Circle metastability (MATH.md 2.4, 4.3, 5.1): from a near-uniform start SA forms about "
+THEORY = ("Circle metastability (docs/math.md §2.4, 4.3, 5.1): from a near-uniform start SA forms about "
           "k*(beta) = argmax k^2 I_k(beta) clusters (+-1), modes grow at lambda_k, the clusters "
           "merge on the scale e^{beta(1 - cos phi)}, and E_beta never decreases; grid PDE and particles.")
 
@@ -231,7 +233,7 @@ def _clusters(x) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dirac_velocity(beta: float, angles, masses) -> np.ndarray:
-    """Angular SA velocity of Dirac clusters (weights = masses), MATH.md 4.3."""
+    """Angular SA velocity of Dirac clusters (weights = masses), docs/math.md §4.3."""
     diff = angles[None, :] - angles[:, None]  # theta_p - theta_q
     w = masses[None, :] * np.exp(beta * (np.cos(diff) - 1.0))
     return (w * np.sin(diff)).sum(axis=1) / w.sum(axis=1)
@@ -324,25 +326,37 @@ def _analyse(beta: float, label: str, run: dict, particles: bool) -> list:
 
 
 # ---------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
-    started = time.perf_counter()
-    if args.quick:
-        betas, seeds, M, n, T_grid, T_part = (4.0, 9.0), (0,), 128, 128, 60.0, 300.0
-    else:
-        betas, seeds, M, n, T_grid, T_part = (4.0, 9.0, 16.0), (0, 1, 2), 256, 256, 100.0, 3000.0
+QUICK = {"betas": [4.0, 9.0], "seeds": [0], "M": 128, "n": 128, "T_grid": 60.0, "T_part": 300.0}
+FULL = {"betas": [4.0, 9.0, 16.0], "seeds": [0, 1, 2], "M": 256, "n": 256, "T_grid": 100.0, "T_part": 3000.0}
+
+
+def measure(params: dict) -> dict:
+    """Grid and particle runs per beta and seed, analysed (with their checks) by ``_analyse``."""
+    p = params
+    betas, seeds, M, n, T_grid, T_part = (tuple(p["betas"]), tuple(p["seeds"]), p["M"], p["n"], p["T_grid"],
+                                          p["T_part"])
     checks, results = [], {}
     for beta in betas:
         for seed in seeds:
             phases = _phases(seed)
             runs = {"grid": _grid_run(beta, M, T_grid, phases),
                     "particles": _particle_run(beta, n, T_part, phases)}
-            for kind, run in runs.items():
-                checks += _analyse(beta, f"beta={beta:g} seed={seed} {kind}", run, kind == "particles")
+            for kind, one in runs.items():
+                checks += _analyse(beta, f"beta={beta:g} seed={seed} {kind}", one, kind == "particles")
             results[beta, seed] = runs
-    figure = _figure(results, betas)
+    return {"checks": checks, "results": results, "betas": betas, "seeds": seeds, "M": M, "n": n,
+            "T_grid": T_grid, "T_part": T_part}
+
+
+def checks(results: dict) -> list:
+    """The checks of every run, built by ``_analyse`` as it measures."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
     extra = {}
-    for (beta, seed), runs in results.items():
+    for (beta, seed), runs in r["results"].items():
         extra[f"beta={beta:g} seed={seed}"] = {
             kind: {key: (val.tolist() if isinstance(val, np.ndarray) else val) for key, val in run.items()
                    if key in ("t_f", "k_meta", "share", "rates", "t_lin", "max_rel_decrement", "wall",
@@ -351,10 +365,14 @@ def main(argv=None) -> int:
         extra[f"beta={beta:g} seed={seed}"]["k_star"] = theory.fastest_circle_mode(beta)
         extra[f"beta={beta:g} seed={seed}"]["equal_spacing_merge_scale"] = float(
             theory.merge_time_scale(beta, np.cos(2.0 * np.pi / theory.fastest_circle_mode(beta))))
-    extra["setup"] = {"eps": EPS, "modes": N_MODES, "M": M, "n": n, "T_grid": T_grid,
-                      "T_particles": T_part, "seeds": list(seeds)}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started, theory=THEORY,
-                  extra=extra)
+    extra["setup"] = {"eps": EPS, "modes": N_MODES, "M": r["M"], "n": r["n"], "T_grid": r["T_grid"],
+                      "T_particles": r["T_part"], "seeds": list(r["seeds"])}
+    return extra
+
+
+def figure(results: dict):
+    """Densities, cluster counts, mode amplitudes and energies per beta."""
+    return _figure(results["results"], results["betas"])
 
 
 def _figure(results, betas):
@@ -413,5 +431,8 @@ def _figure(results, betas):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))

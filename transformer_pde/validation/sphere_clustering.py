@@ -1,11 +1,11 @@
 r"""Tokens on S^2 cluster to one point; hemisphere data collapse at the linearized rate.
 
-Theory (MATH.md 2.3, 2.5, 4.2, 6 item 11):
+Theory (docs/math.md §2.3, 2.5, 4.2, 6 item 11):
 
 (1) ``thm:clustering_finite``: for d >= 3, n >= 2, any beta >= 0 and a.e. initial data,
 SA and USA (Q = K = V = I) converge to a single point, and the energy
 E_beta = (1/(2 beta n^2)) sum_ij e^{beta <x_i, x_j>} is non-decreasing along both
-(dissipation identities of MATH.md 2.3), so it ends at its maximum e^beta/(2 beta)
+(dissipation identities of docs/math.md §2.3), so it ends at its maximum e^beta/(2 beta)
 (normalized energy E_beta / (e^beta/(2 beta)) = 1). Measured: n tokens uniform on S^2
 (d = 3), beta in {1, 4}, several seeds, dopri5 (rtol 1e-9): USA speeds scale like e^beta
 and beta = 4 has long metastable phases (a few clusters, merging on the time scale
@@ -32,7 +32,7 @@ RK4 with h r = 0.05 (the RK4 rate error (h r)^4/120 = 5e-8); the exponential rat
 least-squares slope of log D over the window 1e-9 <= D <= 1e-3, where the nonlinear
 corrections are <= (1 + beta) 1e-6 = 5e-6: the fitted rate must equal r within 1e-5 r
 and the fit residual of log D must be <= 1e-5 (a straight line).
-The theorem's rate 2 m r_0: MATH.md writes, in the chart y = x / <x, w>, the consensus
+The theorem's rate 2 m r_0: the statement (docs/math.md §2.5) writes, in the chart y = x / <x, w>, the consensus
 system dy_i/dt = sum_j b_ij (y_j - y_i) with b_ij >= m r_0 and width <~ e^{-2 m r_0 t},
 but does not define m and r_0. The chart computation gives b_ij = a_ij <x_j, w>/<x_i, w>
 (a_ij the attention weight of the model: softmax for SA, e^{beta <x_i, x_j>}/n for USA);
@@ -48,7 +48,7 @@ check both envelopes at every saved time t > 0 (while D_y >= 1e-10, above the ro
 of the distances) and that the fitted late rate is >= 2 m r_0 (it is far above: the
 weight bound m is attained only at the initial spread).
 
-Run: python validation/sphere_clustering.py [--quick] [--out DIR]
+Run: python -m transformer_pde.validation.sphere_clustering [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -61,10 +61,12 @@ from scipy.spatial.distance import pdist
 
 import transformer_pde as tp
 from transformer_pde import clustering as cl
-from transformer_pde.checks import check_close, check_range, finish, script_arguments
+from transformer_pde.checks import Validation, check_close, check_range, run
+
+__all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "sphere_clustering"
-THEORY = ("Clustering on S^2 (MATH.md 2.3, 2.5, 4.2): uniform tokens reach one cluster for SA and "
+THEORY = ("Clustering on S^2 (docs/math.md §2.3, 2.5, 4.2): uniform tokens reach one cluster for SA and "
           "USA with non-decreasing energy ending at e^beta/(2 beta); hemisphere data collapse "
           "exponentially at the linearized rate 1 (SA) or e^beta (USA), above the cone-collapse "
           "bound 2 m r_0.")
@@ -258,23 +260,38 @@ def _hemisphere_part(n, seeds):
     return checks, runs, info
 
 
-def main(argv=None) -> int:
-    args = script_arguments(__doc__.splitlines()[0], argv)
+QUICK = {"n": 32, "seeds": [0, 1], "hemi_seeds": [0]}
+FULL = {"n": 64, "seeds": list(range(10)), "hemi_seeds": list(range(4))}
+
+
+def measure(params: dict) -> dict:
+    """Uniform and hemisphere runs, with their checks."""
     started = time.perf_counter()
-    if args.quick:
-        n, seeds, hemi_seeds = 32, (0, 1), (0,)
-    else:
-        n, seeds, hemi_seeds = 64, tuple(range(10)), tuple(range(4))
+    n, seeds, hemi_seeds = params["n"], tuple(params["seeds"]), tuple(params["hemi_seeds"])
     checks, uniform_runs, info_u = _uniform_part(n, seeds)
     print(f"uniform runs done ({time.perf_counter() - started:.1f} s)", flush=True)
     hchecks, hemi_runs, info_h = _hemisphere_part(n, hemi_seeds)
     checks += hchecks
     print(f"hemisphere runs done ({time.perf_counter() - started:.1f} s)", flush=True)
-    figure = _figure(uniform_runs, hemi_runs, seeds, hemi_seeds)
-    extra = {"n": n, "seeds": list(seeds), "hemisphere_seeds": list(hemi_seeds),
-             "uniform": info_u, "hemisphere": info_h}
-    return finish(NAME, checks, figure, args.out, quick=args.quick, started=started,
-                  theory=THEORY, extra=extra)
+    return {"checks": checks, "uniform_runs": uniform_runs, "hemi_runs": hemi_runs, "info_u": info_u,
+            "info_h": info_h, "n": n, "seeds": seeds, "hemi_seeds": hemi_seeds}
+
+
+def checks(results: dict) -> list:
+    """The checks of the uniform runs (``_uniform_part``) and the hemisphere runs (``_hemisphere_part``)."""
+    return results["checks"]
+
+
+def _extra(results: dict) -> dict:
+    r = results
+    return {"n": r["n"], "seeds": list(r["seeds"]), "hemisphere_seeds": list(r["hemi_seeds"]),
+            "uniform": r["info_u"], "hemisphere": r["info_h"]}
+
+
+def figure(results: dict):
+    """Diameters and energies of the uniform runs, the hemisphere collapse and its rate."""
+    r = results
+    return _figure(r["uniform_runs"], r["hemi_runs"], r["seeds"], r["hemi_seeds"])
 
 
 def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
@@ -349,5 +366,8 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
     return fig
 
 
+VALIDATION = Validation(name=NAME, theory=THEORY, measure=measure, checks=checks, figure=figure,
+                        quick=QUICK, full=FULL, extra=_extra, description=__doc__.splitlines()[0])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(VALIDATION))
