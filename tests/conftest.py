@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+# One BLAS thread for the tests, set before NumPy loads OpenBLAS: its idle threads spin for
+# a core, so beside a busy process a small product (an 800 x 800 matvec of the
+# axisymmetric solver) ran 3-4x slower with two threads than with one. The tests check
+# mathematics, not speed; the package's own kernels take their thread count from
+# transformer_pde.set_num_threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 
