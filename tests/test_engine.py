@@ -201,3 +201,14 @@ def test_status_values_are_strings():
     assert {s.value for s in _engine.Status} == {"success", "stopped", "nonfinite", "negative_density",
                                                 "max_steps", "step_underflow"}
     assert _engine.Status.STOPPED == "stopped"
+
+
+def test_gaussian_moments_refuse_a_noisy_model():
+    """The moment equations have no diffusion term: a noisy model is refused, not ignored."""
+    noisy = tp.TokenDynamics(tp.SoftmaxAttention(1.0), geometry="euclidean", kappa=2.0)
+    with pytest.raises(ValueError, match=r"gaussian_moments .* kappa=2 \(noise\)"):
+        tp.gaussian_moments(noisy, np.zeros(2), np.eye(2), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"gaussian_closed_form .* kappa=2"):
+        tp.gaussian_closed_form(noisy, np.zeros(2), np.eye(2), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"blow_up_time .* kappa=2"):
+        tp.blow_up_time(noisy, np.eye(2))

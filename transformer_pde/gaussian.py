@@ -201,6 +201,15 @@ def _check_dyn(dyn) -> None:
         )
 
 
+def _check_noiseless(dyn, who: str) -> None:
+    """The moment equations here have no diffusion term: refuse a noisy model."""
+    if dyn.kappa is not None:
+        raise ValueError(
+            f"{who} solves the noiseless moment equations, but dyn has kappa={dyn.kappa:g} (noise); "
+            "use tp.TokenDynamics(..., kappa=None), or simulate / solve_meanfield for the noisy model"
+        )
+
+
 def _heads(dyn, d: int) -> list[_Head]:
     """The heads of ``dyn`` in matrix form, or ValueError saying why there is no closure."""
     _check_dyn(dyn)
@@ -462,6 +471,7 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
     """
     start = time.perf_counter()
     _check_dyn(dyn)
+    _check_noiseless(dyn, "gaussian_moments")
     mean0, cov0, L0 = _check_mean_cov(dyn, mean0, cov0, "mean0", "cov0")
     d = len(mean0)
     heads = _heads(dyn, d)
@@ -558,6 +568,7 @@ def _raise_blow_up(f, d, t_e, y_e, t, tr0, max_trace):
 
 def _scalar_v_heads(dyn, d: int, who: str):
     """(c_h, A_h) of the heads when every head is softmax attention with V = c_h I."""
+    _check_noiseless(dyn, who)
     heads = _heads(dyn, d)
     out = []
     for h, hd in enumerate(heads):
