@@ -104,7 +104,7 @@ def time_one(m: int, dyn, repeats: int, seed: int, quadrature: bool) -> dict:
 
 def fit_exponent(ms, ts, fit_from: int) -> float | None:
     """Least-squares slope of log t vs log M over M >= fit_from (None if < 2 points)."""
-    pts = [(m, t) for m, t in zip(ms, ts) if m >= fit_from]
+    pts = [(m, t) for m, t in zip(ms, ts, strict=True) if m >= fit_from]
     if len(pts) < 2:
         return None
     x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
@@ -164,8 +164,8 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: r["M"])
     fast = [(r["M"], r["fast_s"]) for r in rows]
     quad = [(r["M"], r["quadrature_s"]) for r in rows if "quadrature_s" in r]
-    p_fast = fit_exponent(*zip(*fast), args.fit_from) if fast else None
-    p_quad = fit_exponent(*zip(*quad), args.fit_from) if quad else None
+    p_fast = fit_exponent(*zip(*fast, strict=True), args.fit_from) if fast else None
+    p_quad = fit_exponent(*zip(*quad, strict=True), args.fit_from) if quad else None
     max_diff = max((r["rel_diff"] for r in rows if "rel_diff" in r), default=0.0)
     print(f"fitted exponent (time ~ M^p, M >= {args.fit_from}): "
           f"fast p = {_fmt_exp(p_fast)} (M log M: ~1), quadrature p = {_fmt_exp(p_quad)} (~2)")

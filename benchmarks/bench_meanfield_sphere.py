@@ -126,7 +126,7 @@ def bench_degree(variant, betas, n_lat, repeats, seed) -> list[dict]:
         ri = rotation_invariant(dyn.attention, 3)
         coef = funk_hecke_coefficients(ri)
         degree = len(coef[0]) - 1 if coef is not None else None
-        fn = lambda: face_velocity(dyn, grid, rho, "fast")  # noqa: E731
+        fn = lambda dyn=dyn: face_velocity(dyn, grid, rho, "fast")  # noqa: E731
         fn()
         times = [_timed(fn)[0] for _ in range(repeats)]
         rows.append({"beta": beta, "degree": degree, "fast_s": statistics.median(times),

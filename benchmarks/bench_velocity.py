@@ -378,7 +378,7 @@ def format_table(rows: list[dict]) -> str:
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])]
     out.extend(line(b) for b in body)

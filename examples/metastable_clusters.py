@@ -7,6 +7,7 @@ energy only grows. Run it with ``python examples/metastable_clusters.py``.
 """
 
 import numpy as np
+
 import transformer_pde as tp
 from transformer_pde import clustering, theory
 
@@ -20,5 +21,5 @@ traj = tp.simulate(dyn, x0, (0.0, t[-1]), t_eval=t, method="dopri5", rtol=1e-8)
 counts = clustering.cluster_count(traj)                          # <x_i, x_j> > 0.9999 links
 energy = clustering.interaction_energy(traj, beta, normalized=True)
 print(f"k*(beta={beta:g}) = {theory.fastest_circle_mode(beta)}")
-for ti, c, e in zip(t, counts, energy):
+for ti, c, e in zip(t, counts, energy, strict=True):
     print(f"t = {ti:7.2f}: {c:3d} clusters, E / E_max = {e:.4f}")

@@ -5,6 +5,7 @@ Run it with ``python examples/quickstart.py``.
 """
 
 import numpy as np
+
 import transformer_pde as tp
 
 rng = np.random.default_rng(0)

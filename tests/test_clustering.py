@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_sphere
 from scipy.special import ive
 
 import transformer_pde as tp
 from transformer_pde import clustering as cl
-
-from conftest import random_sphere
 
 
 def _three_clusters():
@@ -129,7 +128,8 @@ def test_density_peaks():
     sphere = tp.SphereGrid(24)
     axes = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     bump = tp.Density.from_function(
-        sphere, lambda x: sum(h * np.exp(30 * (x @ a - 1)) for h, a in zip((1.0, 1.0, 0.5), axes)))
+        sphere,
+        lambda x: sum(h * np.exp(30 * (x @ a - 1)) for h, a in zip((1.0, 1.0, 0.5), axes, strict=True)))
     assert cl.density_peaks(bump) == 3
     assert cl.density_peaks(tp.Density.uniform(sphere)) == 0
     with pytest.raises(TypeError, match="Density"):

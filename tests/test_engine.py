@@ -7,12 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import random_sphere
 
 import transformer_pde as tp
 from transformer_pde import _engine, trackers
 from transformer_pde.meanfield import CircleGrid, Density
-
-from conftest import random_sphere
 
 
 def _uniform_circle(n: int) -> np.ndarray:

@@ -320,7 +320,7 @@ def _delta_se(dyn, m0, S0, T, n):
     differences of gaussian_moments) and the sample-moment covariance of n i.i.d.
     N(m0, S0): Cov(m^) = S0/n, Cov(S^_ij, S^_kl) = (S_ik S_jl + S_il S_jk)/n."""
     d = len(m0)
-    iu = list(zip(*np.triu_indices(d)))
+    iu = list(zip(*np.triu_indices(d), strict=True))
     p = d + len(iu)
     J = np.empty((p, p))
     h = 1e-6
@@ -447,7 +447,7 @@ def test_sinkhorn_scalar_ode():
         att = tp.SinkhornAttention(a)
         t = np.linspace(0.0, 2.0, 5)
         g = gaussian_moments(_dyn(att), [1.0], [[0.5]], t)
-        ref = solve_ivp(lambda _t, y: (np.sqrt(1 + 4 * a * a * y * y) - 1) / a, (0, 2), [0.5],
+        ref = solve_ivp(lambda _t, y, a=a: (np.sqrt(1 + 4 * a * a * y * y) - 1) / a, (0, 2), [0.5],
                         t_eval=t, method="DOP853", rtol=1e-13, atol=1e-15)
         assert np.allclose(g.cov[:, 0, 0], ref.y[0], rtol=1e-9, atol=0)  # default rtol 1e-10
         assert np.allclose(g.mean[:, 0], np.exp(t), rtol=1e-9, atol=0)  # mdot = m

@@ -21,10 +21,10 @@ import re
 
 import numpy as np
 import pytest
+from conftest import random_sphere
 from scipy.integrate import quad, solve_ivp
 
 import transformer_pde as tp
-from conftest import random_sphere
 from transformer_pde.geometry import SPHERE_TOL
 
 FIXED = ("euler", "heun", "rk4")
@@ -101,7 +101,7 @@ def _reference(dyn, x0, t_eval, t0=0.0, breaks=()):
     edges = [t0, *breaks, t_eval[-1]]
     out = np.empty((len(t_eval),) + shape)
     y = np.asarray(x0, dtype=float).ravel()
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         t_from = a if a == t0 else np.nextafter(a, np.inf)
         sol = solve_ivp(field(t_from), (a, b), y, method="DOP853", rtol=1e-12, atol=1e-12,
                         dense_output=True)

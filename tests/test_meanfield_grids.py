@@ -85,7 +85,7 @@ def test_interior_faces_separate_neighbouring_cells(name):
     assert np.all(li != ri)
     assert np.all((li >= 0) & (li < grid.size) & (ri < grid.size))
     # no two faces between the same pair of cells
-    pairs = {tuple(sorted(p)) for p in zip(li.tolist(), ri.tolist())}
+    pairs = {tuple(sorted(p)) for p in zip(li.tolist(), ri.tolist(), strict=True)}
     assert len(pairs) == len(li)
     mid = 0.5 * (c[li] + c[ri])
     step = c[ri] - c[li]

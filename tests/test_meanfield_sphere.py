@@ -21,8 +21,8 @@ from scipy.special import eval_legendre, spherical_in
 
 import transformer_pde as tp
 from transformer_pde.meanfield import Density, face_velocity
-from transformer_pde.meanfield.field import rotation_invariant
 from transformer_pde.meanfield.axisymmetric import AxisymmetricGrid, solve_axisymmetric
+from transformer_pde.meanfield.field import rotation_invariant
 from transformer_pde.meanfield.sht import funk_hecke_coefficients
 from transformer_pde.meanfield.sphere import SphereGrid
 

@@ -99,7 +99,8 @@ def test_bad_input():
 @pytest.mark.parametrize("norm", ["post", "pre", "peri", "mix", "ngpt", "cod"])
 def test_equiangular_normalized_matches_particles(norm):
     # docs/math.md §6 item 5: n = d = 4, beta = 1.5, x_i(0) = e_i; the reduced ODE (rtol 1e-13)
-    # and the particles (dopri5 at rtol 1e-12) agree to ~1e-12; 1e-9 is the acceptance figure (§6 item 5 reports 4e-10)
+    # and the particles (dopri5 at rtol 1e-12) agree to ~1e-12; 1e-9 is the acceptance figure
+    # (§6 item 5 reports 4e-10)
     t = np.array([0.5, 1.0, 2.0, 3.0])
     rho, r = th.equiangular_normalized(np.r_[0.0, t], 4, 1.5, norm, tau=1.0)
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.5), norm=norm, tau=1.0)

@@ -18,11 +18,10 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.stats
+from conftest import random_sphere
 
 import transformer_pde.wasserstein as tw
 from transformer_pde.meanfield import CartesianGrid, CausalCircleGrid, CircleGrid, Density, SphereGrid
-
-from conftest import random_sphere
 
 TWO_PI = 2.0 * np.pi
 

@@ -84,7 +84,7 @@ def as_tokens(x, name: str = "x", d: int | None = None) -> np.ndarray:
 def as_matrix(value, name: str, shape: tuple[int | None, int | None]) -> np.ndarray:
     """A finite float64 2-D array; ``None`` entries in ``shape`` match any size."""
     arr = _as_float_array(value, name)
-    if arr.ndim != 2 or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+    if arr.ndim != 2 or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=True)):
         want = "(" + ", ".join("k" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got shape {arr.shape}")
     _check_finite(arr, name)

@@ -64,8 +64,10 @@ _LOG_MAX = float(np.log(np.finfo(np.float64).max))
 # inputs
 # ---------------------------------------------------------------------------------------
 def _states(obj, name: str = "x") -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
-    """``([(points (m, d), weights (m,)), ...], single)`` for tokens, a stack or trajectory,
-    a density or a density trajectory; weights sum to 1."""
+    """Points and weights of tokens, a stack or trajectory, a density or a density trajectory.
+
+    Returns ``([(points (m, d), weights (m,)), ...], single)``; the weights sum to 1.
+    """
     if isinstance(obj, Trajectory):
         return _states(obj.x, name)[0], False
     if isinstance(obj, (Density, DensityTrajectory)):
@@ -162,8 +164,11 @@ def cluster_labels(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float |
 
 
 def cluster_count(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None):
-    """Number of clusters (see :func:`cluster_labels`) of tokens (n, d), or per saved time
-    of a stack (nt, n, d) or :class:`~transformer_pde.Trajectory` (then an int array (nt,))."""
+    """Number of clusters (see :func:`cluster_labels`) of tokens (n, d), or per saved time.
+
+    For a stack (nt, n, d) or a :class:`~transformer_pde.Trajectory` the counts come as an int
+    array (nt,).
+    """
     states, single = _tokens(x)
     threshold, distance = _link_parameters(threshold, distance)
     counts = [_components(p, threshold, distance)[0] for p in states]
@@ -210,7 +215,8 @@ def _energy_normalized(pts: np.ndarray, w: np.ndarray, beta: float, kernel_hat=N
     r""":math:`\sum_{ij} w_iw_j e^{\beta(\langle x_i,x_j\rangle - 1)}` (no overflow for large beta).
 
     ``kernel_hat``: the rfft of the kernel on a uniform circle grid, where the sum is
-    circulant and costs one FFT product."""
+    circulant and costs one FFT product.
+    """
     if kernel_hat is not None:
         return float(w @ np.fft.irfft(kernel_hat * np.fft.rfft(w), n=len(w)))
     total = 0.0
@@ -341,8 +347,10 @@ def _matrix(P, name: str = "P") -> np.ndarray:
 
 
 def nearest_boolean(P) -> np.ndarray:
-    r"""The Boolean row-stochastic matrix nearest to P: row i is :math:`e_{j^*(i)}`,
-    :math:`j^*(i) = \arg\max_j P_{ij}` (shape of P, float 0/1)."""
+    r"""The Boolean row-stochastic matrix nearest to P (shape of P, float 0/1).
+
+    Row i is :math:`e_{j^*(i)}`, :math:`j^*(i) = \arg\max_j P_{ij}`.
+    """
     P = _matrix(P)
     B = np.zeros_like(P)
     B[np.arange(len(P)), np.argmax(P, axis=1)] = 1.0
@@ -365,8 +373,10 @@ def boolean_distance(P) -> float:
 
 
 def numerical_rank(P, rtol: float = 1e-6) -> int:
-    r"""Number of singular values of P above ``rtol`` times the largest (rank of a limit
-    attention matrix is at most 2 for d = 1, docs/math.md §1.2)."""
+    r"""Number of singular values of P above ``rtol`` times the largest.
+
+    The rank of a limit attention matrix is at most 2 for d = 1 (docs/math.md §1.2).
+    """
     P = _matrix(P)
     rtol = _v.as_positive(rtol, "rtol")
     s = np.linalg.svd(P, compute_uv=False)

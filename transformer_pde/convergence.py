@@ -52,7 +52,7 @@ class RateFit:
 
 @dataclass
 class ConvergenceStudy:
-    """Distances between particle runs and a reference solution.
+    r"""Distances between particle runs and a reference solution.
 
     Attributes
     ----------
@@ -61,7 +61,7 @@ class ConvergenceStudy:
     t : ndarray, shape (m,)
         Times.
     distance : ndarray, shape (k, s, m)
-        :math:`W_p(\\mu^n_t, \\mu_t)` for each n, seed and time.
+        :math:`W_p(\mu^n_t, \mu_t)` for each n, seed and time.
     seeds : ndarray of int, shape (s,)
         The seeds.
     p : float

@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from . import _validation as _v
-from .clustering import CLUSTER_THRESHOLD, cluster_count, density_peaks, interaction_energy
-from .attention import SoftmaxAttention
-from .dynamics import TokenDynamics
 from ._io import atomic_write, write_json
+from .attention import SoftmaxAttention
+from .clustering import CLUSTER_THRESHOLD, cluster_count, density_peaks, interaction_energy
+from .dynamics import TokenDynamics
 from .integrate import simulate
-from .theory import fastest_circle_mode
 from .meanfield import CircleGrid, Density, solve_meanfield
+from .theory import fastest_circle_mode
 
 __all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
 

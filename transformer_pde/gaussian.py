@@ -145,12 +145,15 @@ class GaussianTrajectory:
 
     @property
     def dim(self) -> int:
+        """Dimension d of the token space."""
         return self.mean.shape[1]
 
     @property
     def normalized_cov(self) -> np.ndarray:
-        r""":math:`\Sigma(t)/\operatorname{tr}\Sigma(t)`, shape (nt, d, d) (the shape of the
-        Gaussian, whose limits docs/math.md §3.4 describes)."""
+        r"""The shape of the Gaussian, :math:`\Sigma(t)/\operatorname{tr}\Sigma(t)`, shape (nt, d, d).
+
+        docs/math.md §3.4 describes its limits.
+        """
         return self.cov / np.trace(self.cov, axis1=1, axis2=2)[:, None, None]
 
 
@@ -159,8 +162,11 @@ class GaussianTrajectory:
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Head:
-    """One head in matrix form: kind in {"softmax", "l2", "sinkhorn"}, V (d, d),
-    A = beta K^T Q (d, d), H = beta K^T K for L2 (else None)."""
+    """One head in matrix form: its kind and the matrices V, A and H.
+
+    kind in {"softmax", "l2", "sinkhorn"}, V (d, d), A = beta K^T Q (d, d),
+    H = beta K^T K for L2 (else None).
+    """
 
     kind: str
     V: np.ndarray
@@ -244,8 +250,11 @@ def _heads(dyn, d: int) -> list[_Head]:
 
 
 def _sinkhorn_N(B: np.ndarray) -> np.ndarray:
-    """N = U f(D) W^T for B = U D W^T, f(s) = 2s / (1 + sqrt(1 + 4 s^2)) (whitened regression
-    matrix of the entropic plan of N(0, I) with itself for the kernel exp(w^T B u))."""
+    """N = U f(D) W^T for B = U D W^T, f(s) = 2s / (1 + sqrt(1 + 4 s^2)).
+
+    N is the whitened regression matrix of the entropic plan of N(0, I) with itself for the
+    kernel exp(w^T B u).
+    """
     U, s, Wt = np.linalg.svd(B)
     f = 2.0 * s / (1.0 + np.sqrt(1.0 + 4.0 * s * s))
     return (U * f) @ Wt
@@ -277,7 +286,7 @@ def _rhs(heads: list[_Head], m: np.ndarray, L: np.ndarray):
 # validation
 # ---------------------------------------------------------------------------------------
 def _check_mean_cov(dyn, mean, cov, mean_name: str, cov_name: str):
-    """mean (d,), cov (d, d) symmetric positive definite; returns (mean, cov, L = chol)."""
+    """Checked mean (d,) and symmetric positive definite cov (d, d); returns (mean, cov, L = chol)."""
     mean = _v._as_float_array(mean, mean_name)
     if mean.ndim != 1 or mean.size < 1:
         raise ValueError(f"{mean_name} must have shape (d,) with d >= 1, got shape {mean.shape}")
@@ -311,7 +320,7 @@ def _check_mean_cov(dyn, mean, cov, mean_name: str, cov_name: str):
 
 
 def _square_size(cov, name: str) -> int:
-    """d of a square (d, d) array (the full checks follow in _check_mean_cov)."""
+    """The size d of a square (d, d) array (the full checks follow in _check_mean_cov)."""
     shape = np.shape(cov)
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
         raise ValueError(f"{name} must be a square (d, d) matrix with d >= 1, got shape {shape}")

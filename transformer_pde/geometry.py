@@ -19,7 +19,7 @@ SPHERE_TOL = 1e-6
 
 
 class Euclidean:
-    """Flat :math:`\\mathbb R^d`: projection and retraction are the identity."""
+    r"""Flat :math:`\mathbb R^d`: projection and retraction are the identity."""
 
     name = "euclidean"
 

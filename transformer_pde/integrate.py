@@ -33,8 +33,11 @@ __all__ = ["simulate", "Trajectory", "RunInfo", "Tableau", "METHODS"]
 
 @dataclass(frozen=True)
 class Tableau:
-    """An explicit Runge-Kutta method: ``a`` (strictly lower), ``b``, ``c``, and for
-    adaptive methods the embedded weights ``b_low`` of order ``order - 1``."""
+    """An explicit Runge-Kutta method, by its Butcher tableau.
+
+    ``a`` (strictly lower), ``b``, ``c``, and for adaptive methods the embedded weights
+    ``b_low`` of order ``order - 1``.
+    """
 
     name: str
     order: int
@@ -46,6 +49,7 @@ class Tableau:
 
     @property
     def adaptive(self) -> bool:
+        """Whether the method has embedded weights ``b_low`` for step-size control."""
         return self.b_low is not None
 
 
@@ -101,10 +105,12 @@ class Trajectory:
 
     @property
     def n_tokens(self) -> int:
+        """Number of tokens n."""
         return self.x.shape[1]
 
     @property
     def dim(self) -> int:
+        """Dimension d of the token space."""
         return self.x.shape[2]
 
 
@@ -139,8 +145,11 @@ class _Particles(_engine.Problem):
             raise _engine.RunFailure(Status.NONFINITE, self._diagnose(x, t, h, x_new))
 
     def _diagnose(self, x, t, h, x_bad) -> str:
-        """Say where a step from the finite state x at t went non-finite: the token whose
-        velocity overflows there if there is one, else the first token of x_bad that is bad."""
+        """Say where a step from the finite state x at t went non-finite.
+
+        The token whose velocity overflows there if there is one, else the first token of x_bad
+        that is bad.
+        """
         v = self(x, t)
         bad_v = ~np.all(np.isfinite(v), axis=1)
         if bad_v.any():

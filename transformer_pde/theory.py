@@ -1,5 +1,7 @@
-r"""Closed forms from the papers: equiangular rates, normalization schemes, long context,
-linear growth rates, metastable time scales, the noisy model, Gaussian solutions.
+r"""Closed forms from the papers.
+
+Equiangular rates, normalization schemes, long context, linear growth rates, metastable
+time scales, the noisy model, Gaussian solutions.
 
 Every function states its equation and where it comes from (docs/math.md sections). Models
 are named ``"SA"`` (softmax self-attention) and ``"USA"`` (unnormalized), both with
@@ -183,7 +185,10 @@ def long_context_cosine(n, beta, rho):
 
 
 def critical_gamma(rho):
-    r""":math:`\gamma_c = 1/(1-\rho)`, the critical scaling :math:`\beta = \gamma\log n` (docs/math.md §4.6)."""
+    r"""The critical :math:`\gamma_c = 1/(1-\rho)` of the scaling :math:`\beta = \gamma\log n`.
+
+    See docs/math.md §4.6.
+    """
     rho = np.asarray(rho, dtype=float)
     if np.any(rho >= 1.0):
         raise ValueError("rho must be < 1")
@@ -216,8 +221,10 @@ def sphere_growth_rate(l, beta: float, model: str = "SA"):
 
 
 def fastest_circle_mode(beta: float, k_max: int = 1000) -> int:
-    r""":math:`k^* = \arg\max_k k^2 I_k(\beta)`: about the number of metastable clusters on the
-    circle (docs/math.md §2.4, 6 item 7; :math:`k^* \approx \sqrt{2\beta}`)."""
+    r""":math:`k^* = \arg\max_k k^2 I_k(\beta)`: about the number of metastable clusters on the circle.
+
+    See docs/math.md §2.4, 6 item 7; :math:`k^* \approx \sqrt{2\beta}`.
+    """
     beta = _v.as_positive(beta, "beta")
     k = np.arange(1, _v.as_positive_int(k_max, "k_max") + 1)
     return int(k[np.argmax(k**2 * ive(k, beta))])
@@ -235,8 +242,9 @@ def _alpha_at(alpha, t: float) -> float:
 
 def equiangular_normalized_rate(rho, r, t: float, n: int, beta: float, norm: str = "post", *,
                                 alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0):
-    r"""Right-hand side :math:`(\dot\rho, \dot r)` of the equiangular SA model under a
-    normalization scheme (docs/math.md §4.5; Karagodin-Ge-Polyanskiy-Rigollet, arXiv 2510.22026).
+    r"""Right-hand side :math:`(\dot\rho, \dot r)` of the equiangular SA model under a normalization scheme.
+
+    See docs/math.md §4.5 (Karagodin-Ge-Polyanskiy-Rigollet, arXiv 2510.22026).
 
     Tokens :math:`x_j = r\theta_j` with a common radius r and
     :math:`\langle\theta_i,\theta_j\rangle = \rho`; with :math:`Z = e^\beta + (n-1)e^{\beta\rho}`,
@@ -352,7 +360,7 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
     cuts = [0.0] + ([tau] if norm == "mix" and 0.0 < tau < t[-1] else []) + [float(t[-1])]
     out = np.empty((2, len(t)))
     y = np.array([rho0, r0])
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
         inside = (t >= lo) & (t <= hi)
         stops = np.unique(np.append(t[inside], hi))
         sol = solve_ivp(rhs, (lo, hi), y, method="DOP853", t_eval=stops, rtol=1e-13, atol=1e-15)
@@ -365,8 +373,10 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
 # metastability (docs/math.md §4.3, 5.1)
 # ---------------------------------------------------------------------------------------
 def merge_time_scale(beta: float, rho_max):
-    r"""Time scale :math:`e^{\beta(1-\rho_{\max})}` of the next merge of clusters whose largest
-    inter-cluster inner product is :math:`\rho_{\max}` (docs/math.md §4.3, Bruno-Pasqualotto-Agazzi).
+    r"""Time scale :math:`e^{\beta(1-\rho_{\max})}` of the next merge of clusters.
+
+    For clusters whose largest inter-cluster inner product is :math:`\rho_{\max}`
+    (docs/math.md §4.3, Bruno-Pasqualotto-Agazzi).
 
     k equally spaced clusters on the circle have :math:`\rho_{\max} = \cos(2\pi/k)`.
     """
@@ -378,7 +388,9 @@ def merge_time_scale(beta: float, rho_max):
 
 
 def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
-    r"""Lower bound on how long k separated caps persist (docs/math.md §5.1, GKPR arXiv 2410.06833):
+    r"""Lower bound on how long k separated caps persist (docs/math.md §5.1, GKPR arXiv 2410.06833).
+
+    The bound reads
 
     .. math::
 
@@ -409,8 +421,10 @@ def _dimension(d) -> int:
 
 
 def critical_kappa(d: int = 2) -> float:
-    r""":math:`\kappa_c = d`: the uniform state of the noisy model at :math:`\beta = 0` on
-    :math:`\mathbb S^{d-1}` loses stability for :math:`\kappa > d` (docs/math.md §4.7; 2 on the circle)."""
+    r"""The critical :math:`\kappa_c = d` of the noisy model at :math:`\beta = 0` on :math:`\mathbb S^{d-1}`.
+
+    The uniform state loses stability for :math:`\kappa > d` (docs/math.md §4.7; 2 on the circle).
+    """
     return float(_dimension(d))
 
 

@@ -68,6 +68,20 @@ class StopAtClusters:
         self.counts: list[int] = []
 
     def __call__(self, t: float, state) -> bool:
+        """Count the clusters of ``state``, append the count to ``counts`` and say whether to stop.
+
+        Parameters
+        ----------
+        t : float
+            The saved time (not used).
+        state : ndarray, shape (n, d), or Density
+            The tokens, or the density of a mean-field run.
+
+        Returns
+        -------
+        bool
+            True when the count is between 1 and ``k``.
+        """
         if isinstance(state, Density):
             count = clustering.density_peaks(state, self.factor)
         else:
@@ -82,7 +96,8 @@ class StopAtClusters:
 class StopAtDensityPeak:
     r"""Stop when the density exceeds ``bound`` in some cell: :math:`\max_c\rho_c > \text{bound}`.
 
-    It observes grid densities only (tokens have no density value to bound); ``peaks`` keeps :math:`\max_c\rho_c` at every saved time seen.
+    It observes grid densities only (tokens have no density value to bound); ``peaks`` keeps
+    :math:`\max_c\rho_c` at every saved time seen.
 
     Parameters
     ----------
@@ -107,6 +122,25 @@ class StopAtDensityPeak:
         self.peaks: list[float] = []
 
     def __call__(self, t: float, state) -> bool:
+        r"""Append the peak density of ``state`` to ``peaks`` and say whether it exceeds ``bound``.
+
+        Parameters
+        ----------
+        t : float
+            The saved time (not used).
+        state : Density
+            The density of a mean-field run.
+
+        Returns
+        -------
+        bool
+            True when :math:`\max_c\rho_c > \text{bound}`.
+
+        Raises
+        ------
+        TypeError
+            If ``state`` is not a :class:`~transformer_pde.Density` (tokens have no density).
+        """
         if not isinstance(state, Density):
             raise TypeError(
                 f"StopAtDensityPeak observes a density (solve_meanfield), got {type(state).__name__}")
@@ -154,6 +188,20 @@ class Record:
         self.values: list = []
 
     def __call__(self, t: float, state) -> bool:
+        """Append ``t`` to ``t`` and ``f(state)`` to ``values``.
+
+        Parameters
+        ----------
+        t : float
+            The saved time.
+        state : ndarray, shape (n, d), or Density
+            The tokens or the density.
+
+        Returns
+        -------
+        bool
+            False: recording never stops the run.
+        """
         self.t.append(float(t))
         self.values.append(self.f(state))
         return False

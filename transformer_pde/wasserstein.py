@@ -340,9 +340,11 @@ def _euclidean_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _geodesic_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r"""Great-circle distances (n, m) of unit vectors: :math:`2\,{\rm atan2}(|x-y|, |x+y|)`,
-    accurate to round-off at every angle (arccos of the dot product loses half the digits
-    near 0 and :math:`\pi`)."""
+    r"""Great-circle distances (n, m) of unit vectors: :math:`2\,{\rm atan2}(|x-y|, |x+y|)`.
+
+    This is accurate to round-off at every angle (arccos of the dot product loses half the
+    digits near 0 and :math:`\pi`).
+    """
     return 2.0 * np.arctan2(cdist(x, y, "euclidean"), cdist(x, -y, "euclidean"))
 
 
@@ -417,7 +419,7 @@ def particles(x, y, p=2, a_weights=None, b_weights=None, metric: str = "euclidea
 
 
 def _stiefel(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    """n matrices (d, 2) with orthonormal columns, uniform (Haar) on the Stiefel manifold."""
+    """The n matrices (d, 2) with orthonormal columns, uniform (Haar) on the Stiefel manifold."""
     z = rng.standard_normal((n, d, 2))
     q, r = np.linalg.qr(z)
     signs = np.sign(np.diagonal(r, axis1=1, axis2=2))

@@ -7,11 +7,11 @@ grid plus values; the field, the scheme and the time stepping are separate modul
 
 from __future__ import annotations
 
+from .axisymmetric import AxisymmetricGrid, solve_axisymmetric
 from .density import Density
 from .field import face_velocity
 from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 from .solver import DensityTrajectory, MassLossWarning, MeanFieldInfo, solve_meanfield
-from .axisymmetric import AxisymmetricGrid, solve_axisymmetric
 from .sphere import SphereGrid
 
 __all__ = [

@@ -98,6 +98,21 @@ class AxisymmetricGrid(Grid):
         return self.theta
 
     def reconstruct(self, rho):
+        """Limited second-order values ``(left side, right side)`` of rho at the parallels.
+
+        MC-limited slopes (:func:`~transformer_pde.meanfield.grids.mc_slopes`), with the ghost
+        cells at the poles mirrored (rho is even about each pole).
+
+        Parameters
+        ----------
+        rho : array_like, shape (n_theta,)
+            Band values.
+
+        Returns
+        -------
+        left, right : ndarray, shape (n_theta - 1,)
+            Values on the side of band i - 1 and of band i of each face i = 1..n_theta-1.
+        """
         rho = np.asarray(rho).ravel()
         # rho is even about each pole (smooth on the sphere): mirror ghost cells
         ext = np.concatenate([rho[:1], rho, rho[-1:]])
@@ -106,6 +121,20 @@ class AxisymmetricGrid(Grid):
         return (rho + 0.5 * slope)[:-1], (rho - 0.5 * slope)[1:]
 
     def sample_cells(self, cells, rng):
+        """A point of the unit sphere uniform (w.r.t. area) in each given latitude band.
+
+        Parameters
+        ----------
+        cells : array_like of int, shape (k,)
+            Band indices.
+        rng : numpy.random.Generator
+            Source of the uniform draws.
+
+        Returns
+        -------
+        ndarray, shape (k, 3)
+            One point per band.
+        """
         cells = np.asarray(cells, dtype=np.int64)
         z0, z1 = np.cos(self.theta_edges[cells]), np.cos(self.theta_edges[cells + 1])
         z = z1 + (z0 - z1) * rng.random(len(cells))
@@ -114,13 +143,28 @@ class AxisymmetricGrid(Grid):
         return np.stack([s * np.cos(phi), s * np.sin(phi), z], axis=1)
 
     def cell_of(self, x):
+        """Index of the latitude band containing each point, by the point's colatitude.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, 3)
+            Nonzero points (only their direction matters).
+
+        Returns
+        -------
+        ndarray of int, shape (N,)
+            Band indices (never -1).
+        """
         x = np.asarray(x, dtype=np.float64)
         theta, _ = _colat_lon(x / np.linalg.norm(x, axis=-1, keepdims=True))
         return np.minimum((theta / self.h).astype(np.int64), self.n_theta - 1)
 
     def ring_kernels(self, ri: RotationInvariant):
-        """``(K^Z, K^N)``, each (n_theta - 1, n_theta): faces x bands (class docstring), for the
-        weights as :func:`~transformer_pde.meanfield.field.kernel_weights` gives them."""
+        """The ring kernels ``(K^Z, K^N)``, each (n_theta - 1, n_theta): faces x bands.
+
+        See the class docstring; they are for the weights as
+        :func:`~transformer_pde.meanfield.field.kernel_weights` gives them.
+        """
         key = (ri.kind == "sigmoid", ri.b, ri.bias if ri.kind == "sigmoid" else 0.0)
         if key not in self._kernels:
             self._kernels[key] = _ring_kernels(ri, self.theta_edges[1:-1], self.theta)

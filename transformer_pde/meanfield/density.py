@@ -113,8 +113,10 @@ class Density:
         return float(np.sum(self.values * self.grid.volumes))
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        r"""Mean (d,) and covariance (d, d) of :math:`\mu = \sum_c \rho_c|c|\delta_{x_c}`,
-        in ambient coordinates (normalised by the mass)."""
+        r"""Mean (d,) and covariance (d, d) of the density, in ambient coordinates.
+
+        These are the moments of :math:`\mu = \sum_c \rho_c|c|\delta_{x_c}`, normalised by the mass.
+        """
         w = (self.values * self.grid.volumes).ravel()
         x = np.asarray(self.grid.centers).reshape(-1, self.grid.dim)
         w = w / w.sum()

@@ -76,7 +76,7 @@ class RotationInvariant:
 
 
 def _scalar(m, d) -> float | None:
-    """q if m is None (q = 1) or m == q I (d x d), else None."""
+    """The scalar q if m is None (q = 1) or m == q I (d x d), else None."""
     if m is None:
         return 1.0
     if m.shape != (d, d):
@@ -177,8 +177,8 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = 
     rho : ndarray, shape grid.shape
         Density values.
     field : {"auto", "quadrature", "fast"}
-        How the field is computed: ``"fast"`` requires every head to be rotation-invariant on a grid with a fast
-        path; ``"auto"`` uses it where available and quadrature otherwise.
+        How the field is computed: ``"fast"`` requires every head to be rotation-invariant on a grid with
+        a fast path; ``"auto"`` uses it where available and quadrature otherwise.
     """
     a = (rho * grid.volumes).ravel()
     u = np.zeros(len(grid.faces.areas))
@@ -205,8 +205,9 @@ def _normalised(head: Attention) -> bool:
 
 
 def _uniform_residual(head: Attention, grid: Grid, field: str) -> np.ndarray:
-    r"""The discrete face velocity of the uniform unit-mass density, for a rotation-
-    invariant head on a grid whose quadrature is not exactly rotation-invariant.
+    r"""The discrete face velocity of the uniform unit-mass density, for a rotation-invariant head.
+
+    The head is evaluated on a grid whose quadrature is not exactly rotation-invariant.
 
     In the continuum this field vanishes by symmetry; on a reduced sphere grid the
     midpoint rule leaves an O(h^3) residual that makes the uniform density drift.

@@ -169,13 +169,53 @@ class CircleGrid(Grid):
         return f"CircleGrid({self.n_cells})"
 
     def reconstruct(self, rho):
+        """Limited second-order values ``(left side, right side)`` of rho at the faces, each (M,).
+
+        Periodic MC-limited reconstruction (:func:`mc_slopes`); face c lies between cells c-1 and c.
+
+        Parameters
+        ----------
+        rho : ndarray, shape (M,)
+            Cell values.
+
+        Returns
+        -------
+        left, right : ndarray, shape (M,)
+            Values on the side of cell c-1 and of cell c of each face c.
+        """
         return _periodic_reconstruct(rho, axis=-1)
 
     def sample_cells(self, cells, rng):
+        """A point uniform in each given arc, on the unit circle.
+
+        Parameters
+        ----------
+        cells : ndarray of int, shape (k,)
+            Cell indices.
+        rng : numpy.random.Generator
+            Source of the uniform draws.
+
+        Returns
+        -------
+        ndarray, shape (k, 2)
+            One point per cell.
+        """
         theta = (cells + rng.random(len(cells))) * self.h
         return _circle_points(theta)
 
     def cell_of(self, x):
+        """Index of the arc containing each point, by the point's angle.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, 2)
+            Points of the plane (only their angle matters).
+
+        Returns
+        -------
+        ndarray of int, shape (N,)
+            Cell indices (never -1: every angle lies in some arc).
+        """
         theta = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2.0 * np.pi)
         return np.minimum((theta / self.h).astype(np.int64), self.n_cells - 1)
 
@@ -240,9 +280,39 @@ class CausalCircleGrid(Grid):
         return f"CausalCircleGrid({self.n_positions}, {self.n_cells})"
 
     def reconstruct(self, rho):
+        """Limited second-order values ``(left side, right side)`` of rho at the faces, each (S * M,).
+
+        Each fibre is reconstructed as a periodic :class:`CircleGrid` (mass does not move in s).
+
+        Parameters
+        ----------
+        rho : ndarray, shape (S, M)
+            Cell values.
+
+        Returns
+        -------
+        left, right : ndarray, shape (S * M,)
+            Values on either side of each face, fibre by fibre as in :attr:`faces`.
+        """
         return _periodic_reconstruct(rho, axis=-1)
 
     def sample_cells(self, cells, rng):
+        """A point of the unit circle uniform in the arc of each given cell.
+
+        Only the angle is drawn: a cell's position s is that of its fibre, ``cells // M``.
+
+        Parameters
+        ----------
+        cells : ndarray of int, shape (k,)
+            Flat cell indices into the (S, M) grid.
+        rng : numpy.random.Generator
+            Source of the uniform draws.
+
+        Returns
+        -------
+        ndarray, shape (k, 2)
+            One point per cell.
+        """
         return self.circle.sample_cells(cells % self.n_cells, rng)
 
 
@@ -276,7 +346,7 @@ class CartesianGrid(Grid):
                 f"got bounds {bounds} and shape {shape}"
             )
         lo, hi = [], []
-        for ax, (b, m) in enumerate(zip(bounds, shape)):
+        for ax, (b, m) in enumerate(zip(bounds, shape, strict=True)):
             if len(b) != 2:
                 raise ValueError(f"bounds[{ax}] must be a pair (lo, hi), got {b}")
             a, z = _v.as_real(b[0], f"bounds[{ax}][0]"), _v.as_real(b[1], f"bounds[{ax}][1]")
@@ -289,7 +359,7 @@ class CartesianGrid(Grid):
         if boundary not in ("outflow", "zero-flux"):
             raise ValueError(f"boundary must be 'outflow' or 'zero-flux', got {boundary!r}")
         self.boundary = boundary
-        self.bounds = tuple(zip(lo, hi))
+        self.bounds = tuple(zip(lo, hi, strict=True))
         self.shape = tuple(int(m) for m in shape)
         self.dim = len(self.shape)
         self.lo, self.hi = np.array(lo), np.array(hi)
@@ -334,6 +404,21 @@ class CartesianGrid(Grid):
                      np.concatenate(left), np.concatenate(right))
 
     def reconstruct(self, rho):
+        """Limited second-order values ``(left side, right side)`` of rho at the faces, each (F,).
+
+        MC-limited slopes (:func:`mc_slopes`), first order in the cells next to a wall; on an
+        outflow boundary face the outside value is 0.
+
+        Parameters
+        ----------
+        rho : ndarray, shape (*shape)
+            Cell values.
+
+        Returns
+        -------
+        left, right : ndarray, shape (F,)
+            Values on either side of each face, in the order of :attr:`faces`.
+        """
         lefts, rights = [], []
         for a in range(self.dim):
             r = np.moveaxis(rho, a, -1)
@@ -352,10 +437,36 @@ class CartesianGrid(Grid):
         return np.concatenate(lefts), np.concatenate(rights)
 
     def sample_cells(self, cells, rng):
+        """A point uniform in each given cell of the box.
+
+        Parameters
+        ----------
+        cells : ndarray of int, shape (k,)
+            Flat cell indices.
+        rng : numpy.random.Generator
+            Source of the uniform draws.
+
+        Returns
+        -------
+        ndarray, shape (k, dim)
+            One point per cell.
+        """
         idx = np.stack(np.unravel_index(cells, self.shape), axis=-1)
         return self.lo + (idx + rng.random(idx.shape)) * self.h
 
     def cell_of(self, x):
+        """Flat index of the cell containing each point; -1 outside the box.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, dim)
+            Points.
+
+        Returns
+        -------
+        ndarray of int, shape (N,)
+            Flat cell indices, -1 for the points outside.
+        """
         idx = np.floor((x - self.lo) / self.h).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.array(self.shape)), axis=1)
         flat = np.ravel_multi_index(tuple(np.clip(idx, 0, np.array(self.shape) - 1).T), self.shape)

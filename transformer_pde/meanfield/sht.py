@@ -89,8 +89,11 @@ def _exp_coefficients(b, lmax):
 
 
 def _gauss_legendre(n):
-    """Gauss-Legendre nodes and weights, accurate to round-off: scipy's nodes polished by
-    Newton steps and weights recomputed from P_n' (scipy's weights carry errors ~ n eps)."""
+    """Gauss-Legendre nodes and weights, accurate to round-off.
+
+    Scipy's nodes are polished by Newton steps and the weights recomputed from P_n' (scipy's
+    weights carry errors ~ n eps).
+    """
     t, _ = roots_legendre(n)
 
     def p_and_dp(t):
@@ -107,8 +110,10 @@ def _gauss_legendre(n):
 
 
 def _sigmoid_coefficients(b, bias, lmax):
-    """Funk-Hecke coefficients of sigmoid(b t + bias), l = 0..lmax (Gauss-Legendre), with
-    the ones below the rounding level of the quadrature sums set to zero."""
+    """Funk-Hecke coefficients of sigmoid(b t + bias), l = 0..lmax (Gauss-Legendre).
+
+    The ones below the rounding level of the quadrature sums are set to zero.
+    """
     nq = lmax + 64  # exact for w P_l when w's Legendre series is negligible past degree lmax + 127
     t, wq = _gauss_legendre(nq)
     vals, _ = kernel_weights(RotationInvariant("sigmoid", b, 1.0, bias), t)
@@ -119,8 +124,11 @@ def _sigmoid_coefficients(b, bias, lmax):
 
 
 def _tail_degree(w, g, scale):
-    """Smallest L such that the series of w (values) and of grad g (derivatives) beyond
-    degree L are below TAIL_TOL * scale, or None if lmax is not enough."""
+    """Smallest degree L at which the series of w and of grad g can be cut.
+
+    Beyond degree L the series of w (values) and of grad g (derivatives) are below
+    TAIL_TOL * scale; None if lmax is not enough.
+    """
     l = np.arange(len(w))
     tz = (2 * l + 1) / (4.0 * np.pi) * np.abs(w)
     tg = (2 * l + 1) / (4.0 * np.pi) * np.abs(g) * 0.5 * l * (l + 1)
@@ -193,11 +201,11 @@ def _exact_head(ri: RotationInvariant, d: int):
 
 
 def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta, n_phi):
-    """Normal face velocities by spherical harmonics (module docstring).
+    r"""Normal face velocities by spherical harmonics (module docstring).
 
     ``centers_loc`` (N, 2) and ``faces_loc`` (F, 2) are (colatitude, longitude);
     ``n_theta``, ``n_phi`` (F,) the components of the face normals on
-    :math:`e_\\theta, e_\\phi`. Returns None when the series would be too long.
+    :math:`e_\theta, e_\phi`. Returns None when the series would be too long.
     """
     coef = funk_hecke_coefficients(ri)
     if coef is None:
@@ -226,8 +234,11 @@ def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta,
 
 
 def sht_analysis(a, loc, lmax, nthreads=1):
-    r"""Coefficients :math:`A_{lm} = \sum_j a_j \overline{Y_{lm}(y_j)}` of point masses a (N,)
-    at ``loc`` (N, 2) (colatitude, longitude), in ducc0's layout, shape (1, n_alm)."""
+    r"""Coefficients :math:`A_{lm} = \sum_j a_j \overline{Y_{lm}(y_j)}` of point masses a (N,).
+
+    The masses sit at ``loc`` (N, 2) (colatitude, longitude); the coefficients are in ducc0's
+    layout, shape (1, n_alm).
+    """
     import ducc0
 
     return ducc0.sht.adjoint_synthesis_general(

@@ -5,8 +5,8 @@ r"""The Transformer PDE on a grid: conservative finite volumes, SSP Runge-Kutta 
     \partial_t\rho + \operatorname{div}\big(\rho\,X[\rho]\big) = \kappa^{-1}\Delta\rho
 
 (docs/math.md §2.2, 3.1; the diffusion term is the noisy model of docs/math.md §4.7, present when the
-model has a noise level, ``TokenDynamics(..., kappa=...)``). In space: the upwind flux of MC-limited second-order face values
-(:mod:`~transformer_pde.meanfield.grids`) times the face velocity
+model has a noise level, ``TokenDynamics(..., kappa=...)``). In space: the upwind flux of MC-limited
+second-order face values (:mod:`~transformer_pde.meanfield.grids`) times the face velocity
 (:mod:`~transformer_pde.meanfield.field`), plus a two-point diffusion flux; each face
 flux leaves one cell and enters the other, so the total mass is conserved to round-off
 (Cartesian outflow walls excepted). In time: the three-stage SSP Runge-Kutta method of
@@ -66,8 +66,11 @@ class MassLossWarning(UserWarning):
 
 @dataclass
 class MeanFieldInfo(RunInfo):
-    """What a mean-field run did: :class:`~transformer_pde.RunInfo` plus the largest
-    relative mass drift, the smallest density value met and the field algorithm."""
+    """What a mean-field run did.
+
+    :class:`~transformer_pde.RunInfo` plus the largest relative mass drift, the smallest
+    density value met and the field algorithm.
+    """
 
     mass_drift: float = 0.0
     min_density: float = np.inf
@@ -155,8 +158,8 @@ class _FiniteVolume(_engine.Problem):
         change /= self.vol
         rate = float(np.max(outflow / self.vol))
         if not np.isfinite(rate):
-            raise RunFailure(Status.NONFINITE,
-                             f"the face velocity is not finite at t={t:.9g}, " + self._where(rho_flat + change))
+            raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
+                             + self._where(rho_flat + change))
         return _Rate(change, rate, u)
 
     def check(self, new, t, h, rho) -> None:
@@ -182,10 +185,12 @@ class _FiniteVolume(_engine.Problem):
 
 
 class _SSPRK3(_engine.Stepper):
-    r"""The three-stage SSP Runge-Kutta method of Shu and Osher, order 3:
+    r"""The three-stage SSP Runge-Kutta method of Shu and Osher, order 3.
+
     :math:`\rho^{(1)} = \rho + h L\rho`,
     :math:`\rho^{(2)} = \frac34\rho + \frac14(\rho^{(1)} + hL\rho^{(1)})`,
-    :math:`\rho^{n+1} = \frac13\rho + \frac23(\rho^{(2)} + hL\rho^{(2)})`."""
+    :math:`\rho^{n+1} = \frac13\rho + \frac23(\rho^{(2)} + hL\rho^{(2)})`.
+    """
 
     name, order = "ssprk3", 3
 

@@ -285,6 +285,21 @@ class SphereGrid(Grid):
         return self.centers
 
     def reconstruct(self, rho):
+        """Limited second-order values ``(left side, right side)`` of rho at the faces, each (F,).
+
+        A least-squares gradient per cell evaluated at the face midpoints, clipped by the
+        Barth-Jespersen bounds and below twice the cell's value (class docstring).
+
+        Parameters
+        ----------
+        rho : array_like, shape (N,)
+            Cell values.
+
+        Returns
+        -------
+        left, right : ndarray, shape (F,)
+            Values on the side of the ``left`` and of the ``right`` cell of each face.
+        """
         rho = np.asarray(rho).ravel()
         delta = self._recon @ rho
         nb = rho[self._neighbours]  # (N, 1 + max neighbours): the cell and its face neighbours
@@ -297,6 +312,20 @@ class SphereGrid(Grid):
 
     # -- points ----------------------------------------------------------------------
     def sample_cells(self, cells, rng):
+        """A point of the unit sphere uniform (w.r.t. area) in each given cell.
+
+        Parameters
+        ----------
+        cells : array_like of int, shape (k,)
+            Flat cell indices.
+        rng : numpy.random.Generator
+            Source of the uniform draws.
+
+        Returns
+        -------
+        ndarray, shape (k, 3)
+            One point per cell.
+        """
         cells = np.asarray(cells, dtype=np.int64)
         ring = self.ring[cells]
         z0, z1 = np.cos(self.theta_edges[ring]), np.cos(self.theta_edges[ring + 1])
@@ -306,6 +335,18 @@ class SphereGrid(Grid):
         return np.stack([s * np.cos(phi), s * np.sin(phi), z], axis=1)
 
     def cell_of(self, x):
+        """Flat index of the cell containing each point, by its colatitude and longitude.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, 3)
+            Nonzero points (only their direction matters).
+
+        Returns
+        -------
+        ndarray of int, shape (N,)
+            Flat cell indices (never -1).
+        """
         x = np.asarray(x, dtype=np.float64)
         theta, phi = _colat_lon(x / np.linalg.norm(x, axis=-1, keepdims=True))
         ring = np.clip(np.searchsorted(self.theta_edges, theta, side="right") - 1, 0, self.n_lat - 1)
@@ -315,8 +356,10 @@ class SphereGrid(Grid):
 
     # -- fast path -------------------------------------------------------------------
     def fast_face_velocity(self, ri: RotationInvariant, a: np.ndarray) -> np.ndarray:
-        """Normal face velocities (F,) of a rotation-invariant head from the cell masses a (N,)
-        by spherical harmonics (module docstring); the exact sums when the series is too long."""
+        """Normal face velocities (F,) of a rotation-invariant head from the cell masses a (N,).
+
+        By spherical harmonics (module docstring); the exact sums when the series is too long.
+        """
         u = sht_face_velocity(ri, a, self._center_loc, self._face_loc, self._n_theta, self._n_phi)
         if u is None:
             head = _exact_head(ri, 3)

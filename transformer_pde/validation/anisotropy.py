@@ -101,7 +101,7 @@ def _models():
                                              tp.SoftmaxAttention(1.0, Q=Qc[1:], K=Kc[1:], V=0.6 * eye)]),
         "Sinkhorn": tp.SinkhornAttention(1.0, Q=Qc, K=Kc),
     }
-    models = {k: {v: _euclid(att) for v, att in m.items()} for k, m in zip(REGIMES, (a, b, c))}
+    models = {k: {v: _euclid(att) for v, att in m.items()} for k, m in zip(REGIMES, (a, b, c), strict=True)}
     return models, {"Q_a": Q, "V_a": V, "V2_a": V2, "q_b": q, "Q_c": Qc, "K_c": Kc, "A_c": A}
 
 
@@ -291,7 +291,7 @@ def _figure(curves, runs):
 
     fig = Figure(figsize=(15, 12), layout="constrained")
     axes = fig.subplots(3, 3)
-    colors = dict(zip(VARIANTS, ("C0", "C1", "C2", "C3")))
+    colors = dict(zip(VARIANTS, ("C0", "C1", "C2", "C3"), strict=True))
     for col, k in enumerate(REGIMES):
         ax_tr, ax_eig, ax_el = axes[:, col]
         for v in VARIANTS:

@@ -40,7 +40,7 @@ def measure(params: dict) -> dict:
     rho0 = tp.Density.from_function(grid, lambda th: np.exp(np.cos(th - 1.0)))
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))
     studies = dict(zip((1, 2), meanfield_convergence(dyn, rho0, n_values, times, seeds=seeds,
-                                                      p=(1, 2), dt=0.1)))
+                                                      p=(1, 2), dt=0.1), strict=True))
     for study in studies.values():
         print(study.table())
     return {"studies": studies, "times": times}

@@ -222,7 +222,7 @@ def _normalized(t_long, m):
                                   note="relative: r grows like t" if scheme in SWITCH else "r = 1"))
         rate = np.array([theory.equiangular_normalized_rate(p, q, s, NORM_N, NORM_BETA, scheme,
                                                             alpha=ALPHA, tau=TAU)[0]
-                         for p, q, s in zip(rho, r, t)])
+                         for p, q, s in zip(rho, r, t, strict=True)])
         lam = rate / (1.0 - rho)  # -d/dt log(1 - rho)
         log_gap = np.log(gap.mean(axis=1))
         if scheme in ("post", "ngpt"):
@@ -262,7 +262,7 @@ def _normalized(t_long, m):
         rho, r = theory.equiangular_normalized(tt, NORM_N, NORM_BETA, scheme, alpha=ALPHA, tau=TAU)
         rho, r = rho[1:], r[1:]
         lam = np.array([theory.equiangular_normalized_rate(p, q, s, NORM_N, NORM_BETA, scheme, tau=TAU)[0]
-                        for p, q, s in zip(rho, r, t_ode)]) / (1.0 - rho)
+                        for p, q, s in zip(rho, r, t_ode, strict=True)]) / (1.0 - rho)
         c, res = _slope_check(f"{scheme} ODE", np.log(t_ode), np.log1p(-rho), 1.0 - rho,
                               -t_ode * lam, -2.0, "log t", win=np.ones(len(t_ode), bool))
         checks += c

@@ -180,8 +180,8 @@ def _direct_checks(n_pkg, n_rows, n_sweep):
         what = "n=6 beta=2 rho=0.3" if n == 6 else f"rho={RHO:g}, beta=gamma log n"
         checks.append(check_range(f"direct ({method}) vs closed form, n={n}: max relative error of cosines",
                                   err, high=REL_TOL, note=f"{what}; {sizes[method]}"))
-    checks.append(check_close("closed form n=6, beta=2, rho=0.3 vs docs/math.md §6 item 6", ref6, 0.8350434, 5e-8,
-                              note=f"direct (package) {cos6.mean():.10f}"))
+    checks.append(check_close("closed form n=6, beta=2, rho=0.3 vs docs/math.md §6 item 6", ref6, 0.8350434,
+                              5e-8, note=f"direct (package) {cos6.mean():.10f}"))
     return checks, points
 
 

@@ -92,8 +92,13 @@ from scipy.special import ive
 import transformer_pde as tp
 from transformer_pde import theory
 from transformer_pde.checks import Validation, check_close, check_range, run
-from transformer_pde.clustering import (CLUSTER_THRESHOLD, cluster_count, cluster_labels, density_peaks,
-                                        interaction_energy)
+from transformer_pde.clustering import (
+    CLUSTER_THRESHOLD,
+    cluster_count,
+    cluster_labels,
+    density_peaks,
+    interaction_energy,
+)
 
 __all__ = ["VALIDATION", "measure", "checks", "figure"]
 
@@ -195,7 +200,7 @@ def _metastable_count(t, count, t_f) -> tuple[int, dict]:
     inside = (t >= t_f) & (t <= WINDOW * t_f)
     values, freq = np.unique(count[inside], return_counts=True)
     c = int(values[np.argmax(freq)])
-    share = {int(v): round(float(f) / float(inside.sum()), 3) for v, f in zip(values, freq)}
+    share = {int(v): round(float(f) / float(inside.sum()), 3) for v, f in zip(values, freq, strict=True)}
     return c, share
 
 

@@ -195,7 +195,8 @@ def _particle_runs(kappa, n, T, dt, seeds, blocks=10, save=0.5):
         rng = np.random.default_rng(seed)
         angles = rng.uniform(0.0, 2.0 * np.pi, n) if kappa < KC else rng.vonmises(0.0, A_START, n)
         x0 = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        traj = tp.simulate(tp.TokenDynamics(DYN.attention, kappa=kappa), x0, (0.0, T), t_eval=t, dt=dt, rng=rng)
+        traj = tp.simulate(tp.TokenDynamics(DYN.attention, kappa=kappa), x0, (0.0, T), t_eval=t, dt=dt,
+                           rng=rng)
         r = order_parameter(traj)
         block_means += [b.mean() for b in np.array_split(r[t >= burn], blocks)]
         if first is None:

@@ -112,7 +112,7 @@ def _rescaled_run(V, x0, t):
     zs = []
     for rtol in (RTOL, RTOL_CHECK):
         traj = tp.simulate(dyn, x0, (t[0], t[-1]), t_eval=t, method="dopri5", rtol=rtol, atol=1e-12)
-        zs.append(np.stack([xk @ b for b, xk in zip(back, traj.x)]))
+        zs.append(np.stack([xk @ b for b, xk in zip(back, traj.x, strict=True)]))
     return zs[0], float(np.max(np.abs(zs[0] - zs[1]))), att
 
 

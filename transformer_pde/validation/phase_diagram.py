@@ -206,7 +206,7 @@ def measure(params: dict) -> dict:
     betas = np.linspace(0.1, 9.0, params["n_betas"])
     seeds, per_beta_check = params["seeds"], params["per_beta_check"]
     x0s = [_initial(1000 + i, seeds) for i in range(len(betas))]
-    frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s)]  # each (nt, seeds)
+    frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s, strict=True)]  # each (nt, seeds)
     print(f"diagram done ({time.perf_counter() - started:.1f} s)", flush=True)
     checks, info = _validate_copy(betas, x0s, frac, per_beta_check)
     print(f"copy validated ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -236,7 +236,7 @@ def measure(params: dict) -> dict:
     ks = np.array([_k_star(b) for b in betas])
     bands = np.array([_band(k) for k in ks])
     large = ks >= 3
-    outside = [(b, f) for b, f, s, (lo, hi), big in zip(betas, at_form, se_form, bands, large)
+    outside = [(b, f) for b, f, s, (lo, hi), big in zip(betas, at_form, se_form, bands, large, strict=True)
                if big and not (lo - 3 * s <= f <= hi + 3 * s)]
     ib = len(betas) - 1
     lo, hi = bands[ib]

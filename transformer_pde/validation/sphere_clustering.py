@@ -32,8 +32,8 @@ RK4 with h r = 0.05 (the RK4 rate error (h r)^4/120 = 5e-8); the exponential rat
 least-squares slope of log D over the window 1e-9 <= D <= 1e-3, where the nonlinear
 corrections are <= (1 + beta) 1e-6 = 5e-6: the fitted rate must equal r within 1e-5 r
 and the fit residual of log D must be <= 1e-5 (a straight line).
-The theorem's rate 2 m r_0: the statement (docs/math.md §2.5) writes, in the chart y = x / <x, w>, the consensus
-system dy_i/dt = sum_j b_ij (y_j - y_i) with b_ij >= m r_0 and width <~ e^{-2 m r_0 t},
+The theorem's rate 2 m r_0: the statement (docs/math.md §2.5) writes, in the chart y = x / <x, w>,
+the consensus system dy_i/dt = sum_j b_ij (y_j - y_i) with b_ij >= m r_0 and width <~ e^{-2 m r_0 t},
 but does not define m and r_0. The chart computation gives b_ij = a_ij <x_j, w>/<x_i, w>
 (a_ij the attention weight of the model: softmax for SA, e^{beta <x_i, x_j>}/n for USA);
 the cap {<x, w> >= r_0}, r_0 = min_i <x_i(0), w>, is a ball in the chart, so it is
@@ -255,7 +255,7 @@ def _hemisphere_part(n, seeds):
                      "docstring)"))
             checks.append(check_range(
                 f"{tag}: fitted rate / theorem rate 2 m r_0 (min over seeds)",
-                min(a / b for a, b in zip(rates, bounds)), low=1.0,
+                min(a / b for a, b in zip(rates, bounds, strict=True)), low=1.0,
                 note="cone-collapse lower bound on the rate"))
     return checks, runs, info
 
