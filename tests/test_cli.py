@@ -269,3 +269,18 @@ def test_metastable_clusters_example(capsys):
     # times) before merging, and the energy never decreases (printed to 4 decimals)
     assert k_star == 4 and counts.count(k_star) >= 3
     assert counts[-1] < k_star and all(b >= a for a, b in zip(energy, energy[1:], strict=False))
+
+
+def test_readme_tracker_block_stops_at_k_star(capsys):
+    """The README's tracker block, run after the clustering block it continues: the run stops
+    at the first saved time with at most k*(9) = 4 clusters, and Record saw every saved time."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (setup,) = [b for b in blocks if "clustering.cluster_count" in b]
+    (block,) = [b for b in blocks if "StopAtClusters" in b]
+    namespace: dict = {}
+    exec(compile(setup.split("counts =")[0], "README.md", "exec"), namespace)
+    exec(compile(block, "README.md", "exec"), namespace)
+    traj, stop, energy = namespace["traj"], namespace["stop"], namespace["energy"]
+    assert traj.info.status == "stopped" and stop.counts[-1] <= 4 < stop.counts[-2]
+    assert energy.t == traj.t.tolist() and len(traj.x) == len(traj.t) < 13
+    assert capsys.readouterr().out.startswith("stopped")
