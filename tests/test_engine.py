@@ -211,3 +211,15 @@ def test_gaussian_moments_refuse_a_noisy_model():
         tp.gaussian_closed_form(noisy, np.zeros(2), np.eye(2), [0.0, 1.0])
     with pytest.raises(ValueError, match=r"blow_up_time .* kappa=2"):
         tp.blow_up_time(noisy, np.eye(2))
+
+
+def test_trackers_run_under_the_callers_floating_point_settings(rng):
+    """The engine ignores overflow inside steps (to report it with time and token); a
+    tracker's own overflow must still raise where the caller asked it to (here: the
+    autouse fixture's np.errstate(all='raise'))."""
+    def overflowing(t, x):
+        return bool(np.exp(np.full(1, 1e3))[0] > 0)
+
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0))
+    with pytest.raises(FloatingPointError, match="overflow"):
+        tp.simulate(dyn, random_sphere(rng, 4, 3), (0.0, 1.0), t_eval=[0.5, 1.0], trackers=[overflowing])

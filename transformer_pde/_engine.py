@@ -352,13 +352,14 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
     start = time.perf_counter()
     bar = time_bar(float(t_eval[-1] - t0), progress) if progress else None
     y, t = y0, t0
+    observe = _Observers(trackers, problem)
     k = int(np.searchsorted(t_eval, t0, side="right"))  # saved times at t0 are y0 itself
     ys[:k] = y0
     n_saved = 0
     try:
         for i in range(k):
             n_saved = i + 1
-            if _observe(trackers, float(t_eval[i]), problem.state(y0)):
+            if observe(float(t_eval[i]), y0):
                 raise _Stop
         f = f0
         problem.start_at(t)
@@ -402,7 +403,7 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
                 if save >= 0:
                     ys[save] = y
                     n_saved = save + 1
-                    if _observe(trackers, target, problem.state(y)):
+                    if observe(target, y):
                         raise _Stop
     except _Stop:
         info.status = Status.STOPPED.value
@@ -422,8 +423,23 @@ class _Stop(Exception):
     """A tracker asked to stop."""
 
 
-def _observe(trackers, t: float, state) -> bool:
-    stop = False
-    for tracker in trackers:
-        stop = bool(tracker(t, state)) or stop  # every tracker sees every saved time
-    return stop
+class _Observers:
+    """Call every tracker with (t, what observers see of y); True if one asks to stop.
+
+    Trackers run under the floating-point error settings of the caller, not under the
+    engine's (which ignores overflow inside steps to report it with time and place).
+    """
+
+    def __init__(self, trackers, problem: Problem):
+        self.trackers, self.problem = trackers, problem
+        self.errstate = np.geterr()
+
+    def __call__(self, t: float, y) -> bool:
+        if not self.trackers:
+            return False
+        state = self.problem.state(y)
+        stop = False
+        with np.errstate(**self.errstate):
+            for tracker in self.trackers:
+                stop = bool(tracker(t, state)) or stop  # every tracker sees every saved time
+        return stop
