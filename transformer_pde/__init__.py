@@ -29,6 +29,7 @@ from .gaussian import (
 from .geometry import Euclidean, Sphere
 from . import clustering, theory
 from .integrate import METHODS, RunInfo, Trajectory, simulate
+from ._threads import get_num_threads, num_threads, set_num_threads
 from .meanfield import (
     CartesianGrid,
     CausalCircleGrid,
@@ -84,5 +85,8 @@ __all__ = [
     "wasserstein",
     "theory",
     "clustering",
+    "set_num_threads",
+    "get_num_threads",
+    "num_threads",
     "__version__",
 ]
