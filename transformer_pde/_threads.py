@@ -19,9 +19,11 @@ last probe,
     \text{probe when}\quad \varepsilon \sum_{\text{calls since the last probe}} t
     \;\ge\; \max(\hat t_{\text{slow}} - \hat t_{\text{fast}}, 0),
 
-so exploring costs at most about :math:`\varepsilon` (2 %) of the time, a probe that
-loses by a factor 50 under load comes rarely, and a change of load is noticed.
-Calls with at most :data:`SERIAL_MAX_PAIRS` pairs always run serially.
+so exploring costs at most about :math:`\varepsilon` (1 %) of the time, a probe that
+loses by a factor 50 under load comes rarely, and a change of load is noticed. A new
+size class starts with the parallel version, then times the serial one; while the
+slower version has fewer than 3 samples the share is 10 % (a first sample can be an
+outlier). Calls with at most :data:`SERIAL_MAX_PAIRS` pairs always run serially.
 
 Nothing global is changed: when the limit differs from Numba's thread count of the
 calling thread, Numba's count is set for the one call and restored.
@@ -39,11 +41,14 @@ import numpy as np
 
 __all__ = ["set_num_threads", "get_num_threads", "num_threads"]
 
-#: calls with at most this many pairs run serially: waking the pool costs more than it
-#: saves (measured on 2 cores: serial is faster up to ~n = 80 tokens)
-SERIAL_MAX_PAIRS = 64 * 64
+#: calls with at most this many pairs run serially, untimed: waking the pool costs about
+#: what it saves (softmax kernel, 2 idle cores, medians: parallel/serial 1.07 at n = 32,
+#: 0.74 at n = 48, 0.53 at n = 200); above it the timings decide
+SERIAL_MAX_PAIRS = 32 * 32
+#: the serial threshold of the previous behaviour (the "parallel" policy)
+_PARALLEL_POLICY_SERIAL_MAX_PAIRS = 64 * 64
 #: share of the time the adaptive choice may spend re-timing the slower version
-EXPLORE_SHARE = 0.02
+EXPLORE_SHARE = 0.01
 #: the same while the slower version has fewer than _WINDOW samples (a first sample can
 #: be an outlier: a thread pool waking up, a cache load)
 _EXPLORE_SHARE_EARLY = 0.1
@@ -161,25 +166,23 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 class _SizeClass:
-    """Latest wall times of the serial [0] and parallel [1] version, and probe credit."""
+    """Latest wall times of the serial [0] and parallel [1] version, their medians, and
+    the time spent since the last probe."""
 
-    __slots__ = ("times", "credit")
+    __slots__ = ("times", "est", "credit")
 
     def __init__(self):
         self.times: tuple[list[float], list[float]] = ([], [])
+        self.est = [0.0, 0.0]
         self.credit = 0.0
-
-    def estimate(self, which: int) -> float:
-        t = sorted(self.times[which])
-        return t[len(t) // 2]
 
     def choose(self) -> int:
         """0 (serial) or 1 (parallel): the faster, or the slower when a probe is due."""
+        if not self.times[1]:
+            return 1  # above SERIAL_MAX_PAIRS parallel is the better guess on an idle machine
         if not self.times[0]:
             return 0
-        if not self.times[1]:
-            return 1
-        ts, tp = self.estimate(0), self.estimate(1)
+        ts, tp = self.est
         fast = 0 if ts <= tp else 1
         slow = 1 - fast
         share = EXPLORE_SHARE if len(self.times[slow]) >= _WINDOW else _EXPLORE_SHARE_EARLY
@@ -193,6 +196,7 @@ class _SizeClass:
         t.append(seconds)
         if len(t) > _WINDOW:
             del t[0]
+        self.est[which] = sorted(t)[len(t) // 2]
         self.credit += seconds
 
 
@@ -202,25 +206,28 @@ def run(name: str, pairs: int, serial: Callable, parallel: Callable, *args) -> A
     ``name`` and ``pairs`` (the O(pairs) work of the call) select the size class whose
     timings decide; see the module docstring.
     """
-    limit = get_num_threads()
+    current = numba.get_num_threads()
+    limit = current if _setting is None else _setting
+    if _policy == "parallel":
+        if limit == 1 or pairs <= _PARALLEL_POLICY_SERIAL_MAX_PAIRS:
+            return serial(*args)
+        return _parallel(limit, current, parallel, args)
     if limit == 1 or pairs <= SERIAL_MAX_PAIRS:
         return serial(*args)
-    if _policy == "parallel":
-        return _parallel(limit, parallel, args)
     key = (name, limit, int(pairs).bit_length())
     size_class = _classes.get(key)
     if size_class is None:
         size_class = _classes[key] = _SizeClass()
     which = size_class.choose()
     t0 = time.perf_counter()
-    out = _parallel(limit, parallel, args) if which else serial(*args)
+    out = _parallel(limit, current, parallel, args) if which else serial(*args)
     size_class.record(which, time.perf_counter() - t0)
     return out
 
 
-def _parallel(limit: int, kernel: Callable, args: tuple) -> Any:
-    """``kernel(*args)`` with Numba's thread count of this thread set to ``limit``."""
-    current = numba.get_num_threads()
+def _parallel(limit: int, current: int, kernel: Callable, args: tuple) -> Any:
+    """``kernel(*args)`` with Numba's thread count of this thread (``current``) set to
+    ``limit`` for the call."""
     if current == limit:
         return kernel(*args)
     numba.set_num_threads(limit)
