@@ -9,6 +9,8 @@ closed forms. The equations and their sources are in ``docs/math.md`` of the pro
 
 from __future__ import annotations
 
+from . import clustering, theory, trackers
+from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
     Attention,
     L2Attention,
@@ -28,7 +30,6 @@ from .gaussian import (
     gaussian_moments,
 )
 from .geometry import Euclidean, Sphere
-from . import clustering, theory
 from .integrate import METHODS, RunInfo, Trajectory, simulate
 from .meanfield import (
     CartesianGrid,
@@ -40,7 +41,6 @@ from .meanfield import (
     solve_axisymmetric,
     solve_meanfield,
 )
-from . import trackers
 
 __version__ = "0.1.0"
 
@@ -87,5 +87,8 @@ __all__ = [
     "theory",
     "clustering",
     "trackers",
+    "set_num_threads",
+    "get_num_threads",
+    "num_threads",
     "__version__",
 ]

@@ -16,7 +16,8 @@ The output is *not* projected to any tangent space: that is the job of
 
 Three views of the same map are offered:
 
-- :meth:`Attention.velocity`: the Numba kernel (parallel over tokens, O(n d) memory,
+- :meth:`Attention.velocity`: the Numba kernel (serial or parallel over tokens, chosen per
+  call by :mod:`transformer_pde._threads`; O(n d) memory,
   log-sum-exp stabilised); what the integrators call.
 - :meth:`Attention.velocity_reference`: a readable dense NumPy computation
   ``matrix(x) @ (x @ V.T)``; tests check that both agree to 1e-12.
@@ -30,14 +31,13 @@ on the dynamics of deep Transformers* (arXiv 2501.18322); Sander, Ablin, Blondel
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 
-import numba
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
+from . import _threads
 from . import _validation as _v
 from ._kernels import attention as _k
 
@@ -53,26 +53,21 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def _threads_for(pairs: int):
-    """Run the kernels on one thread when there are too few pairs to share out."""
-    if pairs > _SERIAL_MAX_PAIRS:
-        yield
-        return
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
-
-
 def _softmax(qx, kx, vx, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, kx_j> + colw_j) vx_j: fused kernel or BLAS tiles."""
     if _fused(qx, vx):
-        _k.softmax_field(qx, _t(kx), _t(vx), colw, causal, out)
+        _threads.run("softmax", len(qx) * len(kx), _k.softmax_field_serial, _k.softmax_field,
+                     qx, _t(kx), _t(vx), colw, causal, out)
     else:
         _tiled(qx, kx, vx, colw, _k.SOFTMAX, 0.0, causal, out)
+
+
+def _sinkhorn_serial(*args):
+    return _k.sinkhorn_potentials(*args, True)
+
+
+def _sinkhorn_parallel(*args):
+    return _k.sinkhorn_potentials(*args, False)
 
 
 def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
@@ -124,9 +119,6 @@ def _t(a: np.ndarray) -> np.ndarray:
 #: the fused per-row softmax kernel is used while k + d is at most this; above it,
 #: BLAS computes tiles of logits and values (measured crossover, benchmarks/)
 _FUSED_MAX_KD = 48
-#: below this many pairs one thread is faster than waking the others (and does not
-#: wait for a busy core)
-_SERIAL_MAX_PAIRS = 64 * 64
 #: entries in one (B, n) tile of logits on the BLAS path (16 MiB of float64)
 _TILE_ENTRIES = 2**21
 
@@ -248,13 +240,15 @@ class Attention:
         return self._field(x, x, weights, self.causal)
 
     def _field(self, targets, sources, weights, causal=False):
-        """Attention output (m, d) at ``targets`` (m, d) of the sources (n, d) with weights
-        (n,), on trusted inputs: the mean-field velocity of a weighted point set. The
-        causal index mask (source j <= target i) needs ``targets is sources``."""
+        """Attention output (m, d) at ``targets`` (m, d) of weighted sources, on trusted inputs.
+
+        This is the mean-field velocity of a weighted point set: sources (n, d) with
+        weights (n,). The causal index mask (source j <= target i) needs
+        ``targets is sources``.
+        """
         kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]))
-        with _threads_for(len(targets) * len(sources)):
-            self._kernel(weights, self._query(targets), kx, vx, out, causal)
+        self._kernel(weights, self._query(targets), kx, vx, out, causal)
         return out
 
     def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
@@ -356,7 +350,8 @@ class UnnormalizedAttention(Attention):
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         if _fused(qx, vx):
-            _k.exp_field(qx, _t(kx), _t(vx), _log_weights(weights), out)
+            _threads.run("exp", len(qx) * len(kx), _k.exp_field_serial, _k.exp_field,
+                         qx, _t(kx), _t(vx), _log_weights(weights), out)
         else:
             _tiled(qx, kx, vx, _log_weights(weights), _k.EXP, 0.0, False, out)
 
@@ -386,7 +381,8 @@ class SigmoidAttention(Attention):
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         if _fused(qx, vx):
-            _k.sigmoid_field(qx, _t(kx), _t(vx), self.bias, weights, out)
+            _threads.run("sigmoid", len(qx) * len(kx), _k.sigmoid_field_serial, _k.sigmoid_field,
+                         qx, _t(kx), _t(vx), self.bias, weights, out)
         else:
             _tiled(qx, kx, vx, weights, _k.SIGMOID, self.bias, False, out)
 
@@ -463,20 +459,22 @@ class SinkhornAttention(Attention):
         return np.exp(logits + f[:, None] + (g + loga)[None, :])
 
     def _field(self, targets, sources, weights, causal=False):
-        """The plan's conditional mean at ``targets``: with the potential g of the self-
-        transport of the sources, row i of the plan is softmax_j(l_ij + g_j + log a_j)
-        (the row potential f_i only normalises it), which extends to any target point."""
+        """The plan's conditional mean at ``targets``.
+
+        With the potential g of the self-transport of the sources, row i of the plan is
+        softmax_j(l_ij + g_j + log a_j) (the row potential f_i only normalises it), which
+        extends to any target point.
+        """
         qs, ks, vs = self._projections(sources)
         loga = _log_weights(weights)
         tol = self._tolerance(qs, ks)
-        with _threads_for(len(sources) ** 2):
-            _, g, n_done, err = _k.sinkhorn_potentials(qs, _t(ks), _t(qs), ks, loga,
-                                                       self.n_iter, tol)
+        _, g, n_done, err = _threads.run("sinkhorn", len(sources) ** 2, _sinkhorn_serial,
+                                         _sinkhorn_parallel, qs, _t(ks), _t(qs), ks, loga,
+                                         self.n_iter, tol)
         self._report(n_done, err, tol)
         qx = qs if targets is sources else self._query(targets)
         out = np.empty((len(targets), vs.shape[1]))
-        with _threads_for(len(targets) * len(sources)):
-            _softmax(qx, ks, vs, g + loga, False, out)
+        _softmax(qx, ks, vs, g + loga, False, out)
         return out
 
 

@@ -9,7 +9,11 @@ length k and sums of length d:
 - ``colw`` (n,): an additive log-weight per source (log mass, L2 bias; ``-inf`` for a
   source of zero mass).
 
-Targets are processed in parallel (``numba.prange``). Each target fills a row buffer
+Each row kernel exists twice: ``name`` processes the targets in parallel
+(``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
+no barrier at which threads spin for a busy core; ``nogil``); both inline the same row
+function, so they give the same numbers. :mod:`transformer_pde._threads` chooses
+between them per call. Each target fills a row buffer
 of n logits (O(n) scratch per thread, never an n x n array), then works through it in
 separate passes that LLVM vectorises: logits, maximum, shifted exponentials,
 weighted sums. The exponential is a branch-free range-reduced Taylor polynomial
@@ -33,13 +37,20 @@ import numpy as np
 
 __all__ = [
     "softmax_field",
+    "softmax_field_serial",
     "weight_rows",
     "exp_field",
+    "exp_field_serial",
     "sigmoid_field",
+    "sigmoid_field_serial",
     "sinkhorn_potentials",
 ]
 
 _JIT = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+#: the same kernels compiled without a parallel region: no thread pool, no barrier (and
+#: the numpy error model of the parallel ones: x / 0 gives inf or nan, not an exception)
+_SERIAL = dict(parallel=False, nogil=True, cache=True, error_model="numpy",
+               fastmath={"reassoc", "contract"})
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # ln 2 split in two so that k * _LN2_HI is exact
@@ -116,18 +127,30 @@ def _weighted_sum(buf, vyT, n, scale, out, i):
         out[i, c] = s * scale
 
 
+@numba.njit(inline="always")
+def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, bits):
+    nj = i + 1 if causal else kyT.shape[1]
+    mx = _logits_row(qx, i, kyT, colw, nj, buf)
+    total = _exp_shifted(buf, nj, mx, bits)
+    _weighted_sum(buf, vyT, nj, 1.0 / total, out, i)
+
+
 @numba.njit(**_JIT)
 def softmax_field(qx, kyT, vyT, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, ky_j> + colw_j) vy_j, with j <= i if causal."""
-    m = qx.shape[0]
     n = kyT.shape[1]
-    for i in numba.prange(m):
-        buf = np.empty(n)
-        bits = np.empty(n, dtype=np.int64)
-        nj = i + 1 if causal else n
-        mx = _logits_row(qx, i, kyT, colw, nj, buf)
-        total = _exp_shifted(buf, nj, mx, bits)
-        _weighted_sum(buf, vyT, nj, 1.0 / total, out, i)
+    for i in numba.prange(qx.shape[0]):
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, np.empty(n), np.empty(n, dtype=np.int64))
+    return out
+
+
+@numba.njit(**_SERIAL)
+def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
+    """:func:`softmax_field` on the calling thread only (releases the GIL)."""
+    n = kyT.shape[1]
+    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
+    for i in range(qx.shape[0]):
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, bits)
     return out
 
 
@@ -135,7 +158,7 @@ def softmax_field(qx, kyT, vyT, colw, causal, out):
 SOFTMAX, EXP, SIGMOID = 0, 1, 2
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def weight_rows(tile, colw, kind, bias, causal, row0, scale):
     """In place, row r of a (B, n) tile of logits <qx_i, ky_j> (i = row0 + r) becomes
 
@@ -179,47 +202,73 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
     return tile
 
 
+@numba.njit(inline="always")
+def _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, buf, zabs, bits):
+    n = kyT.shape[1]
+    for j in range(n):
+        buf[j] = bias
+    for c in range(qx.shape[1]):
+        q = qx[i, c]
+        for j in range(n):
+            buf[j] += q * kyT[c, j]
+    for j in range(n):
+        zabs[j] = -abs(buf[j])
+    _exp_shifted(zabs, n, 0.0, bits)  # e = exp(-|z|) <= 1, no overflow
+    for j in range(n):
+        e = zabs[j]
+        s = 1.0 / (1.0 + e) if buf[j] >= 0.0 else e / (1.0 + e)
+        buf[j] = mass[j] * s
+    _weighted_sum(buf, vyT, n, 1.0, out, i)
+
+
 @numba.njit(**_JIT)
 def sigmoid_field(qx, kyT, vyT, bias, mass, out):
     """out_i = sum_j mass_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
-    m = qx.shape[0]
     n = kyT.shape[1]
-    for i in numba.prange(m):
-        buf = np.empty(n)
-        zabs = np.empty(n)
-        bits = np.empty(n, dtype=np.int64)
-        for j in range(n):
-            buf[j] = bias
-        for c in range(qx.shape[1]):
-            q = qx[i, c]
-            for j in range(n):
-                buf[j] += q * kyT[c, j]
-        for j in range(n):
-            zabs[j] = -abs(buf[j])
-        _exp_shifted(zabs, n, 0.0, bits)  # e = exp(-|z|) <= 1, no overflow
-        for j in range(n):
-            e = zabs[j]
-            s = 1.0 / (1.0 + e) if buf[j] >= 0.0 else e / (1.0 + e)
-            buf[j] = mass[j] * s
-        _weighted_sum(buf, vyT, n, 1.0, out, i)
+    for i in numba.prange(qx.shape[0]):
+        _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, np.empty(n), np.empty(n),
+                     np.empty(n, dtype=np.int64))
     return out
+
+
+@numba.njit(**_SERIAL)
+def sigmoid_field_serial(qx, kyT, vyT, bias, mass, out):
+    """:func:`sigmoid_field` on the calling thread only (releases the GIL)."""
+    n = kyT.shape[1]
+    buf, zabs, bits = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
+    for i in range(qx.shape[0]):
+        _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, buf, zabs, bits)
+    return out
+
+
+@numba.njit(inline="always")
+def _lse_row(qx, kyT, colw, out, i, buf, bits):
+    n = kyT.shape[1]
+    mx = _logits_row(qx, i, kyT, colw, n, buf)
+    out[i] = mx + np.log(_exp_shifted(buf, n, mx, bits))
 
 
 @numba.njit(**_JIT)
 def _lse_rows(qx, kyT, colw, out):
     """out_i = log sum_j exp(<qx_i, ky_j> + colw_j)."""
-    m = qx.shape[0]
     n = kyT.shape[1]
-    for i in numba.prange(m):
-        buf = np.empty(n)
-        bits = np.empty(n, dtype=np.int64)
-        mx = _logits_row(qx, i, kyT, colw, n, buf)
-        out[i] = mx + np.log(_exp_shifted(buf, n, mx, bits))
+    for i in numba.prange(qx.shape[0]):
+        _lse_row(qx, kyT, colw, out, i, np.empty(n), np.empty(n, dtype=np.int64))
     return out
 
 
-@numba.njit(cache=True)
-def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol):
+@numba.njit(**_SERIAL)
+def _lse_rows_serial(qx, kyT, colw, out):
+    """:func:`_lse_rows` on the calling thread only."""
+    n = kyT.shape[1]
+    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
+    for i in range(qx.shape[0]):
+        _lse_row(qx, kyT, colw, out, i, buf, bits)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol, serial):
     """Log-domain Sinkhorn scaling of exp(<qx_i, ky_j>) to marginals a on both sides.
 
     ``qxT`` and ``ky`` are the transposes of ``qx`` and ``kyT`` (column sums are row
@@ -229,6 +278,7 @@ def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol):
     updates ``g``. The plan ``pi_ij = exp(f_i + g_j + <qx_i, ky_j> + loga_i + loga_j)``
     thus has exact row sums ``a_i`` and column sums within a factor ``exp(err)`` of
     ``a_j``; with ``n_iter = 1`` it is the softmax plan. Returns ``(f, g, n_done, err)``.
+    The row sweeps run in parallel unless ``serial``.
     """
     m = qx.shape[0]
     n = ky.shape[0]
@@ -243,11 +293,17 @@ def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol):
     for it in range(n_iter):
         for j in range(n):
             colw[j] = g[j] + loga[j]
-        _lse_rows(qx, kyT, colw, lse_r)
+        if serial:
+            _lse_rows_serial(qx, kyT, colw, lse_r)
+        else:
+            _lse_rows(qx, kyT, colw, lse_r)
         for i in range(m):
             f[i] = -lse_r[i]
             roww[i] = f[i] + loga[i]
-        _lse_rows(ky, qxT, roww, lse_c)
+        if serial:
+            _lse_rows_serial(ky, qxT, roww, lse_c)
+        else:
+            _lse_rows(ky, qxT, roww, lse_c)
         err = 0.0
         for j in range(n):
             err = max(err, abs(lse_c[j] + g[j]))
@@ -260,18 +316,31 @@ def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol):
     return f, g, n_done, err
 
 
+@numba.njit(inline="always")
+def _exp_row(qx, kyT, vyT, colw, out, i, buf, bits):
+    n = kyT.shape[1]
+    mx = _logits_row(qx, i, kyT, colw, n, buf)
+    _exp_shifted(buf, n, mx, bits)
+    _weighted_sum(buf, vyT, n, np.exp(mx), out, i)
+
+
 @numba.njit(**_JIT)
 def exp_field(qx, kyT, vyT, colw, out):
     """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
 
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
-    m = qx.shape[0]
     n = kyT.shape[1]
-    for i in numba.prange(m):
-        buf = np.empty(n)
-        bits = np.empty(n, dtype=np.int64)
-        mx = _logits_row(qx, i, kyT, colw, n, buf)
-        _exp_shifted(buf, n, mx, bits)
-        _weighted_sum(buf, vyT, n, np.exp(mx), out, i)
+    for i in numba.prange(qx.shape[0]):
+        _exp_row(qx, kyT, vyT, colw, out, i, np.empty(n), np.empty(n, dtype=np.int64))
+    return out
+
+
+@numba.njit(**_SERIAL)
+def exp_field_serial(qx, kyT, vyT, colw, out):
+    """:func:`exp_field` on the calling thread only (releases the GIL)."""
+    n = kyT.shape[1]
+    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
+    for i in range(qx.shape[0]):
+        _exp_row(qx, kyT, vyT, colw, out, i, buf, bits)
     return out

@@ -1,0 +1,264 @@
+"""Thread-count setting and the per-call choice of serial or parallel kernels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import transformer_pde as tp
+from transformer_pde import _threads
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_contention.py"
+TWO = min(2, numba.config.NUMBA_NUM_THREADS)
+
+VARIANTS = {
+    "softmax": lambda: tp.SoftmaxAttention(beta=2.0),
+    "causal": lambda: tp.SoftmaxAttention(beta=2.0, causal=True),
+    "l2": lambda: tp.L2Attention(beta=2.0),
+    "usa": lambda: tp.UnnormalizedAttention(beta=2.0),
+    "sigmoid": lambda: tp.SigmoidAttention(beta=2.0, bias=-0.5),
+    "sinkhorn": lambda: tp.SinkhornAttention(beta=2.0, n_iter=50, tol=1e-10),
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Every test starts and ends with the default setting, policy and no timings."""
+    numba_threads = numba.get_num_threads()
+    _threads._reset()
+    yield
+    tp.set_num_threads(None)
+    _threads._policy = "adaptive"
+    _threads._reset()
+    assert numba.get_num_threads() == numba_threads
+
+
+def _tokens(n=150, d=3, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------- the public setting
+def test_default_follows_numba():
+    assert tp.get_num_threads() == numba.get_num_threads()
+
+
+@pytest.mark.parametrize("n", [1, TWO, numba.config.NUMBA_NUM_THREADS, np.int64(1)])
+def test_set_get_roundtrip(n):
+    tp.set_num_threads(n)
+    assert tp.get_num_threads() == int(n)
+    assert type(tp.get_num_threads()) is int
+
+
+@pytest.mark.parametrize("bad", [1.0, "2", True, [1]])
+def test_set_rejects_non_int(bad):
+    with pytest.raises(TypeError, match=r"n must be a positive int or None, got") as info:
+        tp.set_num_threads(bad)
+    assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1, numba.config.NUMBA_NUM_THREADS + 1])
+def test_set_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=rf"n must be between 1 and \d+ .*got {bad}$"):
+        tp.set_num_threads(bad)
+    assert tp.get_num_threads() == numba.get_num_threads()  # unchanged by the failed call
+
+
+def test_context_manager_restores():
+    tp.set_num_threads(TWO)
+    with tp.num_threads(1):
+        assert tp.get_num_threads() == 1
+    assert tp.get_num_threads() == TWO
+    with pytest.raises(RuntimeError), tp.num_threads(1):
+        raise RuntimeError
+    assert tp.get_num_threads() == TWO
+    with pytest.raises(ValueError, match="n must be between"), tp.num_threads(0):
+        pass  # pragma: no cover
+
+
+def test_setting_does_not_touch_numba():
+    before = numba.get_num_threads()
+    tp.set_num_threads(1)
+    assert numba.get_num_threads() == before
+
+
+# ------------------------------------------------------- the same numbers every way
+def _velocity_all_ways(att, x):
+    """Outputs of one variant: serial, 2 threads forced parallel, adaptive (many calls)."""
+    out = {}
+    with tp.num_threads(1):
+        out["serial"] = att.velocity(x)
+    _threads._policy = "parallel"
+    with tp.num_threads(TWO):
+        out["parallel"] = att.velocity(x)
+    _threads._policy = "adaptive"
+    with tp.num_threads(TWO):
+        # enough calls for the chooser to try both versions and exploit one
+        outs = [att.velocity(x) for _ in range(4 * _threads._WINDOW)]
+    out["adaptive"] = outs
+    return out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_same_result_serial_parallel_adaptive(variant):
+    att = VARIANTS[variant]()
+    x = _tokens()
+    assert len(x) ** 2 > _threads.SERIAL_MAX_PAIRS  # the parallel version is eligible
+    out = _velocity_all_ways(att, x)
+    ref = out["serial"]
+    np.testing.assert_allclose(out["parallel"], ref, rtol=0, atol=1e-12)
+    for o in out["adaptive"]:
+        np.testing.assert_allclose(o, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref, att.velocity_reference(x), rtol=0, atol=1e-12)
+
+
+def test_adaptive_tries_both_versions():
+    att = tp.SoftmaxAttention()
+    x = _tokens(200)
+    with tp.num_threads(TWO):
+        for _ in range(2 * _threads._WINDOW):
+            att.velocity(x)
+    (size_class,) = _threads._classes.values()
+    # each version timed at least once (more often only while it is the faster one
+    # or when the exploration budget allows: timings decide, so no exact count)
+    assert len(size_class.times[0]) >= 1
+    if TWO > 1:
+        assert len(size_class.times[1]) >= 1
+    assert all(len(t) <= _threads._WINDOW for t in size_class.times)
+
+
+def test_small_calls_and_one_thread_never_time():
+    att = tp.SoftmaxAttention()
+    att.velocity(_tokens(32))  # 32^2 <= SERIAL_MAX_PAIRS
+    with tp.num_threads(1):
+        att.velocity(_tokens(200))
+    assert _threads._classes == {}
+
+
+def test_chooser_probes_rarely_and_follows_the_faster():
+    c = _threads._SizeClass()
+    picks = []
+    for _ in range(2000):
+        w = c.choose()
+        picks.append(w)
+        c.record(w, 1e-3 if w == 0 else 5e-3)  # serial 5x faster
+    probes = sum(picks[10:])
+    assert 0 < probes < 0.01 * len(picks)  # re-probed, at a cost share below EXPLORE_SHARE
+    assert probes * 4e-3 <= 2 * _threads.EXPLORE_SHARE * sum(
+        1e-3 if w == 0 else 5e-3 for w in picks)
+
+
+def test_chooser_switches_when_load_changes():
+    c = _threads._SizeClass()
+    cost = {0: 1e-3, 1: 5e-4}  # parallel faster
+    for _ in range(50):
+        w = c.choose()
+        c.record(w, cost[w])
+    assert c.choose() == 1 or c.choose() == 1
+    cost[1] = 5e-2  # a busy neighbour: the parallel version collapses
+    picks = []
+    for _ in range(50):
+        w = c.choose()
+        picks.append(w)
+        c.record(w, cost[w])
+    assert picks[-20:].count(0) >= 19
+
+
+# ------------------------------------------------------ the setting is respected
+def _spy(monkeypatch):
+    """Record Numba's thread count inside every parallel kernel call."""
+    seen = []
+    from transformer_pde._kernels import attention as k
+
+    for name in ("softmax_field", "exp_field", "sigmoid_field", "sinkhorn_potentials"):
+        real = getattr(k, name)
+
+        def wrapper(*args, _real=real, _name=name):
+            if _name != "sinkhorn_potentials" or not args[-1]:
+                seen.append(numba.get_num_threads())
+            return _real(*args)
+
+        monkeypatch.setattr(k, name, wrapper)
+    return seen
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_parallel_calls_respect_the_setting(monkeypatch, variant):
+    seen = _spy(monkeypatch)
+    att = VARIANTS[variant]()
+    x = _tokens(120)
+    before = numba.get_num_threads()
+    with tp.num_threads(1):
+        att.velocity(x)
+    assert seen == []  # one thread: never a parallel region
+    _threads._policy = "parallel"
+    with tp.num_threads(TWO):
+        att.velocity(x)
+    assert seen and max(seen) <= TWO
+    assert numba.get_num_threads() == before  # restored after each call
+
+
+def test_smaller_setting_than_numba_is_applied_and_restored(monkeypatch):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    seen = _spy(monkeypatch)
+    numba.set_num_threads(2)
+    try:
+        numba.set_num_threads(1)  # the user lowered Numba's count on this thread
+        _threads._policy = "parallel"
+        with tp.num_threads(2):  # ... and asked this package for 2
+            tp.SoftmaxAttention().velocity(_tokens(120))
+        assert seen == [2]
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_simulate_leaves_numba_unchanged():
+    before = numba.get_num_threads()
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention())
+    x0 = _tokens(100)
+    with tp.num_threads(TWO):
+        tp.simulate(dyn, x0, (0.0, 0.5), method="rk4", dt=0.05)
+    assert numba.get_num_threads() == before
+
+
+# ------------------------------------------------------------- benchmark smoke test
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_contention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_bench_contention_quick(bench, capsys, tmp_path):
+    out_json = tmp_path / "sub" / "contention.json"
+    status = bench.main(["--quick", "--json", str(out_json)])
+    assert status == 0  # without --check, never a verdict on the timings
+    text = capsys.readouterr().out
+    for cond in ("idle", "busy1", "busy2", "conc #1", "conc #2"):
+        assert cond in text
+    assert "ours/single" in text and "ours/today" in text
+    data = json.loads(out_json.read_text())
+    assert data["exit_status"] == 0
+    (row,) = data["results"]
+    assert row["n"] == 64
+    assert set(row["ratios"]) >= {"idle_ours_over_today", "busy1_ours_over_single",
+                                  "busy2_ours_over_single", "concurrent_over_idle"}
+    assert all(a["value"] > 0 for a in data["acceptance"])
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(_threads, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
