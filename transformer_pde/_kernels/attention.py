@@ -6,8 +6,8 @@ length k and sums of length d:
 - ``qx`` (m, k): ``beta * Q x_i`` for the m target points,
 - ``kyT`` (k, n): ``K y_j`` for the n source points, transposed,
 - ``vyT`` (d, n): ``V y_j`` for the n source points, transposed,
-- ``colw`` (n,): an additive log-weight per source (log mass, L2 bias; ``-inf`` for a
-  source of zero mass).
+- ``colw`` (n,): an additive log-weight per source (log weight, L2 bias; ``-inf`` for a
+  source of zero weight).
 
 Each row kernel exists twice: ``name`` processes the targets in parallel
 (``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
@@ -164,7 +164,7 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
 
     - SOFTMAX: softmax_j(tile[r, j] + colw[j]), scale[r] = 1;
     - EXP: exp(tile[r, j] + colw[j] - m_r), scale[r] = exp(m_r), m_r = max_j(...);
-    - SIGMOID: colw[j] * sigmoid(tile[r, j] + bias) (colw holds masses), scale[r] = 1;
+    - SIGMOID: colw[j] * sigmoid(tile[r, j] + bias) (colw holds the weights), scale[r] = 1;
 
     with sources j > i set to 0 if causal, so that ``out_i = scale_i * (tile @ vy)_i``.
     Serial on purpose: it runs between two BLAS calls whose threads are still spinning,
@@ -203,7 +203,7 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
 
 
 @numba.njit(inline="always")
-def _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, buf, zabs, bits):
+def _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, zabs, bits):
     n = kyT.shape[1]
     for j in range(n):
         buf[j] = bias
@@ -217,27 +217,27 @@ def _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, buf, zabs, bits):
     for j in range(n):
         e = zabs[j]
         s = 1.0 / (1.0 + e) if buf[j] >= 0.0 else e / (1.0 + e)
-        buf[j] = mass[j] * s
+        buf[j] = weights[j] * s
     _weighted_sum(buf, vyT, n, 1.0, out, i)
 
 
 @numba.njit(**_JIT)
-def sigmoid_field(qx, kyT, vyT, bias, mass, out):
-    """out_i = sum_j mass_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
+def sigmoid_field(qx, kyT, vyT, bias, weights, out):
+    """out_i = sum_j weights_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
     n = kyT.shape[1]
     for i in numba.prange(qx.shape[0]):
-        _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, np.empty(n), np.empty(n),
+        _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, np.empty(n), np.empty(n),
                      np.empty(n, dtype=np.int64))
     return out
 
 
 @numba.njit(**_SERIAL)
-def sigmoid_field_serial(qx, kyT, vyT, bias, mass, out):
+def sigmoid_field_serial(qx, kyT, vyT, bias, weights, out):
     """:func:`sigmoid_field` on the calling thread only (releases the GIL)."""
     n = kyT.shape[1]
     buf, zabs, bits = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
     for i in range(qx.shape[0]):
-        _sigmoid_row(qx, kyT, vyT, bias, mass, out, i, buf, zabs, bits)
+        _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, zabs, bits)
     return out
 
 
