@@ -93,7 +93,7 @@ def test_interior_faces_separate_neighbouring_cells(name):
         mid /= np.linalg.norm(mid, axis=1, keepdims=True)
         h = grid.circle.h if isinstance(grid, CausalCircleGrid) else grid.h
         # neighbours: centres one arc h apart, chord 2 sin(h/2)
-        assert np.allclose(np.linalg.norm(step, axis=1), 2 * np.sin(h / 2), rtol=1e-14)
+        assert np.allclose(np.linalg.norm(step, axis=1), 2 * np.sin(h / 2), rtol=1e-14, atol=0)
         if isinstance(grid, CausalCircleGrid):
             # transport in theta only: a face never joins two fibres
             assert np.all(li // grid.n_cells == ri // grid.n_cells)
@@ -101,7 +101,7 @@ def test_interior_faces_separate_neighbouring_cells(name):
         dist = np.linalg.norm(step, axis=1)
         axis = np.argmax(np.abs(f.normals[inner]), axis=1)
         # neighbours along one axis: centres exactly h apart along the normal's axis
-        assert np.allclose(dist, grid.h[axis], rtol=1e-14)
+        assert np.allclose(dist, grid.h[axis], rtol=1e-14, atol=0)
     # coordinates of order 1: a few ulps
     assert np.allclose(f.points[inner], mid, rtol=0, atol=1e-14)
     assert np.all(np.einsum("fd,fd->f", step, f.normals[inner]) > 0)
@@ -250,7 +250,7 @@ def test_uniform_density(name):
     grid = GRIDS[name]()
     rho = Density.uniform(grid)
     assert rho.values.shape == grid.shape
-    assert np.allclose(rho.values, 1.0 / _domain_measure(name), rtol=1e-14)  # one division
+    assert np.allclose(rho.values, 1.0 / _domain_measure(name), rtol=1e-14, atol=0)  # one division
     assert rho.mass() == pytest.approx(1.0, rel=1e-14)  # a sum of equal terms
     assert "mass=1" in repr(rho)
 
@@ -260,7 +260,7 @@ def test_from_function_normalises_on_every_grid():
     rho = Density.from_function(circle, lambda th: 2.0 + np.cos(th))
     assert rho.mass() == pytest.approx(1.0, rel=1e-14)  # normalised by its own sum
     # proportional to f at the cell centres; midpoint sum of 2 + cos is exactly 4 pi
-    assert np.allclose(rho.values, (2.0 + np.cos(circle.angles)) / (4 * np.pi), rtol=1e-13)
+    assert np.allclose(rho.values, (2.0 + np.cos(circle.angles)) / (4 * np.pi), rtol=1e-13, atol=0)
 
     causal = CausalCircleGrid(3, 16)
     rho = Density.from_function(causal, lambda s, th: s * (1.5 + np.sin(th)))
@@ -268,7 +268,7 @@ def test_from_function_normalises_on_every_grid():
     assert rho.mass() == pytest.approx(1.0, rel=1e-14)  # normalised by its own sum
     # fibre masses proportional to the fibre centres s = 1/6, 1/2, 5/6
     fibre = (rho.values * causal.volumes).sum(axis=1)
-    assert np.allclose(fibre, np.array([1, 3, 5]) / 9, rtol=1e-13)  # sums of 16 terms
+    assert np.allclose(fibre, np.array([1, 3, 5]) / 9, rtol=1e-13, atol=0)  # sums of 16 terms
 
     box = _cartesian(2)
     rho = Density.from_function(box, lambda x: 1.0 + x[..., 0] ** 2)
@@ -285,14 +285,14 @@ def test_from_samples_is_the_histogram(rng):
     counts = np.bincount(np.floor(np.mod(theta, 2 * np.pi) / grid.h).astype(int), minlength=24)
     assert counts.sum() == 5000
     # counts / (n h): one division per cell
-    assert np.allclose(rho.values, counts / (5000 * grid.h), rtol=1e-13)
+    assert np.allclose(rho.values, counts / (5000 * grid.h), rtol=1e-13, atol=0)
     assert rho.mass() == pytest.approx(1.0, rel=1e-14)  # a sum of 24 terms
 
     w = rng.random(5000)
     rho_w = Density.from_samples(grid, x, weights=w)
     mass_w = np.bincount(np.floor(np.mod(theta, 2 * np.pi) / grid.h).astype(int), weights=w,
                          minlength=24)
-    assert np.allclose(rho_w.values, mass_w / (w.sum() * grid.h), rtol=1e-12)  # sums of 5000 terms
+    assert np.allclose(rho_w.values, mass_w / (w.sum() * grid.h), rtol=1e-12, atol=0)  # sums of 5000 terms
 
 
 def test_from_samples_drops_points_outside_a_box(rng):
@@ -306,7 +306,7 @@ def test_from_samples_drops_points_outside_a_box(rng):
     np.add.at(counts, (ix, iy), 1.0)
     assert rho.mass() == pytest.approx(1.0, rel=1e-14)  # a sum of 20 terms
     # counts / (n_inside * cell area): one division per cell
-    assert np.allclose(rho.values, counts / (inside.sum() * 0.5 * 0.4), rtol=1e-13)
+    assert np.allclose(rho.values, counts / (inside.sum() * 0.5 * 0.4), rtol=1e-13, atol=0)
 
 
 def test_moments_of_a_gaussian_on_a_fine_grid():
