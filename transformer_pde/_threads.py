@@ -21,9 +21,11 @@ last probe,
 
 so exploring costs at most about :math:`\varepsilon` (1 %) of the time, a probe that
 loses by a factor 50 under load comes rarely, and a change of load is noticed. A new
-size class starts with the parallel version, then times the serial one; while the
-slower version has fewer than 3 samples the share is 10 % (a first sample can be an
-outlier). Calls with at most :data:`SERIAL_MAX_PAIRS` pairs always run serially.
+size class first times each version 3 times, alternating and starting with the parallel
+one: a single sample can be an outlier by orders of magnitude (the first parallel call
+of a process loads the kernel and wakes the thread pool: 169 ms measured against 0.1 ms
+for the next ones), and an estimate from it would not be re-probed for seconds. Calls
+with at most :data:`SERIAL_MAX_PAIRS` pairs always run serially.
 
 Nothing global is changed: when the limit differs from Numba's thread count of the
 calling thread, Numba's count is set for the one call and restored.
@@ -49,10 +51,8 @@ SERIAL_MAX_PAIRS = 32 * 32
 _PARALLEL_POLICY_SERIAL_MAX_PAIRS = 64 * 64
 #: share of the time the adaptive choice may spend re-timing the slower version
 EXPLORE_SHARE = 0.01
-#: the same while the slower version has fewer than _WINDOW samples (a first sample can
-#: be an outlier: a thread pool waking up, a cache load)
-_EXPLORE_SHARE_EARLY = 0.1
-#: samples kept per version and size class (their median is the estimate)
+#: samples kept per version and size class (their median is the estimate); each version
+#: is timed this often before the estimates decide
 _WINDOW = 3
 
 _setting: int | None = None
@@ -178,15 +178,15 @@ class _SizeClass:
 
     def choose(self) -> int:
         """0 (serial) or 1 (parallel): the faster, or the slower when a probe is due."""
-        if not self.times[1]:
-            return 1  # above SERIAL_MAX_PAIRS parallel is the better guess on an idle machine
-        if not self.times[0]:
-            return 0
+        n_serial, n_parallel = len(self.times[0]), len(self.times[1])
+        if min(n_serial, n_parallel) < _WINDOW:
+            # fill both windows first, alternating; parallel first: above SERIAL_MAX_PAIRS
+            # it is the better guess on an idle machine
+            return 1 if n_parallel <= n_serial else 0
         ts, tp = self.est
         fast = 0 if ts <= tp else 1
         slow = 1 - fast
-        share = EXPLORE_SHARE if len(self.times[slow]) >= _WINDOW else _EXPLORE_SHARE_EARLY
-        if share * self.credit >= abs(tp - ts):
+        if EXPLORE_SHARE * self.credit >= abs(tp - ts):
             self.credit = 0.0
             return slow
         return fast
@@ -197,7 +197,8 @@ class _SizeClass:
         if len(t) > _WINDOW:
             del t[0]
         self.est[which] = sorted(t)[len(t) // 2]
-        self.credit += seconds
+        if min(len(self.times[0]), len(self.times[1])) >= _WINDOW:
+            self.credit += seconds  # the probe budget counts from when both windows are full
 
 
 def run(name: str, pairs: int, serial: Callable, parallel: Callable, *args) -> Any:
