@@ -31,6 +31,34 @@ Two ways to compute it:
   reproduce the quadrature sum exactly, up to round-off). Then :math:`u_f = N_f/Z_f`
   (softmax, L2) or :math:`N_f` (USA, sigmoid).
 
+**Handover to quadrature.** The transforms compute :math:`Z_f` with an absolute error of
+about :math:`E\sum_j a_j\max w` (measured against the direct sums on random sparse
+densities, beta = 1..1000: about :math:`1\,\varepsilon` for the FFT on 64..1024 cells,
+so :math:`E = 4\varepsilon` is taken; up to :math:`5\times10^{2}\,\varepsilon \approx
+1.1\times10^{-13}` for the spherical harmonics, below ducc0's requested accuracy
+``SHT_EPSILON`` = 3e-13, which is taken), and :math:`N_f` with an absolute error of the
+same size times :math:`|v|`. The quotient :math:`u_f = N_f/Z_f` then errs by about
+:math:`2|v|E\sum_j a_j\max w / Z_f`: noise where :math:`Z_f` is tiny (far from all mass at
+large beta, where the kernel samples may even underflow to 0). So for softmax-type
+(normalised) heads a face whose
+
+.. math::
+
+    Z_f < \tau\sum_j a_j\max w, \qquad \tau = E / r, \quad r = 10^{-11},
+
+(or whose :math:`Z_f` or :math:`u_f` is not finite) is *handed over*: its velocity is
+recomputed by quadrature (the attention kernels with per-target log-sum-exp shifts, exact
+and finite at every beta) at O(N) work per handed-over face. r is the relative error of
+:math:`u_f` (relative to :math:`|v|`) the fast path is allowed to keep, a margin of 10 below
+the 1e-10 at which ``tests/test_meanfield_fastpath.py`` compares it with quadrature;
+:math:`\tau \approx 9\times10^{-5}` on the circle and :math:`3\times10^{-2}` on the sphere.
+At small beta and smooth densities no face is handed over (:math:`Z_f/\sum_j a_j` is at
+least :math:`e^{-2b}` on the circle, and about :math:`1/(2b)` on the sphere for a spread
+density); at large beta with concentrated mass most faces are, and the cost tends to
+the quadrature's. Unnormalised heads (USA, sigmoid) need no handover: there is no
+quotient, and the error :math:`E|v|\sum_j a_j\max w` is that of the exact sums' own
+round-off relative to the largest terms (for USA the factor :math:`e^{|b|}` multiplies both).
+
 Only the model kinds the mean-field equation defines are accepted: attention on the
 sphere with post-LN (circle and sphere grids) or without normalization in
 :math:`\mathbb R^d` (Cartesian grids); masked attention only on
@@ -58,6 +86,11 @@ __all__ = ["face_velocity", "check_model", "rate_bound", "RotationInvariant", "r
 
 #: the ways :func:`face_velocity` computes the field (``field=`` of solve_meanfield)
 FIELDS = ("auto", "quadrature", "fast")
+
+#: absolute error of the FFT's Z_f in units of sum_j a_j max w (measured ~1 eps, module docstring)
+FFT_ERROR = 4.0 * np.finfo(float).eps
+#: relative error of u_f (in units of |v|) the fast path may keep before a face is handed over
+HANDOVER_RELATIVE_ERROR = 1e-11
 
 
 @dataclass(frozen=True)
@@ -166,7 +199,7 @@ def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
 
 def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = "auto"
                   ) -> np.ndarray:
-    """Normal velocity of the mean field at every face, shape (F,).
+    r"""Normal velocity of the mean field at every face, shape (F,).
 
     Parameters
     ----------
@@ -178,7 +211,13 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = 
         Density values.
     field : {"auto", "quadrature", "fast"}
         How the field is computed: ``"fast"`` requires every head to be rotation-invariant on a grid with
-        a fast path; ``"auto"`` uses it where available and quadrature otherwise.
+        a fast path; ``"auto"`` uses it where available and quadrature otherwise. With either,
+        for softmax-type heads, the faces where the fast path cannot be trusted are handed
+        over to quadrature: those with :math:`Z_f < \tau\sum_j a_j\max w` (the transform's
+        absolute error on :math:`Z_f` is about :math:`E\sum_j a_j\max w`; :math:`\tau = E/r`
+        keeps the relative error of :math:`u_f` below about :math:`r = 10^{-11}`; module
+        docstring) or with a non-finite value. The result then agrees with ``"quadrature"``
+        to about 1e-11 relative at every beta.
     """
     a = (rho * grid.volumes).ravel()
     u = np.zeros(len(grid.faces.areas))
@@ -196,7 +235,25 @@ def _head_velocity(head: Attention, grid: Grid, a: np.ndarray, field: str) -> np
             f"field='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
             f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
         )
-    return fast(a) if fast is not None else _quadrature(head, grid, a)
+    if fast is None:
+        return _quadrature(head, grid, a)
+    u, bad = fast(a)
+    if bad is not None and bad.any():
+        u = np.array(u, dtype=float)
+        u[bad] = _quadrature(head, grid, a, bad)
+    return u
+
+
+def _handed_over(dyn: TokenDynamics, grid: Grid, rho: np.ndarray) -> int:
+    """How many faces the fast path hands over to quadrature for ``rho`` (all heads; tests)."""
+    a = (rho * grid.volumes).ravel()
+    count = 0
+    for head in _heads(dyn.attention):
+        fast = _fast_path(grid, head)
+        if fast is not None:
+            bad = fast(a)[1]
+            count += 0 if bad is None else int(np.count_nonzero(bad))
+    return count
 
 
 def _normalised(head: Attention) -> bool:
@@ -223,35 +280,52 @@ def _uniform_residual(head: Attention, grid: Grid, field: str) -> np.ndarray:
     return cache[key]
 
 
-def _quadrature(head: Attention, grid: Grid, a: np.ndarray) -> np.ndarray:
-    faces = grid.faces
+def _quadrature(head: Attention, grid: Grid, a: np.ndarray, faces=None) -> np.ndarray:
+    """Normal face velocities by the attention kernels, at all faces or at ``faces`` only.
+
+    ``faces``: None (all F faces), a boolean mask (F,) or face indices; the result has one
+    value per selected face, in face order. On a CausalCircleGrid the faces of fibre k are
+    ``k*m .. (k+1)*m - 1`` and attend to the cells of fibres 0..k.
+    """
+    f = grid.faces
+    n_faces = len(f.areas)
+    idx = np.arange(n_faces) if faces is None else np.arange(n_faces)[faces]
     sources = np.ascontiguousarray(np.asarray(grid.centers).reshape(-1, grid.dim))
+    if len(idx) == 0:
+        return np.zeros(0)
     if isinstance(grid, CausalCircleGrid):
         m = grid.n_cells
-        targets = np.ascontiguousarray(faces.points[:m])
-        out = np.empty((grid.n_positions, m, grid.dim))
-        for k in range(grid.n_positions):  # fibre k attends to fibres 0..k
+        values = np.empty((len(idx), grid.dim))
+        fibre = idx // m
+        for k in np.unique(fibre):  # fibre k attends to fibres 0..k
+            sel = fibre == k
             n_src = (k + 1) * m
-            out[k] = head._field(targets, sources[:n_src], a[:n_src])
-        values = out.reshape(-1, grid.dim)
+            targets = np.ascontiguousarray(f.points[idx[sel]])
+            values[sel] = head._field(targets, sources[:n_src], a[:n_src])
     else:
-        values = head._field(np.ascontiguousarray(faces.points), sources, a)
-    return np.einsum("fd,fd->f", values, faces.normals)
+        values = head._field(np.ascontiguousarray(f.points[idx]), sources, a)
+    return np.einsum("fd,fd->f", values, f.normals[idx])
 
 
 def _fast_path(grid: Grid, head: Attention):
-    """A function a -> u (F,) for this head on this grid, or None."""
+    """A function a -> (u (F,), faces to hand over (bool (F,)) or None) for this head, or None."""
     ri = rotation_invariant(head, grid.dim)
     if ri is None:
         return None
     if isinstance(grid, CausalCircleGrid):
-        return lambda a: _circle_fft(ri, grid.circle, np.cumsum(a.reshape(grid.shape), axis=0)).ravel()
+        def causal(a):
+            u, bad = _circle_fft(ri, grid.circle, np.cumsum(a.reshape(grid.shape), axis=0))
+            return u.ravel(), None if bad is None else bad.ravel()
+        return causal
     if isinstance(grid, CircleGrid):
         return lambda a: _circle_fft(ri, grid, a)
+    trusted = getattr(grid, "fast_face_velocity_handover", None)
+    if trusted is not None:
+        return lambda a: trusted(ri, a)
     fast = getattr(grid, "fast_face_velocity", None)
     if fast is None:
         return None
-    return lambda a: fast(ri, a)
+    return lambda a: (fast(ri, a), None)
 
 
 def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:
@@ -270,7 +344,11 @@ def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, fl
 
 
 def _circle_fft(ri: RotationInvariant, grid: CircleGrid, a: np.ndarray) -> np.ndarray:
-    """Face velocities from the masses a (..., M) by FFT (see the module docstring)."""
+    """Face velocities from the masses a (..., M) by FFT, and the faces to hand over.
+
+    Returns ``(u, bad)``: u (..., M); bad (..., M) marks the softmax faces whose Z is below
+    the handover threshold or not finite (module docstring), None for the other kinds.
+    """
     m = grid.n_cells
     psi = (np.arange(m) - 0.5) * grid.h
     w, scale = kernel_weights(ri, np.cos(psi))
@@ -278,6 +356,11 @@ def _circle_fft(ri: RotationInvariant, grid: CircleGrid, a: np.ndarray) -> np.nd
     z = np.fft.irfft(fa * np.fft.rfft(w), n=m, axis=-1)
     num = -ri.v * np.fft.irfft(fa * np.fft.rfft(w * np.sin(psi)), n=m, axis=-1)
     if ri.kind == "softmax":
-        return num / z
+        tau = FFT_ERROR / HANDOVER_RELATIVE_ERROR
+        threshold = tau * np.sum(a, axis=-1, keepdims=True) * np.max(w)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            u = num / z
+        bad = ~(z >= threshold) | ~np.isfinite(u)
+        return np.where(bad, 0.0, u), bad
     with np.errstate(over="ignore"):
-        return num * scale
+        return num * scale, None

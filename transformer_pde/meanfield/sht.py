@@ -26,8 +26,11 @@ face velocity :math:`u_f = v\,\langle\nabla G, n_f\rangle / Z` (softmax) or
 path up to the truncation of the series (the degree L is the smallest with a negligible
 tail, about :math:`6 + 9\sqrt{b}` for the exponential) and the accuracy of ducc0's
 non-uniform transforms (about 1e-14 relative to the largest value). Softmax divides by
-Z: at large beta, far from all mass, Z can fall below that accuracy (where the density
-is negligible too); there the velocity is kept within its exact bound |v|. Series longer
+Z: at large beta, far from all mass, Z can fall below that accuracy; with
+``handover=True`` (what :func:`~transformer_pde.meanfield.field.face_velocity` uses) those
+faces (Z below ``SHT_EPSILON / 1e-11`` of the total mass, the rule of
+:mod:`~transformer_pde.meanfield.field`) are returned marked, for quadrature to recompute;
+without it the velocity there is only kept within its exact bound |v|. Series longer
 than ``MAX_DEGREE`` (sigmoid at beta of several hundred) fall back to the exact sums.
 The cost, O(L^2 log L + N + F), is linear in the grid size at fixed beta (measured
 ~N^1 from 20k to 80k cells, vs N^2 for the quadrature: 200x faster at 20k cells;
@@ -200,12 +203,16 @@ def _exact_head(ri: RotationInvariant, d: int):
     return SigmoidAttention(beta=ri.b, V=v, bias=ri.bias)
 
 
-def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta, n_phi):
+def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta, n_phi,
+                      handover=False):
     r"""Normal face velocities by spherical harmonics (module docstring).
 
     ``centers_loc`` (N, 2) and ``faces_loc`` (F, 2) are (colatitude, longitude);
     ``n_theta``, ``n_phi`` (F,) the components of the face normals on
-    :math:`e_\theta, e_\phi`. Returns None when the series would be too long.
+    :math:`e_\theta, e_\phi`. Returns None when the series would be too long. With
+    ``handover``, returns ``(u, bad)``: bad (F,) marks the softmax faces whose Z is below
+    :math:`\tau\sum_j a_j` (:math:`\tau` = ``SHT_EPSILON`` / 1e-11; the shifted weights are
+    at most 1) or not finite, whose u is 0 here (None for the other kinds).
     """
     coef = funk_hecke_coefficients(ri)
     if coef is None:
@@ -224,13 +231,19 @@ def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta,
         bound = abs(ri.v)  # |N / Z| <= |v|: N / Z averages v y_j over unit vectors y_j
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = num / z
+        if handover:
+            from .field import HANDOVER_RELATIVE_ERROR
+
+            tau = SHT_EPSILON / HANDOVER_RELATIVE_ERROR
+            bad = ~(z >= tau * np.sum(a)) | ~np.isfinite(u)
+            return np.where(bad, 0.0, u), bad
         # where Z is below the transform's accuracy (far from all mass at large beta,
         # where the density is negligible too) keep the velocity within its true bound
         return np.where(z > 0.0, np.clip(u, -bound, bound), 0.0)
     if ri.kind == "exp":
         with np.errstate(over="ignore"):
-            return num * np.exp(abs(ri.b))
-    return num
+            num = num * np.exp(abs(ri.b))
+    return (num, None) if handover else num
 
 
 def sht_analysis(a, loc, lmax, nthreads=1):

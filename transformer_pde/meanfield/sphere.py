@@ -367,6 +367,17 @@ class SphereGrid(Grid):
             u = np.einsum("fd,fd->f", field, self.faces.normals)
         return u
 
+    def fast_face_velocity_handover(self, ri: RotationInvariant, a: np.ndarray):
+        """Spherical-harmonic face velocities (F,) and the faces to hand over to quadrature.
+
+        Returns ``(u, bad)``: bad (bool (F,), or None) marks the softmax faces where Z is too
+        small to trust u (:mod:`~transformer_pde.meanfield.field`); the exact sums, with
+        nothing to hand over, when the series is too long.
+        """
+        out = sht_face_velocity(ri, a, self._center_loc, self._face_loc, self._n_theta, self._n_phi,
+                                handover=True)
+        return (self.fast_face_velocity(ri, a), None) if out is None else out
+
     def project(self, rho, f) -> float:
         r""":math:`\sum_c |c|\,\rho_c\,f(x_c)`: the integral of f against the density."""
         return float(np.sum(self.volumes * np.asarray(rho).ravel() * f(self.centers)))
