@@ -150,3 +150,14 @@ def test_uniform_density_stays_stationary_with_auto():
         dyn = _dyn(grid, beta)
         rho = _density(grid, "uniform")
         assert np.max(np.abs(face_velocity(dyn, grid, rho, "auto"))) < UNIFORM_ATOL
+
+
+def test_sphere_keeps_the_fast_path_for_a_spread_density_at_large_beta():
+    """The sphere's scale S is max Z, not the total mass: for a spread density at beta = 100
+    (Z_f / sum a ~ 1/(2 beta) everywhere, below tau = 0.06 but within a factor ~3 of max Z)
+    nothing is handed over, and the fast path still agrees with quadrature."""
+    grid = SphereGrid(16)
+    dyn = _dyn(grid, 100.0)
+    rho = _density(grid, "smooth")
+    assert _handed_over(dyn, grid, rho) == 0
+    _compare(face_velocity(dyn, grid, rho, "auto"), face_velocity(dyn, grid, rho, "quadrature"), "smooth")

@@ -32,32 +32,36 @@ Two ways to compute it:
   (softmax, L2) or :math:`N_f` (USA, sigmoid).
 
 **Handover to quadrature.** The transforms compute :math:`Z_f` with an absolute error of
-about :math:`E\sum_j a_j\max w` (measured against the direct sums on random sparse
-densities, beta = 1..1000: about :math:`1\,\varepsilon` for the FFT on 64..1024 cells,
-so :math:`E = 4\varepsilon` is taken; up to :math:`5\times10^{2}\,\varepsilon \approx
-1.1\times10^{-13}` for the spherical harmonics, below ducc0's requested accuracy
-``SHT_EPSILON`` = 3e-13, which is taken), and :math:`N_f` with an absolute error of the
-same size times :math:`|v|`. The quotient :math:`u_f = N_f/Z_f` then errs by about
-:math:`2|v|E\sum_j a_j\max w / Z_f`: noise where :math:`Z_f` is tiny (far from all mass at
-large beta, where the kernel samples may even underflow to 0). So for softmax-type
-(normalised) heads a face whose
+about :math:`E\,S`, and :math:`N_f` with one of about :math:`E\,|v|\,S`, where S is the
+scale of the transform's values. Measured against the direct sums on random and
+one-to-five-cell densities at beta = 1..1000: for the FFT (64..1024 cells) the error is
+about :math:`1\,\varepsilon` times :math:`S = \sum_j a_j\max w`, and :math:`E = 4\varepsilon` is
+taken; for the spherical harmonics (SphereGrid(12..64)) it is at most
+:math:`1.3\times10^{3}\varepsilon \approx` ``SHT_EPSILON`` = 3e-13 times
+:math:`S = \max Z` over the faces and the cell centres (ducc0's accuracy is relative to
+the size of the values; at large beta that maximum is far below :math:`\sum_j a_j` for a
+spread density), and twice that, :math:`E = 6\times10^{-13}`, is taken. The quotient
+:math:`u_f = N_f/Z_f` then errs by about :math:`2|v|E S / Z_f`: noise where :math:`Z_f` is
+tiny (far from all mass at large beta, where the kernel samples may even underflow to 0).
+So for softmax-type (normalised) heads a face whose
 
 .. math::
 
-    Z_f < \tau\sum_j a_j\max w, \qquad \tau = E / r, \quad r = 10^{-11},
+    Z_f < \tau S, \qquad \tau = E / r, \quad r = 10^{-11},
 
 (or whose :math:`Z_f` or :math:`u_f` is not finite) is *handed over*: its velocity is
 recomputed by quadrature (the attention kernels with per-target log-sum-exp shifts, exact
 and finite at every beta) at O(N) work per handed-over face. r is the relative error of
-:math:`u_f` (relative to :math:`|v|`) the fast path is allowed to keep, a margin of 10 below
-the 1e-10 at which ``tests/test_meanfield_fastpath.py`` compares it with quadrature;
-:math:`\tau \approx 9\times10^{-5}` on the circle and :math:`3\times10^{-2}` on the sphere.
-At small beta and smooth densities no face is handed over (:math:`Z_f/\sum_j a_j` is at
-least :math:`e^{-2b}` on the circle, and about :math:`1/(2b)` on the sphere for a spread
-density); at large beta with concentrated mass most faces are, and the cost tends to
-the quadrature's. Unnormalised heads (USA, sigmoid) need no handover: there is no
-quotient, and the error :math:`E|v|\sum_j a_j\max w` is that of the exact sums' own
-round-off relative to the largest terms (for USA the factor :math:`e^{|b|}` multiplies both).
+:math:`u_f` (relative to :math:`|v|`, the bound of :math:`|u|`) the fast path may keep, a
+margin of 10 below the 1e-10 at which ``tests/test_meanfield_fastpath.py`` compares it
+with quadrature; :math:`\tau \approx 9\times10^{-5}` on the circle and :math:`0.06` on the
+sphere. On a CausalCircleGrid the sum S runs over the fibres 0..k that fibre k attends to.
+At small beta and smooth densities no face is handed over (:math:`Z_f/S` is then of order
+1); with concentrated mass at large beta most faces are, and the cost tends to the
+quadrature's (plus the transform's). Unnormalised heads (USA, sigmoid) need no handover:
+there is no quotient, and the error :math:`E|v|S` is of the size of the exact sums' own
+round-off relative to their largest terms (for USA the factor :math:`e^{|b|}` multiplies
+both paths alike).
 
 Only the model kinds the mean-field equation defines are accepted: attention on the
 sphere with post-LN (circle and sphere grids) or without normalization in
@@ -213,10 +217,11 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = 
         How the field is computed: ``"fast"`` requires every head to be rotation-invariant on a grid with
         a fast path; ``"auto"`` uses it where available and quadrature otherwise. With either,
         for softmax-type heads, the faces where the fast path cannot be trusted are handed
-        over to quadrature: those with :math:`Z_f < \tau\sum_j a_j\max w` (the transform's
-        absolute error on :math:`Z_f` is about :math:`E\sum_j a_j\max w`; :math:`\tau = E/r`
-        keeps the relative error of :math:`u_f` below about :math:`r = 10^{-11}`; module
-        docstring) or with a non-finite value. The result then agrees with ``"quadrature"``
+        over to quadrature: those with :math:`Z_f < \tau S` (the transform's absolute error
+        on :math:`Z_f` is about :math:`E S`, S the scale of its values: :math:`\sum_j a_j\max w`
+        for the FFT, :math:`\max Z` for the spherical harmonics; :math:`\tau = E/r` keeps the
+        relative error of :math:`u_f` below about :math:`r = 10^{-11}`; module docstring) or
+        with a non-finite value. The result then agrees with ``"quadrature"``
         to about 1e-11 relative at every beta.
     """
     a = (rho * grid.volumes).ravel()
