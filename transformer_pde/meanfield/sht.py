@@ -233,11 +233,7 @@ def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta,
     grad = _synth(alm * g[ls], faces_loc, lmax, nt, spin=1)
     num = ri.v * (grad[0] * n_theta + grad[1] * n_phi)
     if ri.kind == "softmax":
-        if handover:  # Z at the centres too: the scale of the transform's error
-            zall = _synth(alm * w[ls], np.concatenate([faces_loc, centers_loc]), lmax, nt, spin=0)[0]
-            z = zall[: len(faces_loc)]
-        else:
-            z = _synth(alm * w[ls], faces_loc, lmax, nt, spin=0)[0]
+        z = _synth(alm * w[ls], faces_loc, lmax, nt, spin=0)[0]
         bound = abs(ri.v)  # |N / Z| <= |v|: N / Z averages v y_j over unit vectors y_j
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = num / z
@@ -245,7 +241,10 @@ def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta,
             from .field import HANDOVER_RELATIVE_ERROR
 
             tau = 2.0 * SHT_EPSILON / HANDOVER_RELATIVE_ERROR
-            bad = ~(z >= tau * np.max(zall)) | ~np.isfinite(u)
+            # Z at the centres too, the scale of the transform's error (a separate synthesis:
+            # one at faces + centres together would change the face values' rounding)
+            zc = _synth(alm * w[ls], centers_loc, lmax, nt, spin=0)[0]
+            bad = ~(z >= tau * max(np.max(z), np.max(zc))) | ~np.isfinite(u)
             return np.where(bad, 0.0, u), bad
         # where Z is below the transform's accuracy (far from all mass at large beta,
         # where the density is negligible too) keep the velocity within its true bound
