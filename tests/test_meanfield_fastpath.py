@@ -9,8 +9,10 @@ nothing must be handed over at small beta on a smooth density.
 
 Expected errors: a trusted face keeps a relative error ~2E/tau = 2r = 2e-11 in the worst case
 (r = 1e-11 the rule's target, relative to |v| = 1, the bound of |u|), plus the quadrature's own
-round-off (~1e-15); measured at most ~1.2e-12 (circle, one cell, beta = 10), so 1e-10 has a
-margin of ~100. A handed-over face is the quadrature's value itself.
+round-off (~1e-15, which dominates where max |u| is small: the smooth density at beta = 1000
+on the circle, max |u| ~ 7e-4, differs by 3e-15 = 5e-12 of it, the largest measured; a cell at
+beta = 10 on the circle gives 1.5e-12), so 1e-10 has a margin of ~20. A handed-over face is
+the quadrature's value itself.
 """
 
 from __future__ import annotations
