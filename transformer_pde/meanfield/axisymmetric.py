@@ -170,8 +170,11 @@ class AxisymmetricGrid(Grid):
             self._kernels[key] = _ring_kernels(ri, self.theta_edges[1:-1], self.theta)
         return self._kernels[key]
 
-    def fast_face_velocity(self, ri: RotationInvariant, a: np.ndarray) -> np.ndarray:
-        """Face velocities (n_theta - 1,) from the band masses a (n_theta,) (class docstring)."""
+    def fast_face_velocity(self, ri: RotationInvariant, a: np.ndarray):
+        """Face velocities (n_theta - 1,) from the band masses a (n_theta,) (class docstring).
+
+        Returns ``(u, None)``: this grid has no quadrature path to hand faces over to.
+        """
         kz, kn = self.ring_kernels(ri)
         num = ri.v * (kn @ a)
         if ri.kind == "softmax":
@@ -179,11 +182,11 @@ class AxisymmetricGrid(Grid):
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 u = num / z
             # Z underflows far from all mass at large beta: keep |u| <= |v| there
-            return np.where(z > 0.0, np.clip(u, -abs(ri.v), abs(ri.v)), 0.0)
+            return np.where(z > 0.0, np.clip(u, -abs(ri.v), abs(ri.v)), 0.0), None
         if ri.kind == "exp":
             with np.errstate(over="ignore"):
-                return num * np.exp(abs(ri.b))
-        return num
+                num = num * np.exp(abs(ri.b))
+        return num, None
 
 
 def _ring_kernels(ri, theta, theta_src):

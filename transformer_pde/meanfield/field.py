@@ -324,13 +324,10 @@ def _fast_path(grid: Grid, head: Attention):
         return causal
     if isinstance(grid, CircleGrid):
         return lambda a: _circle_fft(ri, grid, a)
-    trusted = getattr(grid, "fast_face_velocity_handover", None)
-    if trusted is not None:
-        return lambda a: trusted(ri, a)
-    fast = getattr(grid, "fast_face_velocity", None)
+    fast = getattr(grid, "fast_face_velocity", None)  # (u, faces to hand over or None)
     if fast is None:
         return None
-    return lambda a: (fast(ri, a), None)
+    return lambda a: fast(ri, a)
 
 
 def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:

@@ -26,11 +26,9 @@ face velocity :math:`u_f = v\,\langle\nabla G, n_f\rangle / Z` (softmax) or
 path up to the truncation of the series (the degree L is the smallest with a negligible
 tail, about :math:`6 + 9\sqrt{b}` for the exponential) and the accuracy of ducc0's
 non-uniform transforms (about 1e-14 relative to the largest value). Softmax divides by
-Z: at large beta, far from all mass, Z can fall below that accuracy; with
-``handover=True`` (what :func:`~transformer_pde.meanfield.field.face_velocity` uses) those
-faces are returned marked, for quadrature to recompute (the rule of
-:mod:`~transformer_pde.meanfield.field`); without it the velocity there is only kept within
-its exact bound |v|. Measured against the direct sums (random and one-to-five-cell
+Z: at large beta, far from all mass, Z can fall below that accuracy; those faces are
+returned marked, for quadrature to recompute (the rule of
+:mod:`~transformer_pde.meanfield.field`). Measured against the direct sums (random and one-to-five-cell
 densities, SphereGrid(12..64), beta = 1..1000), the error of Z is at most
 :math:`1.3\times10^{3}\varepsilon \approx 2.9\times10^{-13}` (about ``SHT_EPSILON``) times the
 largest value of Z over the faces and the centres (not over the faces alone: at large beta
@@ -49,7 +47,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ive, roots_legendre
 
-from .field import RotationInvariant, kernel_weights
+from .field import HANDOVER_RELATIVE_ERROR, RotationInvariant, kernel_weights
 
 __all__ = ["funk_hecke_coefficients", "sht_face_velocity", "SHT_EPSILON", "TAIL_TOL", "MAX_DEGREE"]
 
@@ -208,17 +206,16 @@ def _exact_head(ri: RotationInvariant, d: int):
     return SigmoidAttention(beta=ri.b, V=v, bias=ri.bias)
 
 
-def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta, n_phi,
-                      handover=False):
-    r"""Normal face velocities by spherical harmonics (module docstring).
+def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta, n_phi):
+    r"""Normal face velocities by spherical harmonics (module docstring), and the faces to hand over.
 
     ``centers_loc`` (N, 2) and ``faces_loc`` (F, 2) are (colatitude, longitude);
     ``n_theta``, ``n_phi`` (F,) the components of the face normals on
-    :math:`e_\theta, e_\phi`. Returns None when the series would be too long. With
-    ``handover``, returns ``(u, bad)``: bad (F,) marks the softmax faces whose Z is below
-    :math:`\tau\max Z` (the largest Z at the faces and the centres; :math:`\tau = E/r`,
-    E = 2 ``SHT_EPSILON`` twice the measured error, r = ``HANDOVER_RELATIVE_ERROR``) or not
-    finite, whose u is 0 here (None for the other kinds).
+    :math:`e_\theta, e_\phi`. Returns ``(u, bad)``, or None when the series would be too
+    long: bad (F,) marks the softmax faces whose Z is below :math:`\tau\max Z` (the largest
+    Z at the faces and the centres; :math:`\tau = E/r`, E = 2 ``SHT_EPSILON`` twice the
+    measured error, r = ``HANDOVER_RELATIVE_ERROR``) or not finite, whose u is 0 here, for
+    quadrature to recompute; None for the other kinds, which have no quotient.
     """
     coef = funk_hecke_coefficients(ri)
     if coef is None:
@@ -234,25 +231,18 @@ def sht_face_velocity(ri: RotationInvariant, a, centers_loc, faces_loc, n_theta,
     num = ri.v * (grad[0] * n_theta + grad[1] * n_phi)
     if ri.kind == "softmax":
         z = _synth(alm * w[ls], faces_loc, lmax, nt, spin=0)[0]
-        bound = abs(ri.v)  # |N / Z| <= |v|: N / Z averages v y_j over unit vectors y_j
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             u = num / z
-        if handover:
-            from .field import HANDOVER_RELATIVE_ERROR
-
-            tau = 2.0 * SHT_EPSILON / HANDOVER_RELATIVE_ERROR
-            # Z at the centres too, the scale of the transform's error (a separate synthesis:
-            # one at faces + centres together would change the face values' rounding)
-            zc = _synth(alm * w[ls], centers_loc, lmax, nt, spin=0)[0]
-            bad = ~(z >= tau * max(np.max(z), np.max(zc))) | ~np.isfinite(u)
-            return np.where(bad, 0.0, u), bad
-        # where Z is below the transform's accuracy (far from all mass at large beta,
-        # where the density is negligible too) keep the velocity within its true bound
-        return np.where(z > 0.0, np.clip(u, -bound, bound), 0.0)
+        tau = 2.0 * SHT_EPSILON / HANDOVER_RELATIVE_ERROR
+        # Z at the centres too, the scale of the transform's error (a separate synthesis:
+        # one at faces + centres together would change the face values' rounding)
+        zc = _synth(alm * w[ls], centers_loc, lmax, nt, spin=0)[0]
+        bad = ~(z >= tau * max(np.max(z), np.max(zc))) | ~np.isfinite(u)
+        return np.where(bad, 0.0, u), bad
     if ri.kind == "exp":
         with np.errstate(over="ignore"):
             num = num * np.exp(abs(ri.b))
-    return (num, None) if handover else num
+    return num, None
 
 
 def sht_analysis(a, loc, lmax, nthreads=1):

@@ -355,28 +355,20 @@ class SphereGrid(Grid):
         return self.ring_start[ring] + k
 
     # -- fast path -------------------------------------------------------------------
-    def fast_face_velocity(self, ri: RotationInvariant, a: np.ndarray) -> np.ndarray:
+    def fast_face_velocity(self, ri: RotationInvariant, a: np.ndarray):
         """Normal face velocities (F,) of a rotation-invariant head from the cell masses a (N,).
 
-        By spherical harmonics (module docstring); the exact sums when the series is too long.
+        By spherical harmonics (module docstring). Returns ``(u, bad)``: bad (bool (F,), or
+        None) marks the softmax faces where Z is too small to trust u, for quadrature to
+        recompute (:mod:`~transformer_pde.meanfield.field`); the exact sums, with nothing
+        to hand over, when the series is too long.
         """
-        u = sht_face_velocity(ri, a, self._center_loc, self._face_loc, self._n_theta, self._n_phi)
-        if u is None:
-            head = _exact_head(ri, 3)
-            field = head._field(np.ascontiguousarray(self.faces.points), self.centers, a)
-            u = np.einsum("fd,fd->f", field, self.faces.normals)
-        return u
-
-    def fast_face_velocity_handover(self, ri: RotationInvariant, a: np.ndarray):
-        """Spherical-harmonic face velocities (F,) and the faces to hand over to quadrature.
-
-        Returns ``(u, bad)``: bad (bool (F,), or None) marks the softmax faces where Z is too
-        small to trust u (:mod:`~transformer_pde.meanfield.field`); the exact sums, with
-        nothing to hand over, when the series is too long.
-        """
-        out = sht_face_velocity(ri, a, self._center_loc, self._face_loc, self._n_theta, self._n_phi,
-                                handover=True)
-        return (self.fast_face_velocity(ri, a), None) if out is None else out
+        out = sht_face_velocity(ri, a, self._center_loc, self._face_loc, self._n_theta, self._n_phi)
+        if out is not None:
+            return out
+        head = _exact_head(ri, 3)
+        field = head._field(np.ascontiguousarray(self.faces.points), self.centers, a)
+        return np.einsum("fd,fd->f", field, self.faces.normals), None
 
     def project(self, rho, f) -> float:
         r""":math:`\sum_c |c|\,\rho_c\,f(x_c)`: the integral of f against the density."""
