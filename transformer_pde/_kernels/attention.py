@@ -9,19 +9,37 @@ length k and sums of length d:
 - ``colw`` (n,): an additive log-weight per source (log weight, L2 bias; ``-inf`` for a
   source of zero weight).
 
+All arrays of one call share one floating dtype, float64 or float32; Numba compiles a
+specialisation of the same code for each (the dtype-specific parts, the exponential
+and the exact maximum, are chosen by :func:`numba.extending.overload` on the dtype).
+
 Each row kernel exists twice: ``name`` processes the targets in parallel
 (``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
 no barrier at which threads spin for a busy core; ``nogil``); both inline the same row
 function, so they give the same numbers. :mod:`transformer_pde._threads` chooses
-between them per call. Each target fills a row buffer
-of n logits (O(n) scratch per thread, never an n x n array), then works through it in
-separate passes that LLVM vectorises: logits, maximum, shifted exponentials,
-weighted sums. The exponential is a branch-free range-reduced Taylor polynomial
-(``_exp_le0``, relative error < 3e-16 on [-700, 0]) because the scalar libm call does
-not vectorise, and with ``fastmath={"reassoc", "contract"}`` so the reductions (sums,
-maximum) vectorise too; this reorders sums (differences ~1e-16 relative to the NumPy
-reference) but keeps IEEE infinities and NaNs. Softmax-type weights are shifted by the
-row maximum (log-sum-exp), so logits of size 1e3 and more stay finite.
+between them per call.
+
+A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
+per thread, in L1 cache; never an n x n array). Per block: the logits, their exact
+maximum, the shifted exponentials and the block's weighted sums, each a loop that LLVM
+vectorises. Softmax-type weights use an *online* log-sum-exp shift: the running shift
+m is the largest logit seen so far; when a block raises it, the accumulated sums are
+multiplied by exp(m_old - m_new) <= 1. Every weight is thus exp(s - m) <= 1 with m an
+attained logit, so logits of size 1e3 and more stay finite, and a weight below
+exp(_ZMIN) relative to an attained one is set to 0. Block sums are added to float64
+accumulators, so the rounding error of the sums does not grow with n beyond that of
+one block.
+
+The exponential is branch-free and libm-free (the scalar libm call does not
+vectorise): z = k ln2 + r with |r| <= ln2 / 2, a polynomial for exp(r) (float64:
+degree 11, float32: degree 6; relative error 1.7e-16 and 1e-7 measured over the whole
+range) and 2^k built from its exponent bits through an integer view of a scratch
+buffer (AVX2 has no vector float-to-int64 conversion; LLVM keeps the loop scalar with
+one). The maximum uses the integer order of IEEE floats (sign-magnitude mapped to two's
+complement), because LLVM does not vectorise a float max reduction. Kernels are
+compiled with ``fastmath={"reassoc", "contract"}``, so the sums vectorise; this
+reorders sums (differences ~1e-16 relative to the NumPy reference) but keeps IEEE
+infinities and NaNs.
 
 For larger k + d the logits are better computed by BLAS: :func:`weight_rows` turns a
 (B, n) tile of logits into weights in place, and the caller multiplies tiles of B
@@ -34,6 +52,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from llvmlite import ir as llvm_ir
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "softmax_field",
@@ -44,121 +65,458 @@ __all__ = [
     "sigmoid_field",
     "sigmoid_field_serial",
     "sinkhorn_potentials",
+    "BLOCK",
 ]
 
-_JIT = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+_FASTMATH = {"reassoc", "contract"}
+_JIT = dict(parallel=True, cache=True, fastmath=_FASTMATH)
 #: the same kernels compiled without a parallel region: no thread pool, no barrier (and
 #: the numpy error model of the parallel ones: x / 0 gives inf or nan, not an exception)
-_SERIAL = dict(parallel=False, nogil=True, cache=True, error_model="numpy",
-               fastmath={"reassoc", "contract"})
+_SERIAL = dict(parallel=False, nogil=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
 
+#: sources per block of a row (scratch of a few KiB per thread: stays in L1 cache)
+BLOCK = 512
+
+# -- float64 exponential: exp(z) for z in [_ZMIN, 0] ------------------------------------
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # ln 2 split in two so that k * _LN2_HI is exact
 _LN2_LO = 1.9082149292705877e-10
-_ZMIN = -700.0  # exp(-700) ~ 1e-304: below it a weight is set to exactly 0
+#: arguments are clamped here: k = -1023, whose 2^k is 0.0, so a weight below about
+#: exp(-708.4) (2^-1022.5) is exactly 0 without a compare and select
+_ZCLAMP = -1023.0 * 0.6931471805599453
+#: kf + _EXP_BITS has the biased exponent k + 1023 in its low mantissa bits
+_EXP_BITS = 1.5 * 2.0**52 + 1023.0
+# near-minimax polynomial for exp(r), |r| <= ln2 / 2 (Lawson-weighted least squares on
+# the relative error, extended precision): approximation error 3e-18, measured error
+# of the float64 Horner evaluation 1.7e-16 (< eps); a Taylor polynomial needs degree 12
+_P64 = (1.0, 1.0, 0.5000000000000018, 0.1666666666666617, 0.041666666666492935,
+        0.008333333333559945, 0.0013888888951208937, 0.00019841269431234665,
+        2.4801486521984946e-05, 2.7557623663276933e-06, 2.763229572145879e-07,
+        2.4993996802409284e-08)
+
+# -- float32 exponential ----------------------------------------------------------------
+_LOG2E_32 = np.float32(_LOG2E)
+_LN2_HI_32 = np.float32(0.693359375)  # 8 significant bits: k * _LN2_HI_32 exact for |k| < 2^16
+_LN2_LO_32 = np.float32(-2.12194440e-4)
+_ZCLAMP_32 = np.float32(-127.0 * 0.6931471805599453)  # k = -127: 2^k is 0.0; zero below ~-87.7
+_EXP_BITS_32 = np.float32(1.5 * 2.0**23 + 127.0)
+_HALF_32 = np.float32(0.5)
+# degree 6, same construction: approximation error 1.9e-9, measured 9.6e-8 (0.8 eps32)
+_P32 = tuple(np.float32(c) for c in (
+    1.0, 1.0, 0.49999991059303284, 0.16666419804096222, 0.04166822507977486,
+    0.008374815806746483, 0.0013836829457432032))
+
+
+# -- bit-level helpers: LLVM bitcasts, which vectorise ------------------------------------
+def _float_format(x):
+    """(bits, mantissa bits, LLVM float type, Numba int type) of a float32/float64 type."""
+    if x == types.float64:
+        return 64, 52, llvm_ir.DoubleType(), types.int64
+    if x == types.float32:
+        return 32, 23, llvm_ir.FloatType(), types.int32
+    return None
+
+
+@intrinsic
+def _pow2_bits(typingctx, y):
+    """The float whose bits are those of ``y`` shifted left by the mantissa width.
+
+    With y = kf + 1.5 * 2^52 + 1023 (float64; 1.5 * 2^23 + 127 for float32) the low
+    mantissa bits of y hold the biased exponent k + 1023, so the result is 2^k
+    (0.0 for k = -1023). Numba has no scalar bit cast, and AVX2 has no vector
+    float-to-int64 conversion (LLVM keeps a loop with one scalar).
+    """
+    fmt = _float_format(y)
+    if fmt is None:
+        return None
+    width, mant, fty, _ = fmt
+
+    def codegen(context, builder, sig, args):
+        ity = llvm_ir.IntType(width)
+        bits = builder.shl(builder.bitcast(args[0], ity), llvm_ir.Constant(ity, mant))
+        return builder.bitcast(bits, fty)
+
+    return y(y), codegen
+
+
+def _flip_negative(builder, bits, width):
+    """Two's-complement order of IEEE floats: flip the magnitude bits of negative ones."""
+    ity = llvm_ir.IntType(width)
+    sign = builder.ashr(bits, llvm_ir.Constant(ity, width - 1))
+    return builder.xor(bits, builder.and_(sign, llvm_ir.Constant(ity, (1 << (width - 1)) - 1)))
+
+
+@intrinsic
+def _order_key(typingctx, x):
+    """An integer that orders like the float ``x`` (NaN aside): LLVM vectorises an
+    integer max reduction, not a float one."""
+    fmt = _float_format(x)
+    if fmt is None:
+        return None
+    width, _, _, ity_numba = fmt
+
+    def codegen(context, builder, sig, args):
+        return _flip_negative(builder, builder.bitcast(args[0], llvm_ir.IntType(width)), width)
+
+    return ity_numba(x), codegen
+
+
+@intrinsic
+def _from_order_key(typingctx, key, like):
+    """The float (of the type of ``like``) whose :func:`_order_key` is ``key``."""
+    fmt = _float_format(like)
+    if fmt is None:
+        return None
+    width, _, fty, _ = fmt
+
+    def codegen(context, builder, sig, args):
+        bits = args[0]
+        if key.bitwidth > width:
+            bits = builder.trunc(bits, llvm_ir.IntType(width))
+        return builder.bitcast(_flip_negative(builder, bits, width), fty)
+
+    return like(key, like), codegen
 
 
 @numba.njit(inline="always")
-def _exp_le0(z):
-    """(mantissa, exponent bits) with exp(z) = mantissa * 2^k for z in [_ZMIN, 0].
-
-    z = k ln2 + r with |r| <= ln2 / 2; exp(r) by its Taylor polynomial of degree 12
-    (remainder < r^13 / 13! < 2e-16). The caller builds 2^k from the returned biased
-    exponent bits, which keeps the loop free of libm calls.
-    """
+def _exp_f64(z):
+    """exp(z) for z <= 0, exactly 0 below ~-708.4; branch-free, so loops of it vectorise."""
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11 = _P64
+    z = max(z, _ZCLAMP)
     kf = np.floor(z * _LOG2E + 0.5)
     r = (z - kf * _LN2_HI) - kf * _LN2_LO
-    p = 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p, (np.int64(kf) + 1023) << 52
+    p = c11
+    p = p * r + c10
+    p = p * r + c9
+    p = p * r + c8
+    p = p * r + c7
+    p = p * r + c6
+    p = p * r + c5
+    p = p * r + c4
+    p = p * r + c3
+    p = p * r + c2
+    p = p * r + c1
+    p = p * r + c0
+    return p * _pow2_bits(kf + _EXP_BITS)
 
 
 @numba.njit(inline="always")
-def _exp_shifted(buf, n, shift, bits):
-    """buf[j] <- exp(buf[j] - shift) for j < n (0 where the argument is < _ZMIN); returns the sum."""
-    for j in range(n):
-        z = buf[j] - shift
-        keep = z >= _ZMIN
-        p, e = _exp_le0(max(z, _ZMIN))
-        buf[j] = p if keep else 0.0
-        bits[j] = e
-    scale = bits.view(np.float64)
-    total = 0.0
-    for j in range(n):
-        w = buf[j] * scale[j]
-        buf[j] = w
-        total += w
-    return total
+def _exp_f32(z):
+    """float32 version of :func:`_exp_f64` (exactly 0 below ~-87.7)."""
+    c0, c1, c2, c3, c4, c5, c6 = _P32
+    z = max(z, _ZCLAMP_32)
+    kf = np.floor(z * _LOG2E_32 + _HALF_32)
+    r = (z - kf * _LN2_HI_32) - kf * _LN2_LO_32
+    p = c6
+    p = p * r + c5
+    p = p * r + c4
+    p = p * r + c3
+    p = p * r + c2
+    p = p * r + c1
+    p = p * r + c0
+    return p * _pow2_bits(kf + _EXP_BITS_32)
+
+
+def _exp(z):  # pragma: no cover - typed by the overload below
+    raise NotImplementedError
+
+
+@overload(_exp, inline="always")
+def _exp_overload(z):
+    if z == types.float32:
+        return lambda z: _exp_f32(z)
+    return lambda z: _exp_f64(z)
 
 
 @numba.njit(inline="always")
-def _logits_row(qx, i, kyT, colw, n, buf):
-    """buf[j] <- colw[j] + <qx_i, ky_j> for j < n; returns max_j buf[j]."""
-    for j in range(n):
-        buf[j] = colw[j]
-    for c in range(qx.shape[1]):
+def _exp_block(buf, shift):
+    """buf[j] <- exp(buf[j] - shift) for arguments <= 0, in one vectorised pass.
+
+    The kernels pass slices: an index ``off + j`` that Numba cannot prove nonnegative
+    gets a wraparound select that stops LLVM vectorising the loop.
+    """
+    for j in range(buf.shape[0]):
+        buf[j] = _exp(buf[j] - shift)
+
+
+@numba.njit(inline="always")
+def _max(buf):
+    """max(buf), len(buf) >= 1, exactly (through :func:`_order_key`)."""
+    m = _order_key(buf[0])
+    for j in range(buf.shape[0]):
+        v = _order_key(buf[j])
+        m = v if v > m else m
+    return _from_order_key(m, buf[0])
+
+
+def _typed(a, value):  # pragma: no cover - typed by the overload below
+    raise NotImplementedError
+
+
+@overload(_typed, inline="always")
+def _typed_overload(a, value):
+    """``value`` in the dtype of array ``a``."""
+    dt = a.dtype
+    return lambda a, value: dt(value)
+
+
+# -- block primitives -------------------------------------------------------------------
+@numba.njit(inline="always")
+def _logits_block(qx, i, kyT, colw, j0, nb, buf):
+    """buf[j] <- colw[j0 + j] + <qx_i, ky_{j0 + j}> for j < nb; returns max_j buf[j].
+
+    The first up to three components in one pass (d = 2, 3 on the circle and S^2) that
+    also finds the maximum when k <= 3, then one pass per component.
+    """
+    k = qx.shape[1]
+    cw = colw[j0 : j0 + nb]
+    k0 = kyT[0][j0 : j0 + nb]
+    q0 = qx[i, 0]
+    if k >= 3:
+        k1, k2 = kyT[1][j0 : j0 + nb], kyT[2][j0 : j0 + nb]
+        q1, q2 = qx[i, 1], qx[i, 2]
+        for j in range(nb):
+            v = cw[j] + q0 * k0[j] + q1 * k1[j] + q2 * k2[j]
+            buf[j] = v
+    elif k == 2:
+        k1 = kyT[1][j0 : j0 + nb]
+        q1 = qx[i, 1]
+        for j in range(nb):
+            v = cw[j] + q0 * k0[j] + q1 * k1[j]
+            buf[j] = v
+    else:
+        for j in range(nb):
+            v = cw[j] + q0 * k0[j]
+            buf[j] = v
+    for c in range(3, k):
         q = qx[i, c]
-        for j in range(n):
-            buf[j] += q * kyT[c, j]
-    mx = -np.inf
-    for j in range(n):
-        mx = max(mx, buf[j])
-    return mx
+        kc = kyT[c][j0 : j0 + nb]
+        for j in range(nb):
+            buf[j] += q * kc[j]
+    return _max(buf[:nb])
 
 
 @numba.njit(inline="always")
-def _weighted_sum(buf, vyT, n, scale, out, i):
-    """out[i, c] <- scale * sum_{j < n} buf[j] vyT[c, j]."""
+def _dot_rest(buf, vyT, j0, nb, acc, c0):
+    """acc[c] += sum_j buf[j] vyT[c, j0 + j] for c >= c0, one pass each."""
+    for c in range(c0, vyT.shape[0]):
+        vc = vyT[c][j0 : j0 + nb]
+        sc = _typed(buf, 0.0)
+        for j in range(nb):
+            sc += buf[j] * vc[j]
+        acc[c] += sc
+
+
+@numba.njit(inline="always")
+def _block_sums(buf, vyT, j0, nb, total, acc):
+    """total + sum_j buf[j], and acc[c] += sum_j buf[j] vyT[c, j0 + j] (float64 accumulators)."""
+    s = _typed(buf, 0.0)
+    for j in range(nb):
+        s += buf[j]
+    _dot_rest(buf, vyT, j0, nb, acc, 0)
+    return total + s
+
+
+@numba.njit(inline="always")
+def _exp_sums_block(buf, shift, vyT, j0, nb, total, acc):
+    """buf[j] <- exp(buf[j] - shift), then :func:`_block_sums`, the first up to three
+    value components fused into the exponential's pass."""
+    d = vyT.shape[0]
+    s = _typed(buf, 0.0)
+    s0, s1, s2 = s, s, s
+    if d >= 3:
+        v0, v1, v2 = vyT[0][j0 : j0 + nb], vyT[1][j0 : j0 + nb], vyT[2][j0 : j0 + nb]
+        for j in range(nb):
+            w = _exp(buf[j] - shift)
+            buf[j] = w
+            s += w
+            s0 += w * v0[j]
+            s1 += w * v1[j]
+            s2 += w * v2[j]
+        acc[0] += s0
+        acc[1] += s1
+        acc[2] += s2
+        _dot_rest(buf, vyT, j0, nb, acc, 3)
+    elif d == 2:
+        v0, v1 = vyT[0][j0 : j0 + nb], vyT[1][j0 : j0 + nb]
+        for j in range(nb):
+            w = _exp(buf[j] - shift)
+            s += w
+            s0 += w * v0[j]
+            s1 += w * v1[j]
+        acc[0] += s0
+        acc[1] += s1
+    elif d == 1:
+        v0 = vyT[0][j0 : j0 + nb]
+        for j in range(nb):
+            w = _exp(buf[j] - shift)
+            s += w
+            s0 += w * v0[j]
+        acc[0] += s0
+    else:
+        for j in range(nb):
+            s += _exp(buf[j] - shift)
+    return total + s
+
+
+@numba.njit(inline="always")
+def _online_row(qx, i, kyT, vyT, colw, nj, buf, acc):
+    """Online log-sum-exp over the sources j < nj of target i, block by block.
+
+    Returns ``(m, total)`` (float64) with ``total = sum_j exp(s_j - m)`` and
+    ``acc[c] = sum_j exp(s_j - m) vyT[c, j]``, s_j = colw_j + <qx_i, ky_j>, m = max_j s_j.
+    """
     for c in range(vyT.shape[0]):
-        s = 0.0
-        for j in range(n):
-            s += buf[j] * vyT[c, j]
-        out[i, c] = s * scale
+        acc[c] = 0.0
+    m = -np.inf
+    total = 0.0
+    for j0 in range(0, nj, BLOCK):
+        nb = min(BLOCK, nj - j0)
+        bm = _logits_block(qx, i, kyT, colw, j0, nb, buf)
+        if bm > m:  # a larger shift: rescale what was summed with the old one
+            f = np.exp(m - bm)
+            total *= f
+            for c in range(vyT.shape[0]):
+                acc[c] *= f
+            m = bm
+        if m == -np.inf:  # only zero-weight sources so far
+            continue
+        total = _exp_sums_block(buf, _typed(buf, m), vyT, j0, nb, total, acc)
+    return m, total
 
 
+def _scratch(like, nd):
+    """Per-row scratch: a block of logits (dtype of ``like``), float64 accumulators."""
+    raise NotImplementedError  # pragma: no cover - typed by the overload below
+
+
+@overload(_scratch, inline="always")
+def _scratch_overload(like, nd):
+    dt = like.dtype
+    return lambda like, nd: (np.empty(BLOCK, dtype=dt), np.empty(max(nd, 1)))
+
+
+# -- softmax ----------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, bits):
+def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc):
     nj = i + 1 if causal else kyT.shape[1]
-    mx = _logits_row(qx, i, kyT, colw, nj, buf)
-    total = _exp_shifted(buf, nj, mx, bits)
-    _weighted_sum(buf, vyT, nj, 1.0 / total, out, i)
+    _, total = _online_row(qx, i, kyT, vyT, colw, nj, buf, acc)
+    inv = 1.0 / total
+    for c in range(vyT.shape[0]):
+        out[i, c] = acc[c] * inv
 
 
 @numba.njit(**_JIT)
 def softmax_field(qx, kyT, vyT, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, ky_j> + colw_j) vy_j, with j <= i if causal."""
-    n = kyT.shape[1]
     for i in numba.prange(qx.shape[0]):
-        _softmax_row(qx, kyT, vyT, colw, causal, out, i, np.empty(n), np.empty(n, dtype=np.int64))
+        buf, acc = _scratch(qx, vyT.shape[0])
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
     return out
 
 
 @numba.njit(**_SERIAL)
 def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`softmax_field` on the calling thread only (releases the GIL)."""
-    n = kyT.shape[1]
-    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
+    buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, bits)
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
     return out
 
 
+# -- unnormalised (USA) -----------------------------------------------------------------
+@numba.njit(inline="always")
+def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc):
+    m, _ = _online_row(qx, i, kyT, vyT, colw, kyT.shape[1], buf, acc)
+    scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
+    for c in range(vyT.shape[0]):
+        out[i, c] = acc[c] * scale
+
+
+@numba.njit(**_JIT)
+def exp_field(qx, kyT, vyT, colw, out):
+    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
+
+    Summed with the row maximum m_i factored out, then scaled by exp(m_i).
+    """
+    for i in numba.prange(qx.shape[0]):
+        buf, acc = _scratch(qx, vyT.shape[0])
+        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+    return out
+
+
+@numba.njit(**_SERIAL)
+def exp_field_serial(qx, kyT, vyT, colw, out):
+    """:func:`exp_field` on the calling thread only (releases the GIL)."""
+    buf, acc = _scratch(qx, vyT.shape[0])
+    for i in range(qx.shape[0]):
+        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+    return out
+
+
+# -- sigmoid ----------------------------------------------------------------------------
+@numba.njit(inline="always")
+def _sigmoid_block(buf, za, weights):
+    """buf[j] <- weights[j] * sigmoid(buf[j]) (za: scratch >= len(buf))."""
+    nb = buf.shape[0]
+    one = _typed(buf, 1.0)
+    zero = _typed(buf, 0.0)
+    for j in range(nb):
+        za[j] = -abs(buf[j])
+    _exp_block(za[:nb], zero)  # e = exp(-|z|) <= 1, no overflow
+    for j in range(nb):
+        e = za[j]
+        s = one / (one + e) if buf[j] >= zero else e / (one + e)
+        buf[j] = weights[j] * s
+
+
+@numba.njit(inline="always")
+def _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, za, acc):
+    n = kyT.shape[1]
+    for c in range(vyT.shape[0]):
+        acc[c] = 0.0
+    for j0 in range(0, n, BLOCK):
+        nb = min(BLOCK, n - j0)
+        for j in range(nb):
+            buf[j] = bias
+        for c in range(qx.shape[1]):
+            q = qx[i, c]
+            kc = kyT[c][j0 : j0 + nb]
+            for j in range(nb):
+                buf[j] += q * kc[j]
+        _sigmoid_block(buf[:nb], za, weights[j0 : j0 + nb])
+        _block_sums(buf, vyT, j0, nb, 0.0, acc)
+    for c in range(vyT.shape[0]):
+        out[i, c] = acc[c]
+
+
+@numba.njit(**_JIT)
+def sigmoid_field(qx, kyT, vyT, bias, weights, out):
+    """out_i = sum_j weights_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
+    for i in numba.prange(qx.shape[0]):
+        buf, acc = _scratch(qx, vyT.shape[0])
+        za = np.empty_like(buf)
+        _sigmoid_row(qx, kyT, vyT, _typed(buf, bias), weights, out, i, buf, za, acc)
+    return out
+
+
+@numba.njit(**_SERIAL)
+def sigmoid_field_serial(qx, kyT, vyT, bias, weights, out):
+    """:func:`sigmoid_field` on the calling thread only (releases the GIL)."""
+    buf, acc = _scratch(qx, vyT.shape[0])
+    za = np.empty_like(buf)
+    b = _typed(buf, bias)
+    for i in range(qx.shape[0]):
+        _sigmoid_row(qx, kyT, vyT, b, weights, out, i, buf, za, acc)
+    return out
+
+
+# -- BLAS tiles -------------------------------------------------------------------------
 #: what :func:`weight_rows` turns a tile of logits into
 SOFTMAX, EXP, SIGMOID = 0, 1, 2
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def weight_rows(tile, colw, kind, bias, causal, row0, scale):
     """In place, row r of a (B, n) tile of logits <qx_i, ky_j> (i = row0 + r) becomes
 
@@ -167,106 +525,71 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
     - SIGMOID: colw[j] * sigmoid(tile[r, j] + bias) (colw holds the weights), scale[r] = 1;
 
     with sources j > i set to 0 if causal, so that ``out_i = scale_i * (tile @ vy)_i``.
-    Serial on purpose: it runs between two BLAS calls whose threads are still spinning,
-    and a parallel region competing with them was measured ~1.5x slower in all.
+    ``scale`` is float64 for either dtype of ``tile``. Serial on purpose: it runs between
+    two BLAS calls whose threads are still spinning, and a parallel region competing
+    with them was measured ~1.5x slower in all.
     """
     b, n = tile.shape
-    bits = np.empty(n, dtype=np.int64)
-    zabs = np.empty(n)
+    za = np.empty(BLOCK, dtype=tile.dtype)
+    bias_t = _typed(tile, bias)
     for r in range(b):
         row = tile[r]
         nj = min(n, row0 + r + 1) if causal else n
         scale[r] = 1.0
         if kind == SIGMOID:
             for j in range(nj):
-                row[j] += bias
-                zabs[j] = -abs(row[j])
-            _exp_shifted(zabs, nj, 0.0, bits)
-            for j in range(nj):
-                e = zabs[j]
-                row[j] = colw[j] * (1.0 / (1.0 + e) if row[j] >= 0.0 else e / (1.0 + e))
+                row[j] += bias_t
+            for j0 in range(0, nj, BLOCK):
+                j1 = min(nj, j0 + BLOCK)
+                _sigmoid_block(row[j0:j1], za, colw[j0:j1])
         else:
-            mx = -np.inf
             for j in range(nj):
                 row[j] += colw[j]
-                mx = max(mx, row[j])
-            total = _exp_shifted(row, nj, mx, bits)
+            mx = _max(row[:nj])
+            total = 0.0
+            for j0 in range(0, nj, BLOCK):
+                blk = row[j0 : min(nj, j0 + BLOCK)]
+                _exp_block(blk, mx)
+                s = _typed(row, 0.0)
+                for j in range(blk.shape[0]):
+                    s += blk[j]
+                total += s
             if kind == SOFTMAX:
-                inv = 1.0 / total
+                inv = _typed(row, 1.0 / total)
                 for j in range(nj):
                     row[j] *= inv
             else:
-                scale[r] = np.exp(mx)
+                scale[r] = np.exp(np.float64(mx))
         for j in range(nj, n):
             row[j] = 0.0
     return tile
 
 
+# -- Sinkhorn ---------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, zabs, bits):
-    n = kyT.shape[1]
-    for j in range(n):
-        buf[j] = bias
-    for c in range(qx.shape[1]):
-        q = qx[i, c]
-        for j in range(n):
-            buf[j] += q * kyT[c, j]
-    for j in range(n):
-        zabs[j] = -abs(buf[j])
-    _exp_shifted(zabs, n, 0.0, bits)  # e = exp(-|z|) <= 1, no overflow
-    for j in range(n):
-        e = zabs[j]
-        s = 1.0 / (1.0 + e) if buf[j] >= 0.0 else e / (1.0 + e)
-        buf[j] = weights[j] * s
-    _weighted_sum(buf, vyT, n, 1.0, out, i)
-
-
-@numba.njit(**_JIT)
-def sigmoid_field(qx, kyT, vyT, bias, weights, out):
-    """out_i = sum_j weights_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
-    n = kyT.shape[1]
-    for i in numba.prange(qx.shape[0]):
-        _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, np.empty(n), np.empty(n),
-                     np.empty(n, dtype=np.int64))
-    return out
-
-
-@numba.njit(**_SERIAL)
-def sigmoid_field_serial(qx, kyT, vyT, bias, weights, out):
-    """:func:`sigmoid_field` on the calling thread only (releases the GIL)."""
-    n = kyT.shape[1]
-    buf, zabs, bits = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
-    for i in range(qx.shape[0]):
-        _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, zabs, bits)
-    return out
-
-
-@numba.njit(inline="always")
-def _lse_row(qx, kyT, colw, out, i, buf, bits):
-    n = kyT.shape[1]
-    mx = _logits_row(qx, i, kyT, colw, n, buf)
-    out[i] = mx + np.log(_exp_shifted(buf, n, mx, bits))
+def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
+    m, total = _online_row(qx, i, kyT, novals, colw, kyT.shape[1], buf, acc)
+    out[i] = m + np.log(total)
 
 
 @numba.njit(**_JIT)
 def _lse_rows(qx, kyT, colw, out):
     """out_i = log sum_j exp(<qx_i, ky_j> + colw_j)."""
-    n = kyT.shape[1]
+    novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
     for i in numba.prange(qx.shape[0]):
-        _lse_row(qx, kyT, colw, out, i, np.empty(n), np.empty(n, dtype=np.int64))
+        buf, acc = _scratch(qx, 0)
+        _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
     return out
 
 
 @numba.njit(**_SERIAL)
 def _lse_rows_serial(qx, kyT, colw, out):
     """:func:`_lse_rows` on the calling thread only."""
-    n = kyT.shape[1]
-    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
+    novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
+    buf, acc = _scratch(qx, 0)
     for i in range(qx.shape[0]):
-        _lse_row(qx, kyT, colw, out, i, buf, bits)
+        _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
     return out
-
-
 @numba.njit(cache=True, nogil=True)
 def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol, serial):
     """Log-domain Sinkhorn scaling of exp(<qx_i, ky_j>) to marginals a on both sides.
@@ -314,33 +637,3 @@ def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol, serial):
             for j in range(n):
                 g[j] = -lse_c[j]
     return f, g, n_done, err
-
-
-@numba.njit(inline="always")
-def _exp_row(qx, kyT, vyT, colw, out, i, buf, bits):
-    n = kyT.shape[1]
-    mx = _logits_row(qx, i, kyT, colw, n, buf)
-    _exp_shifted(buf, n, mx, bits)
-    _weighted_sum(buf, vyT, n, np.exp(mx), out, i)
-
-
-@numba.njit(**_JIT)
-def exp_field(qx, kyT, vyT, colw, out):
-    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
-
-    Summed with the row maximum m_i factored out, then scaled by exp(m_i).
-    """
-    n = kyT.shape[1]
-    for i in numba.prange(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, out, i, np.empty(n), np.empty(n, dtype=np.int64))
-    return out
-
-
-@numba.njit(**_SERIAL)
-def exp_field_serial(qx, kyT, vyT, colw, out):
-    """:func:`exp_field` on the calling thread only (releases the GIL)."""
-    n = kyT.shape[1]
-    buf, bits = np.empty(n), np.empty(n, dtype=np.int64)
-    for i in range(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, out, i, buf, bits)
-    return out
