@@ -324,8 +324,10 @@ class Attention:
         return check_finite_output(self._velocity(x, weights), repr(self))
 
     def _velocity(self, x, weights):
-        """The kernel on trusted inputs (what the integrators call); float32 ``x`` gives a
-        float32 result computed in float32, any other float64."""
+        """The kernel on trusted inputs (what the integrators call).
+
+        Float32 ``x`` gives a float32 result computed in float32, any other float64.
+        """
         return self._field(x, x, weights, self.causal)
 
     def _field(self, targets, sources, weights, causal=False):
@@ -630,8 +632,10 @@ class MultiHeadAttention:
         return sum(head.velocity_reference(x, weights) for head in self.heads)
 
     def velocity(self, x, weights=None, dtype=None) -> np.ndarray:
-        """Sum of the heads' kernel outputs, shape (n, d), in ``dtype`` (see
-        :meth:`Attention.velocity`)."""
+        """Sum of the heads' kernel outputs, shape (n, d), in ``dtype``.
+
+        See :meth:`Attention.velocity`.
+        """
         return sum(head.velocity(x, weights, dtype) for head in self.heads)
 
     def _velocity(self, x, weights):

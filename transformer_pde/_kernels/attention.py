@@ -52,8 +52,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
 from llvmlite import ir as llvm_ir
+from numba import types
 from numba.extending import intrinsic, overload
 
 __all__ = [
