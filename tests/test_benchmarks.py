@@ -95,3 +95,19 @@ def test_memory_check_n16384(bench, d):
     assert mem["control"]["sees_nxn_array"], mem["control"]
     assert mem["peak_increase_mib"] < mem["threshold_mib"], mem
     assert mem["passed"]
+
+
+@pytest.mark.benchmark
+def test_bench_kernels_quick_rows_follow_the_contract():
+    spec = importlib.util.spec_from_file_location(
+        "bench_kernels", SCRIPT.parent / "bench_kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.measure(quick=True)
+    keys = {"section", "case", "ours_s", "other", "other_s", "ratio", "target", "holds"}
+    assert rows and all(keys <= set(r) for r in rows)
+    assert all(r["ratio"] == r["other_s"] / r["ours_s"] for r in rows)
+    # the float32 rows carry their measured error, within the stated bound (L = 1, k = 3 or 64)
+    for r in rows:
+        if r["section"] == "float32":
+            assert r["error_eps32"] <= 512 + 5 + 69
