@@ -520,11 +520,12 @@ SOFTMAX, EXP, SIGMOID = 0, 1, 2
 def weight_rows(tile, colw, kind, bias, causal, row0, scale):
     """In place, row r of a (B, n) tile of logits <qx_i, ky_j> (i = row0 + r) becomes
 
-    - SOFTMAX: softmax_j(tile[r, j] + colw[j]), scale[r] = 1;
-    - EXP: exp(tile[r, j] + colw[j] - m_r), scale[r] = exp(m_r), m_r = max_j(...);
+    - SOFTMAX: exp(tile[r, j] + colw[j] - m_r), scale[r] = 1 / sum_j(...), m_r = max_j(...);
+    - EXP: exp(tile[r, j] + colw[j] - m_r), scale[r] = exp(m_r);
     - SIGMOID: colw[j] * sigmoid(tile[r, j] + bias) (colw holds the weights), scale[r] = 1;
 
-    with sources j > i set to 0 if causal, so that ``out_i = scale_i * (tile @ vy)_i``.
+    with sources j > i set to 0 if causal, so that ``out_i = scale_i * (tile @ vy)_i``
+    (the softmax quotient is left to that product: one pass over the tile less).
     ``scale`` is float64 for either dtype of ``tile``. Serial on purpose: it runs between
     two BLAS calls whose threads are still spinning, and a parallel region competing
     with them was measured ~1.5x slower in all.
@@ -543,22 +544,24 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
                 j1 = min(nj, j0 + BLOCK)
                 _sigmoid_block(row[j0:j1], za, colw[j0:j1])
         else:
+            head = row[:nj]
+            cw = colw[:nj]
             for j in range(nj):
-                row[j] += colw[j]
-            mx = _max(row[:nj])
-            total = 0.0
-            for j0 in range(0, nj, BLOCK):
-                blk = row[j0 : min(nj, j0 + BLOCK)]
-                _exp_block(blk, mx)
-                s = _typed(row, 0.0)
-                for j in range(blk.shape[0]):
-                    s += blk[j]
-                total += s
+                head[j] += cw[j]
+            mx = _max(head)
             if kind == SOFTMAX:
-                inv = _typed(row, 1.0 / total)
-                for j in range(nj):
-                    row[j] *= inv
+                total = 0.0
+                for j0 in range(0, nj, BLOCK):  # block sums into float64, as in the rows
+                    blk = head[j0 : min(nj, j0 + BLOCK)]
+                    s = _typed(row, 0.0)
+                    for j in range(blk.shape[0]):
+                        w = _exp(blk[j] - mx)
+                        blk[j] = w
+                        s += w
+                    total += s
+                scale[r] = 1.0 / total
             else:
+                _exp_block(head, mx)
                 scale[r] = np.exp(np.float64(mx))
         for j in range(nj, n):
             row[j] = 0.0
