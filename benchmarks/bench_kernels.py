@@ -164,18 +164,18 @@ def _versus_baseline(tree: str, n: int, repeats: int) -> list[dict]:
                                            partial(call, base, serial)], repeats)
             label = "serial" if serial else f"parallel, {numba.get_num_threads()} threads"
             rows.append(_row("vs baseline", f"{variant} d=3 n={n} kernel, {label}", t_ours,
-                             f"kernel of {tree}", t_base, "faster", t_base < t_ours,
+                             f"kernel of {tree}", t_base, "faster", t_ours < t_base,
                              pairs_per_s=float(n) * n / t_ours))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'section':12s} {'case':34s} {'ours':>10s} {'pairs/s':>9s} {'other':>10s} " \
+    head = f"{'section':12s} {'case':44s} {'ours':>10s} {'pairs/s':>9s} {'other':>10s} " \
            f"{'ratio':>7s}  target / holds / extra"
     lines = [head, "-" * len(head)]
     for r in rows:
         extra = f", error {r['error_eps32']:.2f} eps32" if "error_eps32" in r else ""
-        lines.append(f"{r['section']:12s} {r['case']:34s} {r['ours_s'] * 1e3:8.2f}ms "
+        lines.append(f"{r['section']:12s} {r['case']:44s} {r['ours_s'] * 1e3:8.2f}ms "
                      f"{r.get('pairs_per_s', float('nan')):9.3g} {r['other_s'] * 1e3:8.2f}ms "
                      f"{r['ratio']:6.2f}x  {r['target']} / {r['holds']}{extra}  "
                      f"[vs {r['other']}]")
