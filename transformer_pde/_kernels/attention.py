@@ -407,12 +407,25 @@ def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc):
         out[i, c] = acc[c] * inv
 
 
+@numba.njit(inline="always")
+def _n_chunks(m):
+    """Parallel chunks of target rows: a few per thread; chunk c takes rows c, c + C, ...
+
+    Scratch is allocated once per chunk, not per row, and interleaved rows balance the
+    causal triangle (row i visits i + 1 sources).
+    """
+    return max(1, min(m, 4 * numba.get_num_threads()))
+
+
 @numba.njit(**_JIT)
 def softmax_field(qx, kyT, vyT, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, ky_j> + colw_j) vy_j, with j <= i if causal."""
-    for i in numba.prange(qx.shape[0]):
+    m = qx.shape[0]
+    chunks = _n_chunks(m)
+    for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
-        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
+        for i in range(c, m, chunks):
+            _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
     return out
 
 
@@ -440,9 +453,12 @@ def exp_field(qx, kyT, vyT, colw, out):
 
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
-    for i in numba.prange(qx.shape[0]):
+    m = qx.shape[0]
+    chunks = _n_chunks(m)
+    for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
-        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+        for i in range(c, m, chunks):
+            _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
     return out
 
 
@@ -494,10 +510,14 @@ def _sigmoid_row(qx, kyT, vyT, bias, weights, out, i, buf, za, acc):
 @numba.njit(**_JIT)
 def sigmoid_field(qx, kyT, vyT, bias, weights, out):
     """out_i = sum_j weights_j sigmoid(<qx_i, ky_j> + bias) vy_j, sigmoid(z) = 1 / (1 + e^-z)."""
-    for i in numba.prange(qx.shape[0]):
+    m = qx.shape[0]
+    chunks = _n_chunks(m)
+    for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         za = np.empty_like(buf)
-        _sigmoid_row(qx, kyT, vyT, _typed(buf, bias), weights, out, i, buf, za, acc)
+        b = _typed(buf, bias)
+        for i in range(c, m, chunks):
+            _sigmoid_row(qx, kyT, vyT, b, weights, out, i, buf, za, acc)
     return out
 
 
@@ -580,9 +600,12 @@ def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
 def _lse_rows(qx, kyT, colw, out):
     """out_i = log sum_j exp(<qx_i, ky_j> + colw_j)."""
     novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
-    for i in numba.prange(qx.shape[0]):
+    m = qx.shape[0]
+    chunks = _n_chunks(m)
+    for c in numba.prange(chunks):
         buf, acc = _scratch(qx, 0)
-        _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
+        for i in range(c, m, chunks):
+            _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
     return out
 
 
