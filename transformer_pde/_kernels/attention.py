@@ -75,6 +75,9 @@ _JIT = dict(parallel=True, cache=True, fastmath=_FASTMATH)
 #: the numpy error model of the parallel ones: x / 0 gives inf or nan, not an exception)
 _SERIAL = dict(parallel=False, nogil=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
 
+#: size of Numba's thread pool, a compile-time constant (``numba.get_num_threads()``
+#: inside a kernel would make it uncacheable); only the load balance depends on it
+_POOL = int(numba.config.NUMBA_NUM_THREADS)
 #: sources per block of a row (scratch of a few KiB per thread: stays in L1 cache)
 BLOCK = 512
 
@@ -414,7 +417,7 @@ def _n_chunks(m):
     Scratch is allocated once per chunk, not per row, and interleaved rows balance the
     causal triangle (row i visits i + 1 sources).
     """
-    return max(1, min(m, 4 * numba.get_num_threads()))
+    return max(1, min(m, 4 * _POOL))
 
 
 @numba.njit(**_JIT)
