@@ -74,7 +74,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft as sfft
 
+from .. import _threads
+from .._kernels import finite_volume as _fv
 from ..attention import (
     Attention,
     L2Attention,
@@ -86,7 +89,8 @@ from ..attention import (
 from ..dynamics import TokenDynamics
 from .grids import CausalCircleGrid, CircleGrid, Grid
 
-__all__ = ["face_velocity", "check_model", "rate_bound", "RotationInvariant", "rotation_invariant"]
+__all__ = ["face_velocity", "make_face_velocity", "check_model", "rate_bound", "RotationInvariant",
+           "rotation_invariant"]
 
 #: the ways :func:`face_velocity` computes the field (``field=`` of solve_meanfield)
 FIELDS = ("auto", "quadrature", "fast")
@@ -205,6 +209,10 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = 
                   ) -> np.ndarray:
     r"""Normal velocity of the mean field at every face, shape (F,).
 
+    .. math::
+
+        u_f = \langle X[\mu](x_f), n_f\rangle, \qquad \mu = \sum_c \rho_c |c|\,\delta_{x_c}.
+
     Parameters
     ----------
     dyn : TokenDynamics
@@ -223,30 +231,133 @@ def face_velocity(dyn: TokenDynamics, grid: Grid, rho: np.ndarray, field: str = 
         relative error of :math:`u_f` below about :math:`r = 10^{-11}`; module docstring) or
         with a non-finite value. The result then agrees with ``"quadrature"``
         to about 1e-11 relative at every beta.
+
+    Returns
+    -------
+    ndarray, shape (F,)
+        One value per face of ``grid.faces``.
+
+    See Also
+    --------
+    make_face_velocity : the same map, built once for many densities (what the solver uses).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> grid = tp.CircleGrid(64)
+    >>> rho = tp.Density.from_function(grid, lambda th: 1 + 0.5 * np.cos(th)).values
+    >>> dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0))
+    >>> u = tp.meanfield.face_velocity(dyn, grid, rho)
+    >>> bool(np.allclose(u, tp.meanfield.face_velocity(dyn, grid, rho, "quadrature"), rtol=0, atol=1e-13))
+    True
     """
-    a = (rho * grid.volumes).ravel()
-    u = np.zeros(len(grid.faces.areas))
-    for head in _heads(dyn.attention):
-        u += _head_velocity(head, grid, a, field)
-        if getattr(grid, "balance_uniform", False) and rotation_invariant(head, grid.dim):
-            u -= _uniform_residual(head, grid, field) * (1.0 if _normalised(head) else a.sum())
-    return u
+    return make_face_velocity(dyn, grid, field)(rho)
+
+
+def make_face_velocity(dyn: TokenDynamics, grid: Grid, field: str = "auto"):
+    r"""The face velocity of ``dyn`` on ``grid`` as a function ``rho -> u``, built once.
+
+    .. math::
+
+        \rho \mapsto u_f = \langle X[\mu](x_f), n_f\rangle, \qquad
+        \mu = \sum_c \rho_c |c|\,\delta_{x_c},
+
+    as :func:`face_velocity` computes it (same algorithms, same handover), with everything
+    that does not depend on the density prepared here once: the kernel's Fourier spectrum
+    on a circle grid, the grid's spherical-harmonic set-up, the tensor-grid tables of a
+    Cartesian grid (:class:`~transformer_pde.meanfield.separable.TensorQuadrature`). The
+    solver builds one per run.
+
+    Parameters
+    ----------
+    dyn : TokenDynamics
+        The model (checked with :func:`check_model` by the caller).
+    grid : Grid
+        The grid.
+    field : {"auto", "quadrature", "fast"}
+        As for :func:`face_velocity`; ``"fast"`` raises ValueError here for a head without
+        a fast path.
+
+    Returns
+    -------
+    callable
+        ``velocity(rho)``: rho of shape ``grid.shape`` (or flat) to u of shape (F,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> from transformer_pde.meanfield.field import make_face_velocity
+    >>> grid = tp.CircleGrid(64)
+    >>> velocity = make_face_velocity(tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0)), grid)
+    >>> velocity(tp.Density.uniform(grid).values).shape
+    (64,)
+    """
+    return _FaceVelocity(dyn, grid, field)
+
+
+class _FaceVelocity:
+    """rho -> u (F,): the heads' built evaluators summed, with the uniform residuals removed."""
+
+    def __init__(self, dyn, grid, field):
+        self.grid = grid
+        self.volumes = np.asarray(grid.volumes, dtype=float).ravel()
+        self.heads = [_HeadVelocity(head, grid, field) for head in _heads(dyn.attention)]
+        self.residuals = []
+        if getattr(grid, "balance_uniform", False):
+            for hv in self.heads:
+                if rotation_invariant(hv.head, grid.dim):
+                    self.residuals.append((_uniform_residual(hv.head, grid, field),
+                                           _normalised(hv.head)))
+
+    def __call__(self, rho) -> np.ndarray:
+        a = np.asarray(rho, dtype=float).ravel() * self.volumes
+        if len(self.heads) == 1:
+            u = self.heads[0](a)
+            if not self.residuals:
+                return u
+            u = np.array(u, dtype=float)
+        else:
+            u = np.zeros(len(self.grid.faces.areas))
+            for hv in self.heads:
+                u += hv(a)
+        for residual, normalised in self.residuals:
+            u -= residual * (1.0 if normalised else a.sum())
+        return u
+
+
+class _HeadVelocity:
+    """One head's face velocity from the cell masses a (N,): fast path with handover, or quadrature."""
+
+    def __init__(self, head: Attention, grid: Grid, field: str):
+        self.head, self.grid = head, grid
+        self.fast = _fast_path(grid, head) if field != "quadrature" else None
+        if field == "fast" and self.fast is None:
+            raise ValueError(
+                f"field='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
+                f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
+            )
+        self.tensor = None
+        if self.fast is None:
+            from .separable import TensorQuadrature
+
+            self.tensor = TensorQuadrature.build(head, grid)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if self.fast is None:
+            if self.tensor is not None:
+                return self.tensor(a)
+            return _quadrature(self.head, self.grid, a)
+        u, bad = self.fast(a)
+        if bad is not None and bad.any():
+            u = np.array(u, dtype=float)
+            u[bad] = _quadrature(self.head, self.grid, a, bad)
+        return u
 
 
 def _head_velocity(head: Attention, grid: Grid, a: np.ndarray, field: str) -> np.ndarray:
-    fast = _fast_path(grid, head) if field != "quadrature" else None
-    if field == "fast" and fast is None:
-        raise ValueError(
-            f"field='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
-            f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
-        )
-    if fast is None:
-        return _quadrature(head, grid, a)
-    u, bad = fast(a)
-    if bad is not None and bad.any():
-        u = np.array(u, dtype=float)
-        u[bad] = _quadrature(head, grid, a, bad)
-    return u
+    return _HeadVelocity(head, grid, field)(a)
 
 
 def _handed_over(dyn: TokenDynamics, grid: Grid, rho: np.ndarray) -> int:
@@ -318,16 +429,53 @@ def _fast_path(grid: Grid, head: Attention):
     if ri is None:
         return None
     if isinstance(grid, CausalCircleGrid):
-        def causal(a):
-            u, bad = _circle_fft(ri, grid.circle, np.cumsum(a.reshape(grid.shape), axis=0))
-            return u.ravel(), None if bad is None else bad.ravel()
-        return causal
+        return _CircleFFT(ri, grid.circle, grid.n_positions, causal=True)
     if isinstance(grid, CircleGrid):
-        return lambda a: _circle_fft(ri, grid, a)
+        return _CircleFFT(ri, grid, 1)
     fast = getattr(grid, "fast_face_velocity", None)  # (u, faces to hand over or None)
     if fast is None:
         return None
     return lambda a: fast(ri, a)
+
+
+class _CircleFFT:
+    r"""The FFT fast path of one rotation-invariant head on a circle grid, built once.
+
+    The same convolutions as :func:`_circle_fft` (its reference), with the spectra of the
+    two kernel samples :math:`w(\cos\psi_m)` and :math:`-v\,w(\cos\psi_m)\sin\psi_m`
+    computed here once: per call one real FFT of the masses, one product, one inverse FFT
+    of both rows together (``scipy.fft``, with the package's threads for large batches),
+    and the quotient with its handover test in one compiled pass
+    (:func:`transformer_pde._kernels.finite_volume.softmax_quotient`). ``rows`` fibres of
+    a CausalCircleGrid attend to the cumulated masses of the fibres up to their own.
+    """
+
+    #: at least this many values per call before scipy.fft gets more than one worker
+    PARALLEL_MIN = 1 << 16
+
+    def __init__(self, ri: RotationInvariant, circle: CircleGrid, rows: int, causal: bool = False):
+        self.ri, self.m, self.rows, self.causal = ri, circle.n_cells, rows, causal
+        psi = (np.arange(self.m) - 0.5) * circle.h
+        with np.errstate(over="ignore"):  # USA's e^|b| may overflow: u is then inf, and the solver says so
+            w, self.scale = kernel_weights(ri, np.cos(psi))
+        self.spectra = sfft.rfft(np.stack([w, -ri.v * w * np.sin(psi)]), axis=-1)
+        self.w_max = float(np.max(w))
+
+    def __call__(self, a):
+        a = a.reshape(self.rows, self.m)
+        if self.causal:
+            a = np.cumsum(a, axis=0)
+        workers = _threads.get_num_threads() if a.size >= self.PARALLEL_MIN else 1
+        fa = sfft.rfft(a, axis=-1, workers=workers)
+        zn = sfft.irfft(fa[:, None, :] * self.spectra, n=self.m, axis=-1, workers=workers)
+        if self.ri.kind != "softmax":
+            with np.errstate(over="ignore"):
+                return (zn[:, 1] * self.scale).ravel(), None
+        threshold = (FFT_ERROR / HANDOVER_RELATIVE_ERROR * self.w_max) * np.sum(a, axis=1)
+        u = np.empty((self.rows, self.m))
+        bad = np.empty((self.rows, self.m), dtype=bool)
+        n_bad = _fv.softmax_quotient(zn[:, 0], zn[:, 1], threshold, u, bad)
+        return u.ravel(), (bad.ravel() if n_bad else None)
 
 
 def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:
@@ -347,6 +495,8 @@ def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, fl
 
 def _circle_fft(ri: RotationInvariant, grid: CircleGrid, a: np.ndarray) -> np.ndarray:
     """Face velocities from the masses a (..., M) by FFT, and the faces to hand over.
+
+    The readable reference of :class:`_CircleFFT` (which the solver uses).
 
     Returns ``(u, bad)``: u (..., M); bad (..., M) marks the softmax faces whose Z is below
     the handover threshold or not finite (module docstring), None for the other kinds.
