@@ -20,8 +20,12 @@ noise), and the outflow rate per cell
   the largest outflow rate in one pass over the cells of each periodic row.
 - :func:`face_rhs` is the same update for any face list (sphere, Cartesian boxes) from
   reconstructed face values.
-- :func:`softmax_quotient` forms :math:`u_f = N_f / Z_f` from the transforms of the fast
-  field path and marks the faces it must hand over to quadrature.
+- :func:`spectral_product`, :func:`low_modes` and :func:`modulated_spectra` are the
+  products between the transforms of the circle's fast field path (full or band-limited),
+  and :func:`softmax_quotient` forms :math:`u_f = N_f / Z_f` from them and marks the faces
+  it must hand over to quadrature.
+- :func:`decay_rows` tabulates the shifted exponential weights of the tensor-grid
+  quadrature of a Cartesian grid.
 - :func:`ssp_combine` and :func:`min_and_mass` are the Runge-Kutta stage combination and
   the check of a new state, each one pass instead of several NumPy temporaries.
 
@@ -34,8 +38,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["periodic_rhs", "face_rhs", "softmax_quotient", "ssp_combine", "min_and_mass",
-           "max_abs_and_change", "decay_rows"]
+__all__ = ["periodic_rhs", "face_rhs", "spectral_product", "softmax_quotient", "ssp_combine", "min_and_mass",
+           "max_abs_and_change", "decay_rows", "low_modes", "modulated_spectra"]
 
 #: serial on purpose: one pass over a few thousand cells costs microseconds, less than
 #: waking a thread pool; ``nogil`` so that other Python threads can run beside it
@@ -45,11 +49,58 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 @numba.njit(inline="always")
 def _mc_slope(minus, plus):
     """Van Leer's MC-limited slope from the one-sided differences (grids.mc_slopes)."""
-    if not minus * plus > 0.0:
-        return 0.0
     central = 0.5 * (minus + plus)
     mag = min(abs(central), 2.0 * min(abs(minus), abs(plus)))
-    return mag if central > 0.0 else -mag
+    signed = mag if central > 0.0 else -mag
+    return signed if minus * plus > 0.0 else 0.0
+
+
+@numba.njit(inline="always")
+def _upwind(area, uf, lo, hi):
+    return area * (max(uf, 0.0) * lo + min(uf, 0.0) * hi)
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def _row_slopes(r, slope):
+    m = r.shape[0]
+    slope[0] = _mc_slope(r[0] - r[m - 1], r[1] - r[0])
+    for c in range(1, m - 1):
+        slope[c] = _mc_slope(r[c] - r[c - 1], r[c + 1] - r[c])
+    slope[m - 1] = _mc_slope(r[m - 1] - r[m - 2], r[0] - r[m - 1])
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def _row_fluxes(r, u, areas, coef, slope, flux):
+    m = r.shape[0]
+    flux[0] = _upwind(areas[0], u[0], r[m - 1] + 0.5 * slope[m - 1], r[0] - 0.5 * slope[0])
+    for c in range(1, m):
+        flux[c] = _upwind(areas[c], u[c], r[c - 1] + 0.5 * slope[c - 1], r[c] - 0.5 * slope[c])
+    if coef.shape[0] > 0:
+        flux[0] += coef[0] * (r[m - 1] - r[0])
+        for c in range(1, m):
+            flux[c] += coef[c] * (r[c - 1] - r[c])
+
+
+@numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _row_update(u, areas, vol, coef, flux, change, outflow):
+    """change from the fluxes; returns max outflow rate, NaN if a face velocity is not finite."""
+    m = u.shape[0]
+    for c in range(m - 1):
+        change[c] = (flux[c] - flux[c + 1]) / vol[c]
+        outflow[c] = (areas[c + 1] * max(u[c + 1], 0.0) + areas[c] * max(-u[c], 0.0)) / vol[c]
+    change[m - 1] = (flux[m - 1] - flux[0]) / vol[m - 1]
+    outflow[m - 1] = (areas[0] * max(u[0], 0.0) + areas[m - 1] * max(-u[m - 1], 0.0)) / vol[m - 1]
+    if coef.shape[0] > 0:
+        for c in range(m - 1):
+            outflow[c] += (coef[c] + coef[c + 1]) / vol[c]
+        outflow[m - 1] += (coef[m - 1] + coef[0]) / vol[m - 1]
+    rate = 0.0
+    probe = 0.0  # sum of u * 0: NaN as soon as one face velocity is not finite
+    for c in range(m):
+        x = outflow[c]
+        rate = x if x > rate else rate
+        probe += u[c] * 0.0
+    return rate if probe == 0.0 else np.nan
 
 
 @numba.njit(**_JIT)
@@ -60,39 +111,21 @@ def periodic_rhs(rho, u, areas, vol, coef, change, slope, flux):
     ``c - 1`` and ``c`` of row s (periodic). ``u``, ``areas`` (S * M,): normal velocity
     and size of each face; ``vol`` (S * M,): cell volumes; ``coef`` (S * M,) the
     diffusion coefficient of each face or an empty array (no diffusion). ``change``
-    (S * M,) receives d rho / dt; ``slope`` and ``flux`` (M,) are scratch.
+    (S * M,) receives d rho / dt; ``slope`` and ``flux`` (M,) are scratch. Each pass
+    (slopes, fluxes, update) is a loop over the interior of a row without index
+    arithmetic, so that it vectorises; the wrap-around cells are done apart.
     """
     n_rows, m = rho.shape
-    diffuse = coef.shape[0] > 0
     rate = 0.0
     finite = True
     for s in range(n_rows):
-        base = s * m
-        for c in range(m):
-            left = rho[s, c - 1] if c > 0 else rho[s, m - 1]
-            right = rho[s, c + 1] if c < m - 1 else rho[s, 0]
-            slope[c] = _mc_slope(rho[s, c] - left, right - rho[s, c])
-        for c in range(m):
-            cm = c - 1 if c > 0 else m - 1
-            uf = u[base + c]
-            if not np.isfinite(uf):
-                finite = False
-            lo = rho[s, cm] + 0.5 * slope[cm]  # the side of cell c - 1
-            hi = rho[s, c] - 0.5 * slope[c]  # the side of cell c
-            f = areas[base + c] * (max(uf, 0.0) * lo + min(uf, 0.0) * hi)
-            if diffuse:
-                f += coef[base + c] * (rho[s, cm] - rho[s, c])
-            flux[c] = f
-        for c in range(m):
-            cp = c + 1 if c < m - 1 else 0
-            k = base + c
-            change[k] = (flux[c] - flux[cp]) / vol[k]
-            out = areas[base + cp] * max(u[base + cp], 0.0) + areas[k] * max(-u[k], 0.0)
-            if diffuse:
-                out += coef[k] + coef[base + cp]
-            r = out / vol[k]
-            if r > rate:
-                rate = r
+        b, e = s * m, (s + 1) * m
+        row_coef = coef[b:e] if coef.shape[0] > 0 else coef
+        _row_slopes(rho[s], slope)
+        _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
+        r = _row_update(u[b:e], areas[b:e], vol[b:e], row_coef, flux, change[b:e], slope)
+        finite = finite and r == r
+        rate = max(rate, r)
     return rate if finite else np.nan
 
 
@@ -139,23 +172,36 @@ def face_rhs(rho, u, lo, hi, areas, left, right, vol, coef, change):
 
 
 @numba.njit(**_JIT)
-def softmax_quotient(z, num, threshold, u, bad):
-    """u = num / z where z >= threshold (per row) and the quotient is finite; else u = 0
-    and ``bad`` is set. ``z``, ``num``, ``u``, ``bad`` (R, M); ``threshold`` (R,).
-    Returns the number of bad faces."""
+def spectral_product(fa, spectra, out):
+    """out[r Q + q, k] = fa[r, k] * spectra[q, k] (Q kernel samples): the transforms of the
+    convolutions of each row of masses with each kernel sample."""
+    n_q = spectra.shape[0]
+    for r in range(fa.shape[0]):
+        for q in range(n_q):
+            for k in range(fa.shape[1]):
+                out[r * n_q + q, k] = fa[r, k] * spectra[q, k]
+    return out
+
+
+@numba.njit(**_JIT)
+def softmax_quotient(zn, a, factor, u, bad):
+    """u = N / Z per face where Z >= factor * sum(a of the row) and the quotient is finite;
+    else u = 0 and ``bad`` set. ``zn`` (R, 2, M): Z and N of each row; ``a`` (R, M) the
+    row masses; ``u``, ``bad`` (R * M,). Returns the number of bad faces."""
     count = 0
-    for r in range(z.shape[0]):
-        tau = threshold[r]
-        for c in range(z.shape[1]):
-            zc = z[r, c]
-            q = num[r, c] / zc if zc >= tau else np.nan
-            if np.isfinite(q):
-                u[r, c] = q
-                bad[r, c] = False
-            else:
-                u[r, c] = 0.0
-                bad[r, c] = True
-                count += 1
+    m = zn.shape[2]
+    for r in range(zn.shape[0]):
+        total = 0.0
+        for c in range(a.shape[1]):
+            total += a[r, c]
+        tau = factor * total
+        for c in range(m):  # branch-free, so that it vectorises
+            zc = zn[r, 0, c]
+            q = zn[r, 1, c] / zc
+            ok = (zc >= tau) & (abs(q) < np.inf)
+            u[r * m + c] = q if ok else 0.0
+            bad[r * m + c] = not ok
+            count += 0 if ok else 1
     return count
 
 
@@ -219,4 +265,36 @@ def decay_rows(c, step, out):
             for r in range(min(8, m - j)):
                 k = j + r
                 out[b, m - 1 - k if flip else k] = coarse * fine[r]
+    return out
+
+
+@numba.njit(**_JIT)
+def low_modes(b, twiddle, out):
+    """out[s, k] = sum_r twiddle[k, r] b[s, k, r] for k < out.shape[1]: the first DFT
+    coefficients of rows of length L P from the DFTs of their P decimated subsequences
+    (``b`` (S, L/2 + 1, P), ``twiddle[k, r] = exp(-2 pi i k r / (L P))``)."""
+    for s in range(b.shape[0]):
+        for k in range(out.shape[1]):
+            acc = 0.0 + 0.0j
+            for r in range(b.shape[2]):
+                acc += twiddle[k, r] * b[s, k, r]
+            out[s, k] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def modulated_spectra(modes, spectra, twiddle, out):
+    """out[s, q, k, r] = modes[s, k] spectra[q, k] conj(twiddle[k, r]) for k < K, 0 above:
+    the spectra of the P decimated subsequences of each convolution (``out`` (S, Q, L/2 + 1, P))."""
+    n_k = modes.shape[1]
+    for s in range(out.shape[0]):
+        for q in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                if k < n_k:
+                    c = modes[s, k] * spectra[q, k]
+                    for r in range(out.shape[3]):
+                        out[s, q, k, r] = c * np.conj(twiddle[k, r])
+                else:
+                    for r in range(out.shape[3]):
+                        out[s, q, k, r] = 0.0
     return out
