@@ -20,7 +20,7 @@ noise), and the outflow rate per cell
   the largest outflow rate in one pass over the cells of each periodic row.
 - :func:`face_rhs` is the same update for any face list (sphere, Cartesian boxes) from
   reconstructed face values.
-- :func:`spectral_product`, :func:`low_modes` and :func:`modulated_spectra` are the
+- :func:`spectral_product` and :func:`decimated_spectra` are the
   products between the transforms of the circle's fast field path (full or band-limited),
   and :func:`softmax_quotient` forms :math:`u_f = N_f / Z_f` from them and marks the faces
   it must hand over to quadrature.
@@ -39,11 +39,14 @@ import numba
 import numpy as np
 
 __all__ = ["periodic_rhs", "face_rhs", "spectral_product", "softmax_quotient", "ssp_combine", "min_and_mass",
-           "max_abs_and_change", "decay_rows", "low_modes", "modulated_spectra"]
+           "max_abs_and_change", "decay_rows", "decimated_spectra"]
 
 #: serial on purpose: one pass over a few thousand cells costs microseconds, less than
 #: waking a thread pool; ``nogil`` so that other Python threads can run beside it
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
+#: the same, for the kernels whose loops are sums or maxima: reassociation lets those
+#: vectorise (a different order of the same sum; IEEE infinities and NaNs are kept)
+_JIT_SUMS = dict(_JIT, fastmath={"reassoc"})
 
 
 @numba.njit(inline="always")
@@ -183,7 +186,7 @@ def spectral_product(fa, spectra, out):
     return out
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_JIT_SUMS)
 def softmax_quotient(zn, a, factor, u, bad):
     """u = N / Z per face where Z >= factor * sum(a of the row) and the quotient is finite;
     else u = 0 and ``bad`` set. ``zn`` (R, 2, M): Z and N of each row; ``a`` (R, M) the
@@ -213,35 +216,35 @@ def ssp_combine(ca, x, cb, y, h, dy, out):
     return out
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_JIT_SUMS)
 def min_and_mass(x, vol):
     """(min x, sum x * vol, all finite) in one pass."""
     lo = np.inf
     mass = 0.0
-    finite = True
+    probe = 0.0  # sum of x * 0: NaN as soon as one value is not finite
     for k in range(x.shape[0]):
         v = x[k]
-        if not np.isfinite(v):
-            finite = False
-        if v < lo:
-            lo = v
+        lo = v if v < lo else lo
         mass += v * vol[k]
-    return lo, mass, finite
+        probe += v * 0.0
+    return lo, mass, probe == 0.0
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_JIT_SUMS)
 def max_abs_and_change(u, u_prev):
     """(max |u_prev|, max |u - u_prev|): how large the face velocities were and how much
-    they changed over a step (NaN if either is NaN somewhere)."""
+    they changed over a step (both NaN if a value is not finite)."""
     size = 0.0
     change = 0.0
+    probe = 0.0
     for k in range(u.shape[0]):
         p = abs(u_prev[k])
         d = abs(u[k] - u_prev[k])
-        if p > size or p != p:
-            size = p if size == size else size
-        if d > change or d != d:
-            change = d if change == change else change
+        size = p if p > size else size
+        change = d if d > change else change
+        probe += d * 0.0
+    if probe != 0.0:
+        return np.nan, np.nan
     return size, change
 
 
@@ -269,32 +272,31 @@ def decay_rows(c, step, out):
 
 
 @numba.njit(**_JIT)
-def low_modes(b, twiddle, out):
-    """out[s, k] = sum_r twiddle[k, r] b[s, k, r] for k < out.shape[1]: the first DFT
-    coefficients of rows of length L P from the DFTs of their P decimated subsequences
-    (``b`` (S, L/2 + 1, P), ``twiddle[k, r] = exp(-2 pi i k r / (L P))``)."""
+def decimated_spectra(b, twiddle, spectra, modes, out):
+    """The spectra of the P decimated subsequences of each convolution, from those of the masses.
+
+    ``b`` (S, L/2 + 1, P): DFTs of length L of the P decimated subsequences
+    ``a[s, q P + r]`` (r fixed) of each row of masses; ``twiddle[k, r] = exp(-2 pi i k r / M)``
+    (K, P). First the K lowest DFT coefficients of the rows,
+    ``modes[s, k] = sum_r twiddle[k, r] b[s, k, r]``, then
+    ``out[s, q, k, r] = modes[s, k] spectra[q, k] conj(twiddle[k, r])`` for k < K and 0
+    above (``out`` (S, Q, L/2 + 1, P)), whose inverse DFTs of length L along k are the
+    convolutions at the faces ``q P + r``.
+    """
+    n_k, n_r = twiddle.shape
     for s in range(b.shape[0]):
-        for k in range(out.shape[1]):
+        for k in range(n_k):
             acc = 0.0 + 0.0j
-            for r in range(b.shape[2]):
+            for r in range(n_r):
                 acc += twiddle[k, r] * b[s, k, r]
-            out[s, k] = acc
-    return out
-
-
-@numba.njit(**_JIT)
-def modulated_spectra(modes, spectra, twiddle, out):
-    """out[s, q, k, r] = modes[s, k] spectra[q, k] conj(twiddle[k, r]) for k < K, 0 above:
-    the spectra of the P decimated subsequences of each convolution (``out`` (S, Q, L/2 + 1, P))."""
-    n_k = modes.shape[1]
-    for s in range(out.shape[0]):
+            modes[s, k] = acc
         for q in range(out.shape[1]):
             for k in range(out.shape[2]):
                 if k < n_k:
                     c = modes[s, k] * spectra[q, k]
-                    for r in range(out.shape[3]):
+                    for r in range(n_r):
                         out[s, q, k, r] = c * np.conj(twiddle[k, r])
                 else:
-                    for r in range(out.shape[3]):
+                    for r in range(n_r):
                         out[s, q, k, r] = 0.0
     return out

@@ -16,7 +16,11 @@ component of the attention field,
 Two ways to compute it:
 
 - **quadrature** (any Q, K, V, any variant): the attention kernels with the faces as
-  targets and the cell centres as weighted sources, O(F N) work and O(F + N) memory.
+  targets and the cell centres as weighted sources, O(F N) work and O(F + N) memory. On
+  a 2-D :class:`~transformer_pde.meanfield.grids.CartesianGrid` the same sums of softmax
+  and L2 heads are computed by matrix products over the tensor grid
+  (:mod:`~transformer_pde.meanfield.separable`, exact to round-off, with its own handover
+  to the kernels where the shifted partition function underflows).
 - **fast** (rotation-invariant models, Q = qI, K = kI, V = vI): the weights depend on
   :math:`\langle x, y\rangle` only, so both sums are convolutions. On the circle with
   faces at :math:`fh` and centres at :math:`(j+\frac12)h`,
@@ -29,7 +33,10 @@ Two ways to compute it:
   are circular convolutions computed by FFT in O(M log M) (the continuous version has the
   Fourier multipliers :math:`2\pi I_k(b)` of docs/math.md §8; the discrete kernel makes the FFT
   reproduce the quadrature sum exactly, up to round-off). Then :math:`u_f = N_f/Z_f`
-  (softmax, L2) or :math:`N_f` (USA, sigmoid).
+  (softmax, L2) or :math:`N_f` (USA, sigmoid). For the exponential kernels the modes
+  whose Bessel tail is below eps are dropped and the rest computed by shorter, batched
+  transforms (:meth:`_CircleFFT._band_limit`; an extra error of at most
+  :math:`\varepsilon S`, a quarter of the E below).
 
 **Handover to quadrature.** The transforms compute :math:`Z_f` with an absolute error of
 about :math:`E\,S`, and :math:`N_f` with one of about :math:`E\,|v|\,S`, where S is the
@@ -314,10 +321,7 @@ class _FaceVelocity:
         self.single = None
         if len(self.heads) == 1 and not self.residuals:
             hv = self.heads[0]
-            if hv.fast is None:
-                self.single = hv.tensor if hv.tensor is not None else hv
-            elif isinstance(hv.fast, _CircleFFT) and hv.fast.ri.kind != "softmax":
-                self.single = lambda a: hv.fast(a)[0]  # no handover for unnormalised heads
+            self.single = hv.tensor if hv.tensor is not None else hv
 
     def __call__(self, rho) -> np.ndarray:
         a = np.asarray(rho, dtype=float).ravel() * self.volumes
@@ -360,7 +364,9 @@ class _HeadVelocity:
                 return self.tensor(a)
             return _quadrature(self.head, self.grid, a)
         u, bad = self.fast(a)
-        if bad is not None and bad.any():
+        if bad is None:
+            return u
+        if bad.any():
             u = np.array(u, dtype=float)
             u[bad] = _quadrature(self.head, self.grid, a, bad)
         return u
@@ -490,7 +496,7 @@ class _CircleFFT:
         length L of the decimated masses :math:`a_{qP + r}` (r fixed) and the twiddles
         :math:`e^{-2\pi i k r/M}`, and the convolutions at the M faces from P inverse FFTs
         of length L of the twiddled spectra
-        (:func:`transformer_pde._kernels.finite_volume.low_modes`, ``modulated_spectra``):
+        (:func:`transformer_pde._kernels.finite_volume.decimated_spectra`):
         about :math:`M\log L` work instead of :math:`M\log M`, in batches that vectorise.
         """
         if self.ri.kind not in ("softmax", "exp"):
@@ -515,6 +521,8 @@ class _CircleFFT:
         self.spectra_low = np.ascontiguousarray(self.spectra[:, :n_modes] / m)
         self.modes = np.empty((self.rows, n_modes), dtype=complex)
         self.g = np.empty((self.rows, 2, length // 2 + 1, self.stride), dtype=complex)
+        self.b = np.empty((self.rows, length // 2 + 1, self.stride), dtype=complex)
+        self.zn = np.empty((self.rows, 2, length, self.stride))
         return True
 
     def __call__(self, a):
@@ -523,11 +531,11 @@ class _CircleFFT:
             a = np.cumsum(a, axis=0)
         threads = 1 if a.size < self.PARALLEL_MIN else _threads.get_num_threads()
         if self.decimated:
-            b = ducc0.fft.r2c(a.reshape(self.rows, self.length, self.stride), axes=(1,), nthreads=threads)
-            _fv.low_modes(b, self.twiddle, self.modes)
-            _fv.modulated_spectra(self.modes, self.spectra_low, self.twiddle, self.g)
-            zn = ducc0.fft.c2r(self.g, axes=(2,), lastsize=self.length, forward=False,
-                               nthreads=threads).reshape(self.rows, 2, self.m)
+            ducc0.fft.r2c(a.reshape(self.rows, self.length, self.stride), axes=(1,), nthreads=threads,
+                          out=self.b)
+            _fv.decimated_spectra(self.b, self.twiddle, self.spectra_low, self.modes, self.g)
+            zn = ducc0.fft.c2r(self.g, axes=(2,), lastsize=self.length, forward=False, nthreads=threads,
+                               out=self.zn).reshape(self.rows, 2, self.m)
         else:
             if self.rows == 1:  # a 1-D transform has less overhead than a batch of one
                 fa = ducc0.fft.r2c(a[0], axes=(0,), nthreads=threads)[None, :]

@@ -29,6 +29,10 @@ while :math:`\Delta t` times its own outflow rate is at most 1/2 (the face value
 between neighbouring cell values); the step is redone with a smaller :math:`\Delta t`
 when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
 
+The right-hand side is one compiled pass per evaluation (fused on the circle grids;
+docs/math.md §9.5bis), with the face velocity built once per run; its readable NumPy
+version, :meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
+
 The run is one loop of the package's time-stepping engine: the finite-volume operator
 (:class:`_FiniteVolume`, which returns the rate of change together with its outflow rate
 and face velocities), the SSP-RK3 stepper (:class:`_SSPRK3`) and the CFL controller
@@ -37,6 +41,7 @@ and face velocities), the SSP-RK3 stepper (:class:`_SSPRK3`) and the CFL control
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -161,13 +166,14 @@ class _FiniteVolume(_engine.Problem):
         u = self.velocity(rho_flat)
         change = np.empty(self.n)
         if self._rows is not None:
+            slope, flux = self._scratch
             rate = _fv.periodic_rhs(rho_flat.reshape(self._rows), u, self._areas, self.vol, self._coef,
-                                    change, *self._scratch)
+                                    change, slope, flux)
         else:
             lo, hi = self.grid.reconstruct(rho_flat.reshape(self.grid.shape))
             rate = _fv.face_rhs(rho_flat, u, lo, hi, self._areas, self._left, self._right, self.vol,
                                 self._coef, change)
-        if not np.isfinite(rate):
+        if not math.isfinite(rate):
             raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
                              + self._where(rho_flat + change))
         return _Rate(change, rate, u)
