@@ -22,12 +22,14 @@ reported as medians and their ratio other / ours (a speed-up):
   evaluation on 128 x 128 cells, for the Gaussian validation's model (``Q = I``,
   ``K = A^T`` with A not symmetric, so :math:`K^\top Q` is not diagonal: one matrix product per
   block of faces) and for a diagonal :math:`K^\top Q` (three small products in all), and
-  whole runs to T = 1 with each (64 x 64 cells with ``quick``, 128 x 128 otherwise), with the
-  largest difference of the final densities. Target: at least 10x.
+  whole runs to T = 1 with each (64 x 64 cells; 128 x 128 with ``--full-run``, where the
+  old quadrature takes 5-20 minutes), with the largest difference of the final densities.
+  Target: at least 10x.
 
 Usage::
 
-    python benchmarks/bench_pde.py                 # full (a few minutes: the baseline run at 128^2)
+    python benchmarks/bench_pde.py                 # ~1-2 min
+    python benchmarks/bench_pde.py --full-run      # + the whole R^2 runs at 128^2 (5-20 min)
     python benchmarks/bench_pde.py --quick         # < 60 s
     python benchmarks/bench_pde.py --json out.json
 """
@@ -226,19 +228,26 @@ def cartesian_rows(n_eval: int = 128, n_run: int = 128, repeats: int = 3) -> lis
     return rows
 
 
-def measure(quick: bool = False) -> list[dict]:
-    """Rows of the benchmark contract (section, case, ours_s, other, other_s, ratio, target, holds)."""
+def measure(quick: bool = False, full_run: bool = False) -> list[dict]:
+    """Rows of the benchmark contract (section, case, ours_s, other, other_s, ratio, target, holds).
+
+    ``quick``: one repeat, the R^2 evaluations and runs at 64^2 (< 60 s). Otherwise the
+    evaluations at 128^2 and the runs at 64^2 (~1 min); ``full_run`` runs them at 128^2
+    (the old quadrature then takes 5-20 minutes).
+    """
     if quick:
         return circle_rows(4096, 6.0, repeats=1) + cartesian_rows(64, 64, repeats=1)
-    return circle_rows(4096, 6.0, repeats=3) + cartesian_rows(128, 128, repeats=3)
+    return circle_rows(4096, 6.0, repeats=3) + cartesian_rows(128, 128 if full_run else 64, repeats=3)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="The grid PDE at full speed: circle and R^2.")
     parser.add_argument("--quick", action="store_true", help="smaller R^2 grid, one repeat (< 60 s)")
+    parser.add_argument("--full-run", action="store_true",
+                        help="whole R^2 runs at 128^2 (the old quadrature takes 5-20 minutes)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    rows = measure(args.quick)
+    rows = measure(args.quick, args.full_run)
     print(f"# {'section':<15} {'case':<62} {'ours [s]':>9} {'other [s]':>10} {'ratio':>8}  "
           "target  holds  diff")
     for r in rows:
