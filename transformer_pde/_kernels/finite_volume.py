@@ -39,7 +39,8 @@ import numba
 import numpy as np
 
 __all__ = ["periodic_rhs", "face_rhs", "spectral_product", "softmax_quotient", "ssp_combine", "min_and_mass",
-           "max_abs_and_change", "decay_rows", "decimated_spectra"]
+           "max_abs_and_change", "decay_rows", "decimated_spectra",
+           "periodic_softmax_rhs"]
 
 #: serial on purpose: one pass over a few thousand cells costs microseconds, less than
 #: waking a thread pool; ``nogil`` so that other Python threads can run beside it
@@ -300,3 +301,16 @@ def decimated_spectra(b, twiddle, spectra, modes, out):
                     for r in range(n_r):
                         out[s, q, k, r] = 0.0
     return out
+
+
+@numba.njit(**_JIT)
+def periodic_softmax_rhs(zn, a, factor, rho, areas, vol, coef, change, slope, flux, u, bad):
+    """:func:`softmax_quotient` then, if no face is bad, :func:`periodic_rhs`, in one call.
+
+    Returns ``(n_bad, rate)``; with ``n_bad > 0`` the rate is NaN and ``change`` is not
+    written (the caller hands the bad faces over and calls :func:`periodic_rhs`).
+    """
+    n_bad = softmax_quotient(zn, a, factor, u, bad)
+    if n_bad:
+        return n_bad, np.nan
+    return 0, periodic_rhs(rho, u, areas, vol, coef, change, slope, flux)

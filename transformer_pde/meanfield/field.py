@@ -526,6 +526,20 @@ class _CircleFFT:
         return True
 
     def __call__(self, a):
+        zn, a = self.transform(a)
+        if self.ri.kind != "softmax":
+            with np.errstate(over="ignore"):
+                return (zn[:, 1] * self.scale).ravel(), None
+        u = np.empty(a.size)
+        bad = np.empty(a.size, dtype=bool)
+        n_bad = _fv.softmax_quotient(zn, a, self.factor, u, bad)
+        return u, (bad if n_bad else None)
+
+    def transform(self, a):
+        """``(zn, rows)``: Z and N of each row (R, 2, M), and the masses each row attends to (R, M).
+
+        N is not yet multiplied by the USA factor.
+        """
         a = a.reshape(self.rows, self.m)
         if self.causal:
             a = np.cumsum(a, axis=0)
@@ -545,13 +559,7 @@ class _CircleFFT:
             _fv.spectral_product(fa, self.spectra, self.product)
             zn = ducc0.fft.c2r(self.product, axes=(1,), lastsize=self.m, forward=False, inorm=2,
                                nthreads=threads).reshape(self.rows, 2, self.m)
-        if self.ri.kind != "softmax":
-            with np.errstate(over="ignore"):
-                return (zn[:, 1] * self.scale).ravel(), None
-        u = np.empty(a.size)
-        bad = np.empty(a.size, dtype=bool)
-        n_bad = _fv.softmax_quotient(zn, a, self.factor, u, bad)
-        return u, (bad if n_bad else None)
+        return zn, a
 
 
 def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:

@@ -53,7 +53,15 @@ from .._engine import RunFailure, RunInfo, Status, Step
 from .._kernels import finite_volume as _fv
 from ..dynamics import TokenDynamics
 from .density import Density
-from .field import FIELDS, check_model, face_velocity, make_face_velocity, rate_bound
+from .field import (
+    FIELDS,
+    _CircleFFT,
+    _quadrature,
+    check_model,
+    face_velocity,
+    make_face_velocity,
+    rate_bound,
+)
 from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 
 __all__ = ["solve_meanfield", "DensityTrajectory", "MeanFieldInfo", "MassLossWarning", "METHODS"]
@@ -161,8 +169,17 @@ class _FiniteVolume(_engine.Problem):
             m = self._rows[1]
             self._scratch = (np.empty(m), np.empty(m))
         self._checked = None
+        # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
+        # its handover test and the finite-volume pass are then one compiled call
+        self._lane = None
+        single = getattr(self.velocity, "single", None)
+        fast = getattr(single, "fast", None)
+        if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
+            self._lane = (single, fast, np.empty(self.n, dtype=bool))
 
     def evaluate(self, rho_flat, t) -> _Rate:
+        if self._lane is not None:
+            return self._evaluate_lane(rho_flat, t)
         u = self.velocity(rho_flat)
         change = np.empty(self.n)
         if self._rows is not None:
@@ -173,6 +190,25 @@ class _FiniteVolume(_engine.Problem):
             lo, hi = self.grid.reconstruct(rho_flat.reshape(self.grid.shape))
             rate = _fv.face_rhs(rho_flat, u, lo, hi, self._areas, self._left, self._right, self.vol,
                                 self._coef, change)
+        if not math.isfinite(rate):
+            raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
+                             + self._where(rho_flat + change))
+        return _Rate(change, rate, u)
+
+    def _evaluate_lane(self, rho_flat, t) -> _Rate:
+        """:meth:`evaluate` for one softmax head on a circle grid (the same numbers)."""
+        head, fast, bad = self._lane
+        a = rho_flat * self.vol
+        zn, rows = fast.transform(a)
+        u = np.empty(self.n)
+        change = np.empty(self.n)
+        slope, flux = self._scratch
+        rho2 = rho_flat.reshape(self._rows)
+        n_bad, rate = _fv.periodic_softmax_rhs(zn, rows, fast.factor, rho2, self._areas, self.vol,
+                                               self._coef, change, slope, flux, u, bad)
+        if n_bad:
+            u[bad] = _quadrature(head.head, self.grid, a, bad)
+            rate = _fv.periodic_rhs(rho2, u, self._areas, self.vol, self._coef, change, slope, flux)
         if not math.isfinite(rate):
             raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
                              + self._where(rho_flat + change))
