@@ -22,6 +22,7 @@ from .attention import (
     UnnormalizedAttention,
 )
 from .dynamics import NORMS, TokenDynamics
+from .ensembles import WEIGHT_KINDS, random_weights
 from .gaussian import (
     GaussianBlowUpError,
     GaussianTrajectory,
@@ -67,6 +68,8 @@ __all__ = [
     "Euclidean",
     "Sphere",
     "simulate",
+    "random_weights",
+    "WEIGHT_KINDS",
     "Trajectory",
     "RunInfo",
     "METHODS",
