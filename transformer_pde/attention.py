@@ -312,7 +312,7 @@ class Attention:
 
     def _beta(self):
         """The inverse temperature: a scalar, or one per system as (B, 1, 1) for a batch."""
-        return self.beta if np.ndim(self.beta) == 0 else self.beta[:, None, None]
+        return self.beta if type(self.beta) is float else self.beta[:, None, None]
 
     def _query(self, x: np.ndarray) -> np.ndarray:
         """``beta Q x`` as a contiguous (n, k) array ((B, n, k) for a batch)."""

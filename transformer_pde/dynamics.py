@@ -222,14 +222,14 @@ class TokenDynamics:
             theta = x / r
         a = attend(theta, weights)
         if norm == "post":
-            return self.geometry.project(theta, a)
+            return self.geometry._project_fast(theta, a)
         if norm == "pre":
             return a
         if norm == "mix":
             pre_phase = t > self.tau if piece is None else piece >= 1
-            return a if pre_phase else r * self.geometry.project(theta, a)
+            return a if pre_phase else r * self.geometry._project_fast(theta, a)
         if norm == "cod":
-            return self.geometry.project(theta, a) / np.sqrt(t + 1.0)
+            return self.geometry._project_fast(theta, a) / np.sqrt(t + 1.0)
         # peri and ngpt divide by |A_j|
         size = np.linalg.norm(a, axis=-1, keepdims=True)
         if np.any(size == 0.0):
@@ -242,4 +242,4 @@ class TokenDynamics:
         if norm == "peri":
             return a / size
         alpha = _v.as_positive(self.alpha(t), f"alpha({t:g})") if callable(self.alpha) else self.alpha
-        return alpha * self.geometry.project(theta, a) / size
+        return alpha * self.geometry._project_fast(theta, a) / size

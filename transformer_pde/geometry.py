@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import stepping as _ks
+
 __all__ = ["Euclidean", "Sphere", "SPHERE_TOL", "as_geometry"]
 
 #: largest accepted deviation ``max_i | |x_i| - 1 |`` of tokens given on the sphere
@@ -29,6 +31,12 @@ class Euclidean:
 
     def retract(self, y: np.ndarray) -> np.ndarray:
         """Retraction onto the manifold (identity), shape (..., n, d)."""
+        return y
+
+    def _project_fast(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return v
+
+    def _retract_fresh(self, y: np.ndarray) -> np.ndarray:
         return y
 
     def check(self, x: np.ndarray, name: str = "x") -> None:
@@ -59,6 +67,22 @@ class Sphere:
     def retract(self, y: np.ndarray) -> np.ndarray:
         """Normalise each row of y (..., n, d) to unit length."""
         return y / np.linalg.norm(y, axis=-1, keepdims=True)
+
+    def _project_fast(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """:meth:`project` in one compiled pass (what the steppers call); a new array."""
+        if not (x.flags.c_contiguous and v.flags.c_contiguous and x.dtype == v.dtype == np.float64):
+            return self.project(x, v)
+        d = x.shape[-1]
+        out = np.empty_like(v)
+        _ks.sphere_project(x.reshape(-1, d), v.reshape(-1, d), out.reshape(-1, d))
+        return out
+
+    def _retract_fresh(self, y: np.ndarray) -> np.ndarray:
+        """:meth:`retract` in place, for an array the caller has just made and owns."""
+        if not (y.flags.c_contiguous and y.dtype == np.float64):
+            return self.retract(y)
+        _ks.sphere_retract(y.reshape(-1, y.shape[-1]))
+        return y
 
     def check(self, x: np.ndarray, name: str = "x") -> None:
         """Raise ``ValueError`` if some token is farther than ``SPHERE_TOL`` from unit norm.

@@ -144,6 +144,10 @@ class _Particles(_engine.Problem):
     def retract(self, x):
         return self.space.retract(x)
 
+    def retract_fresh(self, x):
+        """:meth:`retract`, in place: for a stage point the stepper has just made."""
+        return self.space._retract_fresh(x)
+
     def start_at(self, t: float) -> bool:
         piece = int(np.searchsorted(self.breakpoints, t, side="right"))
         changed, self.piece = piece != self.piece, piece
@@ -186,25 +190,52 @@ def _token(bad: np.ndarray) -> str:
 
 
 class _RungeKutta(_engine.Stepper):
-    """One explicit Runge-Kutta step with retraction of every stage point and of the step."""
+    """One explicit Runge-Kutta step with retraction of every stage point and of the step.
+
+    The nonzero coefficients of each stage are listed once; a stage point
+    ``R(x + h sum_j a_sj k_j)`` is formed with in-place NumPy operations in the order of
+    the plain sum (so in the same floating-point arithmetic) and retracted in place.
+    """
 
     def __init__(self, tab: Tableau):
         self.tab, self.name, self.order, self.adaptive = tab, tab.name, tab.order, tab.adaptive
+        n_stages = len(tab.c) - (1 if tab.fsal else 0)  # the FSAL stage is the next step's first
+        self._stages = [(_terms(tab.a[s]), tab.c[s]) for s in range(1, n_stages)]
+        self._b = _terms(tab.b)
+        self._e = _terms([b - bl for b, bl in zip(tab.b, tab.b_low, strict=True)]) if tab.adaptive else ()
 
     def step(self, problem, t, x, h, f0) -> Step:
-        tab = self.tab
         ks = [f0]
-        for s in range(1, len(tab.c)):
-            if tab.fsal and s == len(tab.c) - 1:
-                break
-            incr = sum(a * k for a, k in zip(tab.a[s], ks, strict=False) if a != 0.0)
-            ks.append(problem(problem.retract(x + h * incr), t + tab.c[s] * h))
-        x_new = problem.retract(x + h * sum(b * k for b, k in zip(tab.b, ks, strict=False) if b != 0.0))
-        if not tab.adaptive:
+        for terms, c in self._stages:
+            ks.append(problem(problem.retract_fresh(_combine(x, h, terms, ks)), t + c * h))
+        x_new = problem.retract_fresh(_combine(x, h, self._b, ks))
+        if not self.adaptive:
             return Step(x_new)
         ks.append(problem(x_new, t + h))  # FSAL stage, reused by the next step
-        err = h * sum((b - bl) * k for b, bl, k in zip(tab.b, tab.b_low, ks, strict=True) if b != bl)
+        err = _combine(None, h, self._e, ks)
         return Step(x_new, err, ks[-1])
+
+
+def _terms(coefficients) -> tuple[tuple[int, float], ...]:
+    """The (index, coefficient) pairs of the nonzero coefficients."""
+    return tuple((j, float(a)) for j, a in enumerate(coefficients) if a != 0.0)
+
+
+def _combine(x, h, terms, ks):
+    """``x + h * (a_0 k_0 + a_1 k_1 + ...)`` (just ``h * (...)`` when x is None), a new array.
+
+    The same operations, in the same order, as the plain expression, with one temporary.
+    """
+    if not terms:
+        return np.zeros_like(ks[0]) if x is None else x.copy()
+    (j0, a0), *rest = terms
+    acc = a0 * ks[j0]
+    for j, a in rest:
+        acc += a * ks[j]
+    acc *= h
+    if x is not None:
+        acc += x
+    return acc
 
 
 class _EulerMaruyama(_engine.Stepper):
