@@ -1,7 +1,7 @@
 r"""Benchmark: ``simulate`` on a small system vs a plain NumPy loop of the same steps.
 
 Issue 10, point 6: n = 64 tokens on S^2, softmax attention (beta = 1, Q = K = V = I),
-post-LN, rk4 with 1000 fixed steps (dt = 0.01, only the end state saved). For so few
+post-LN, rk4 (and Euler) with 1000 fixed steps (dt = 0.01, only the end state saved). For so few
 tokens the kernel is cheap and the per-step overhead of the engine decides. The plain
 loop (written below) is what a user would write: per stage a dense (n, n) softmax, the
 tangent projection and the renormalisation, and the classical RK4 combination.
@@ -41,8 +41,8 @@ CASE = {"n": 64, "d": 3, "beta": 1.0, "dt": 0.01, "steps": 1000, "repeats": 7}
 QUICK = dict(CASE, steps=300, repeats=5)
 
 
-def plain_loop(x: np.ndarray, beta: float, h: float, steps: int) -> np.ndarray:
-    """RK4 with renormalisation of every stage and step, dense NumPy softmax per stage."""
+def plain_loop(x: np.ndarray, beta: float, h: float, steps: int, method: str = "rk4") -> np.ndarray:
+    """RK4 (or Euler) with renormalisation of every stage and step, dense NumPy softmax per stage."""
 
     def velocity(y):
         logits = beta * (y @ y.T)
@@ -55,6 +55,10 @@ def plain_loop(x: np.ndarray, beta: float, h: float, steps: int) -> np.ndarray:
     def retract(y):
         return y / np.linalg.norm(y, axis=1, keepdims=True)
 
+    if method == "euler":
+        for _ in range(steps):
+            x = retract(x + h * velocity(x))
+        return x
     for _ in range(steps):
         k1 = velocity(x)
         k2 = velocity(retract(x + 0.5 * h * k1))
@@ -65,7 +69,11 @@ def plain_loop(x: np.ndarray, beta: float, h: float, steps: int) -> np.ndarray:
 
 
 def measure(quick: bool = False, params: dict | None = None, busy: bool = False) -> list[dict]:
-    """One row of the benchmark contract: simulate vs the plain loop at n = 64."""
+    """Rows of the benchmark contract: simulate vs the plain loop at n = 64, rk4 and Euler."""
+    return [row for method in ("rk4", "euler") for row in _measure(quick, params, busy, method)]
+
+
+def _measure(quick, params, busy, method) -> list[dict]:
     p = dict(QUICK if quick else CASE, **(params or {}))
     n, d, beta, dt, steps = p["n"], p["d"], p["beta"], p["dt"], p["steps"]
     rng = np.random.default_rng(0)
@@ -75,10 +83,10 @@ def measure(quick: bool = False, params: dict | None = None, busy: bool = False)
     T = steps * dt
 
     def ours():
-        return tp.simulate(dyn, x0, (0.0, T), t_eval=[0.0, T], method="rk4", dt=dt).x[-1]
+        return tp.simulate(dyn, x0, (0.0, T), t_eval=[0.0, T], method=method, dt=dt).x[-1]
 
     tp.simulate(dyn, x0, (0.0, 10 * dt), t_eval=[0.0, 10 * dt], dt=dt)  # warm-up
-    plain_loop(x0, beta, dt, 10)
+    plain_loop(x0, beta, dt, 10, method)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         times = {"ours": [], "loop": []}
@@ -86,7 +94,7 @@ def measure(quick: bool = False, params: dict | None = None, busy: bool = False)
             t0 = time.perf_counter()
             x_ours = ours()
             t1 = time.perf_counter()
-            x_loop = plain_loop(x0, beta, dt, steps)
+            x_loop = plain_loop(x0, beta, dt, steps, method)
             t2 = time.perf_counter()
             times["ours"].append(t1 - t0)
             times["loop"].append(t2 - t1)
@@ -96,8 +104,8 @@ def measure(quick: bool = False, params: dict | None = None, busy: bool = False)
             hog.wait()
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["loop"] / med["ours"]
-    return [{"section": "small systems", "case": f"n={n}, S^{d - 1}, SA beta={beta:g}, rk4, {steps} steps"
-             + (", beside a busy process" if busy else ""),
+    case = f"n={n}, S^{d - 1}, SA beta={beta:g}, {method}, {steps} steps"
+    return [{"section": "small systems", "case": case + (", beside a busy process" if busy else ""),
              "ours_s": med["ours"], "other": "plain NumPy loop (dense softmax, projection, renormalisation)",
              "other_s": med["loop"], "ratio": ratio, "target": ">= 1 (no slower)",
              "holds": bool(ratio >= 1.0),
