@@ -105,7 +105,7 @@ def measure(quick: bool = False, params: dict | None = None) -> list[dict]:
     p = dict(QUICK if quick else CASE, **(params or {}))
     B, n, beta, dt, T, m = p["B"], p["n"], p["beta"], p["dt"], p["T"], p["separate"]
     x0 = initial(B, n)
-    t_eval = np.linspace(0.0, T, int(round(T)) + 1)
+    t_eval = np.linspace(0.0, T, max(2, int(round(T)) + 1))
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta))
     short = t_eval[:2]
     _ours(dyn, x0, short, dt), _separate(dyn, x0[:2], short, dt), numpy_rk4(x0, beta, dt, short)  # warm-up

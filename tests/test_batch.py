@@ -305,3 +305,29 @@ def test_compiled_projection_and_retraction_match_numpy(shape, rng):
     assert np.abs(np.linalg.norm(y, axis=-1) - 1.0).max() <= 4 * np.finfo(float).eps  # in place
     strided = v[..., ::2]  # not contiguous: the NumPy formulas
     assert np.array_equal(sphere._project_fast(x[..., ::2], strided), sphere.project(x[..., ::2], strided))
+
+
+# ---------------------------------------------------------------------------------------
+# the benchmark scripts follow the contract (tiny cases; timings are not asserted)
+# ---------------------------------------------------------------------------------------
+def _bench(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, params", [
+    ("bench_batch", {"B": 6, "T": 0.3, "separate": 2, "repeats": 1}),
+    ("bench_small", {"steps": 5, "repeats": 1}),
+])
+def test_benchmark_rows_follow_the_contract(name, params):
+    rows = _bench(name).measure(quick=True, params=params)
+    keys = {"section", "case", "ours_s", "other", "other_s", "ratio", "target", "holds"}
+    for row in rows:
+        assert keys <= set(row) and row["ours_s"] > 0 and row["ratio"] == row["other_s"] / row["ours_s"]
+        assert row["max_diff"] <= 1e-12  # the same steps on the same numbers: round-off
