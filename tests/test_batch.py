@@ -331,3 +331,9 @@ def test_benchmark_rows_follow_the_contract(name, params):
     for row in rows:
         assert keys <= set(row) and row["ours_s"] > 0 and row["ratio"] == row["other_s"] / row["ours_s"]
         assert row["max_diff"] <= 1e-12  # the same steps on the same numbers: round-off
+
+
+def test_single_model_solvers_refuse_a_batched_model():
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(np.ones(2)), geometry="euclidean")
+    with pytest.raises(ValueError, match="takes one model, but dyn is a batch of 2 models"):
+        tp.gaussian_moments(dyn, np.zeros(2), np.eye(2), [0.0, 1.0])

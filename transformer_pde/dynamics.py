@@ -188,6 +188,15 @@ class TokenDynamics:
                                                   weights) for b in range(len(x))])
         return self._rhs(x, t, self.attention.velocity_reference, weights)
 
+    def _check_single(self, who: str) -> None:
+        """Raise ``ValueError`` for a batched model where only one model makes sense (``who``)."""
+        if self.batch is not None:
+            raise ValueError(
+                f"{who} takes one model, but dyn is a batch of {self.batch} models (attention "
+                "parameters with a leading batch axis); run it per system with dyn._system(b) or "
+                "build the model with one beta, Q, K, V"
+            )
+
     def _system(self, b: int) -> TokenDynamics:
         """The model of system b of a batched model (the model itself when not batched)."""
         if self.batch is None:
