@@ -82,7 +82,7 @@ def _batched(name, serial, parallel, qx, kx, vx, extra, out, kind, colw, bias, c
             _tiled(qx[b], kx[b], vx[b], colw[b], kind, bias, causal, out[b])
         return
     kyT = np.ascontiguousarray(np.swapaxes(kx, 1, 2))
-    vyT = np.ascontiguousarray(np.swapaxes(vx, 1, 2))
+    vyT = kyT if vx is kx else np.ascontiguousarray(np.swapaxes(vx, 1, 2))  # K = V = I: one copy
     _threads.run(name + "-batch", qx.shape[0] * qx.shape[1] * kx.shape[1], serial, parallel,
                  qx, kyT, vyT, *extra, out)
 
