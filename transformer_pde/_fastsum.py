@@ -52,39 +52,58 @@ __all__ = [
     "summed_field",
     "NUFFT_EPSILON",
     "NUFFT_ERROR",
+    "NUFFT_MODES",
     "SHT_EPSILON",
     "SHT_ERROR",
     "SHT_DEGREE",
     "MAX_MODES",
     "MAX_DEGREE",
     "CROSSOVER_PAIRS",
+    "EXACT_PAIR_S",
+    "FAST_FIXED_S",
+    "FAST_TOKEN_S",
+    "FAST_DEGREE2_S",
 ]
 
 #: the values of ``summation=``
 SUMMATIONS = ("auto", "exact", "fast")
 #: accuracy asked of finufft (its float64 floor is about 1e-15)
 NUFFT_EPSILON = 1e-14
-#: absolute error of the circle's Z and N in units of S = sum_j a_j * sum_m |c_m| (measured
-#: at most 0.9e-14 over concentrated and spread tokens, beta = 0.5..1000, n = 1e2..1e6:
-#: about NUFFT_EPSILON; four times that is taken)
+#: absolute error of the circle's Z and N in units of S = sum_j a_j * sum_m |c_m|, for
+#: up to NUFFT_MODES modes; it grows with the number of modes beyond (measured over uniform,
+#: one-arc, two-point and cluster-plus-outlier tokens, n = 300, 3000, beta = 0.5..1000:
+#: at most 1.2e-14 up to 159 modes, 6.9e-14 at 491 modes; taken: 4e-14 (1 + modes / 64))
 NUFFT_ERROR = 4.0 * NUFFT_EPSILON
+NUFFT_MODES = 64
 #: accuracy asked of ducc0's general-position spherical-harmonic transforms (floor 2e-13)
 SHT_EPSILON = 3e-13
-#: absolute error of the sphere's Z and N in units of S = max Z over targets and sources
-#: for series up to degree SHT_DEGREE (measured at most 2.7e-13 for random and concentrated
-#: tokens, beta <= 100; 6e-13 is taken). Beyond it the error grows like L^2 (sigmoid, max Z
-#: ~ 0.5: 5.3e-13 at L = 143, 1.4e-11 at L = 802), and with the l1 norm of the series.
+#: absolute error of the sphere's Z and N in units of S = max Z over targets and sources,
+#: for series up to degree SHT_DEGREE (measured over uniform, cap and cap-plus-outlier
+#: tokens, n = 300, 3000, exp beta = 0.5..1000, sigmoid beta = 0.5..100: at most 2.6e-13 up
+#: to degree 144, 3.1e-13 at 264 (exp, beta = 1000), 5.7e-12 at 790 (sigmoid, beta = 100),
+#: growing like L^1.5 with the l1 norm of the series). Taken: 6e-13 times that l1 norm
+#: over max w times max(1, (L / SHT_DEGREE)^2), at least 7 times each measured error.
 SHT_ERROR = 6e-13
 SHT_DEGREE = 128
 #: longest expansion "auto" accepts: Fourier modes on the circle (2M + 1)
 MAX_MODES = 1 << 16
 #: highest degree on the sphere (memory and time ~ L^2)
 MAX_DEGREE = 1500
-#: "auto" sums fast when targets x sources is at least this many pairs (d = 2, 3). Measured
-#: (benchmarks/bench_fastsum.py, 2 cores, medians of interleaved repeats, SA beta = 4):
-#: circle fast/exact time 1.9 at n = 256, 0.62 at n = 512, 0.21 at n = 1024;
-#: sphere 3.4 at n = 512, 1.1 at n = 1024, 0.43 at n = 2048 (beta = 16: 1.6 at 1024, 0.62 at 2048)
-CROSSOVER_PAIRS = {2: 512 * 512, 3: 2048 * 2048}
+#: cost model of "auto" (seconds on the 2-core development machine, shared with other jobs;
+#: benchmarks/bench_fastsum.py, medians of interleaved repeats): the exact kernel costs
+#: EXACT_PAIR_S per pair (measured 7e-9..9e-9 at n = 1024..4096, d = 2, 3); fast summation a
+#: fixed FAST_FIXED_S plus a cost per token (circle 3e-7: 0.27 s at n = 1e6; sphere 7e-7:
+#: 72 ms at n = 1e5) plus, on the sphere, 1e-6 L^2 (70 ms at L = 264, 11 ms at L = 85).
+#: Measured speed-ups fast/exact, SA: circle beta = 4: 0.2 at n = 256, 0.6 at 512, 4.8 at
+#: 1024; beta = 16: 0.8 at 512, 3.5 at 1024; sphere beta = 4: 0.7 at 512, 1.7 at 1024, 7.9
+#: at 2048; beta = 16: 0.6, 1.3, 3.9; beta = 1000: 0.2 at 1024, 2.6 at 4096, 31 at 16384.
+EXACT_PAIR_S = 8e-9
+FAST_FIXED_S = 1.5e-3
+FAST_TOKEN_S = {2: 3e-7, 3: 7e-7}
+FAST_DEGREE2_S = 1e-6
+#: below this many pairs the exact kernel is always cheaper (FAST_FIXED_S / EXACT_PAIR_S):
+#: "auto" decides without looking further, so small systems pay nothing for the choice
+CROSSOVER_PAIRS = int(FAST_FIXED_S / EXACT_PAIR_S)
 #: the fast path evaluates the kernel at x / |x|: a token's norm may differ from 1 by
 #: delta with (1 + 4 |b|) delta <= tol * this (logits move by 2|b|delta, values by delta)
 _UNIT_SHARE = 0.1
@@ -116,7 +135,7 @@ class SummationReport:
     reason: str = ""
 
 
-_SMALL = SummationReport("exact", reason="fewer pairs than the crossover (CROSSOVER_PAIRS)")
+_SMALL = SummationReport("exact", reason="fewer pairs than CROSSOVER_PAIRS: the exact kernel is cheaper")
 _EXACT = SummationReport("exact", reason="summation='exact'")
 
 
@@ -228,6 +247,24 @@ def _legendre_table(lmax, t):
     return p
 
 
+def _gauss_legendre(n):
+    """Gauss-Legendre nodes and weights to round-off: scipy's nodes polished by Newton steps on
+    P_n, the weights recomputed from P_n' (scipy's weights err by ~ n eps, which the
+    gradient series of a slowly decaying kernel amplifies like L^2)."""
+    t = roots_legendre(n)[0]
+
+    def p_dp(t):
+        p0, p1 = np.ones_like(t), t.copy()
+        for l in range(1, n):
+            p0, p1 = p1, ((2 * l + 1) * t * p1 - l * p0) / (l + 1)
+        return p1, n * (t * p1 - p0) / (t * t - 1.0)
+
+    for _ in range(2):
+        p, dp = p_dp(t)
+        t = t - p / dp
+    return t, 2.0 / ((1.0 - t * t) * p_dp(t)[1] ** 2)
+
+
 @lru_cache(maxsize=64)
 def _legendre(kind, b, bias):
     """Funk-Hecke series (w, g, h, ratio) of w(t), an antiderivative, and t w(t); or None.
@@ -241,7 +278,7 @@ def _legendre(kind, b, bias):
     while lmax <= 2 * MAX_DEGREE:
         if kind == "sigmoid":
             nq = lmax + 64
-            t, wq = roots_legendre(nq)
+            t, wq = _gauss_legendre(nq)
             vals = expit(b * t + bias)
             w = 2.0 * np.pi * (_legendre_table(lmax + 1, t) @ (wq * vals))
             # coefficients below the rounding of the quadrature sums are noise: zero them
@@ -312,16 +349,17 @@ def _circle_sums(kind, b, bias, targets, sources, weights, same):
     M = (len(coef) - 1) // 2
     ths = np.arctan2(sources[:, 1], sources[:, 0])
     tht = ths if same else np.arctan2(targets[:, 1], targets[:, 0])
-    # one thread for type 1: threaded spreading adds in a varying order (last-bit
-    # differences between runs); type 2 interpolates per target and is deterministic
+    # one thread: threaded spreading adds in a varying order (last-bit differences between
+    # runs), and finufft's OpenMP threads cost ~80 ms per call beside a busy process while
+    # gaining at most 1.3x at n = 1e6 on 2 cores (measured)
     F = finufft.nufft1d1(ths, weights.astype(np.complex128), n_modes=2 * M + 3,
                          eps=NUFFT_EPSILON, isign=-1, nthreads=1)
     fk = np.stack([coef * F[1:-1], coef * F[:-2]])  # modes -M..M of Z and of N (F_{m-1})
-    out = finufft.nufft1d2(tht, fk, eps=NUFFT_EPSILON, isign=1, nthreads=_threads())
+    out = finufft.nufft1d2(tht, fk, eps=NUFFT_EPSILON, isign=1, nthreads=1)
     z = out[0].real
     n = np.stack([out[1].real, out[1].imag], axis=1)
     scale = float(np.sum(np.abs(weights))) * float(np.sum(np.abs(coef)))
-    return z, n, NUFFT_ERROR * scale, len(coef)
+    return z, n, NUFFT_ERROR * (1.0 + len(coef) / NUFFT_MODES) * scale, len(coef)
 
 
 def _loc(x):
@@ -402,6 +440,12 @@ def _why_not(head, targets, sources, causal, tol):
     return model, length, ""
 
 
+def _fast_cheaper(d, m, n, length) -> bool:
+    """Whether the cost model (module constants) expects fast summation to beat the exact kernel."""
+    fast = FAST_FIXED_S + FAST_TOKEN_S[d] * (m + n) + (FAST_DEGREE2_S * length**2 if d == 3 else 0.0)
+    return fast < EXACT_PAIR_S * m * n
+
+
 def summed_field(head, targets, sources, weights, causal, exact):
     """The attention field (m, d) by fast summation, or None to use the exact kernel.
 
@@ -420,7 +464,7 @@ def summed_field(head, targets, sources, weights, causal, exact):
             head.last_summation = SummationReport(
                 "exact", reason="targets other than the sources: 'auto' sums those exactly")
             return None
-        if len(targets) * len(sources) < CROSSOVER_PAIRS.get(d, 0) or d not in CROSSOVER_PAIRS:
+        if len(targets) * len(sources) < CROSSOVER_PAIRS:
             head.last_summation = _SMALL
             return None
     model, length, why = _why_not(head, targets, sources, causal, tol)
@@ -428,6 +472,10 @@ def summed_field(head, targets, sources, weights, causal, exact):
         if summation == "fast":
             raise ValueError(f"summation='fast' is not available for {head!r}: {why}")
         head.last_summation = SummationReport("exact", reason=why)
+        return None
+    if summation == "auto" and not _fast_cheaper(sources.shape[1], len(targets), len(sources), length):
+        head.last_summation = SummationReport(
+            "exact", reason=f"the exact kernel is estimated cheaper (expansion length {length})")
         return None
     kind, b, v, bias = model
     d = sources.shape[1]
