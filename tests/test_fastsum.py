@@ -118,6 +118,25 @@ def test_unnormalized_concentrated_large_beta(rng, d):
     assert report.handed_over >= 2
 
 
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("variant", ["softmax", "usa"])
+def test_targets_far_from_all_mass_are_handed_over(rng, d, variant):
+    """Targets opposite a tight cluster at beta = 300: Z ~ e^{-600} is pure transform noise
+    (possibly negative); every such target must be recomputed exactly, never divided by noise."""
+    if d == 2:
+        src = circle(0.3 + 1e-3 * rng.uniform(size=300))
+        tgt = circle(0.3 + np.pi + 0.5 * rng.uniform(-1, 1, size=40))
+    else:
+        src = cap(rng, 300, 1e-3)
+        tgt = -cap(rng, 40, 0.3)
+    w = np.full(300, 1.0 / 300)
+    fast = CLASSES[variant](300.0, summation="fast")
+    exact = CLASSES[variant](300.0, summation="exact")
+    got, want = fast._field(tgt, src, w), exact._field(tgt, src, w)
+    assert fast.last_summation.handed_over == 40
+    assert np.array_equal(got, want)  # all recomputed by the same exact kernel
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(20, 300), beta=st.floats(-20.0, 200.0), spread=st.floats(1e-4, 2 * np.pi),
        seed=st.integers(0, 2**31), d=st.sampled_from([2, 3]))

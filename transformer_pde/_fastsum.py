@@ -488,7 +488,8 @@ def summed_field(head, targets, sources, weights, causal, exact):
         else:
             out = v * n * (np.exp(abs(b)) if kind == "exp" else 1.0)
         estimate = factor * err_abs / z
-        bad = ~(estimate <= tol) | ~np.all(np.isfinite(out), axis=1)
+        # keep a target only if Z_i >= factor E S / tol: a Z_i that is noise may be negative
+        bad = ~(z * tol >= factor * err_abs) | ~np.all(np.isfinite(out), axis=1)
     n_bad = int(np.count_nonzero(bad))
     if n_bad:
         out[bad] = exact(np.ascontiguousarray(targets[bad]), sources, weights)
