@@ -177,6 +177,8 @@ def _model(head, d, causal) -> tuple[tuple | None, str]:
     if kind is None:
         return None, (f"{type(head).__name__} has no fast summation (SoftmaxAttention, "
                       "UnnormalizedAttention and SigmoidAttention have)")
+    if any(np.ndim(p) for p in (head.beta, getattr(head, "bias", 0.0))):
+        return None, "batched parameters (an array of beta or bias) are summed exactly"
     if causal or head.causal:
         return None, "causal (masked) attention depends on the order of the tokens"
     if d not in (2, 3):
