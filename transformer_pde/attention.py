@@ -288,6 +288,7 @@ class _FastSummation:
 #: default relative error target of fast summation
 _DEFAULT_TOL = 1e-10
 
+
 class SoftmaxAttention(_FastSummation, Attention):
     r"""Softmax self-attention (SA).
 
