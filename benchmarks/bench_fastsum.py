@@ -5,7 +5,7 @@ attention output is computed with ``summation="fast"`` and ``summation="exact"``
 timed *interleaved* (fast, exact, fast, exact, ...) after one untimed warm-up of each;
 the table reports medians and the ratio exact/fast (the speed-up). Where the exact
 kernel would take too long (n above ``EXACT_MAX_N``) it is timed on a subsample of
-``SUBSAMPLE`` targets (the exact kernel with those targets, all n sources) and scaled by
+``SUBSAMPLE`` targets, 200 in quick mode (the exact kernel with those targets, all n sources), and scaled by
 n / SUBSAMPLE, which is its cost model (O(m n) for m targets); the row says so. The error
 is always measured against the exact kernel on that subsample (or on all targets):
 max |fast - exact| / |v| for softmax (|v| = 1 bounds the output), and relative to the
@@ -51,12 +51,14 @@ FULL = {
     "variants": [(2, "usa", 4.0, [10**5]), (2, "sigmoid", 4.0, [10**5]), (3, "usa", 4.0, [10**5]),
                  (3, "sigmoid", 4.0, [10**5])],
     "repeats": 5,
+    "subsample": SUBSAMPLE,
 }
 QUICK = {
     "scaling": [(2, "softmax", 4.0, [10**4, 10**5, 10**6]), (3, "softmax", 4.0, [10**4, 3 * 10**4, 10**5])],
     "crossover": [(2, "softmax", 4.0, [512, 1024]), (3, "softmax", 4.0, [1024, 2048])],
     "variants": [],
     "repeats": 3,
+    "subsample": 200,
 }
 #: acceptance of issue 10: circle n = 1e6 at most 1 s and 1e-8; sphere n = 1e5 at least 20x
 CIRCLE_TARGET_S, CIRCLE_TARGET_ERR, SPHERE_TARGET_RATIO = 1.0, 1e-8, 20.0
@@ -79,12 +81,13 @@ def _median_times(calls, repeats):
     return [statistics.median(t) for t in times]
 
 
-def cell(d: int, variant: str, beta: float, n: int, repeats: int, section: str) -> dict:
+def cell(d: int, variant: str, beta: float, n: int, repeats: int, section: str,
+         subsample: int = SUBSAMPLE) -> dict:
     x = tokens(n, d)
     w = np.full(n, 1.0 / n)
     fast = CLASSES[variant](beta, summation="fast")
     exact = CLASSES[variant](beta, summation="exact")
-    sub = np.ascontiguousarray(x[:: max(1, n // SUBSAMPLE)][:SUBSAMPLE]) if n > EXACT_MAX_N else x
+    sub = np.ascontiguousarray(x[:: max(1, n // subsample)][:subsample]) if n > EXACT_MAX_N else x
     scale = n / len(sub)
     t_fast, t_exact = _median_times([lambda: fast._velocity(x, w), lambda: exact._field(sub, x, w)],
                                     repeats)
@@ -92,7 +95,7 @@ def cell(d: int, variant: str, beta: float, n: int, repeats: int, section: str) 
     vf = fast._velocity(x, w)
     rep = fast.last_summation
     ref = exact._field(sub, x, w)
-    vsub = vf[:: max(1, n // SUBSAMPLE)][:SUBSAMPLE] if n > EXACT_MAX_N else vf
+    vsub = vf[:: max(1, n // subsample)][:subsample] if n > EXACT_MAX_N else vf
     norm = 1.0 if variant == "softmax" else float(np.abs(ref).max())
     err = float(np.abs(vsub - ref).max() / norm)
     geometry = "S^1" if d == 2 else "S^2"
@@ -130,7 +133,8 @@ def exponents(rows: list[dict]) -> list[dict]:
                             f"n={g[0]['n']}..{g[-1]['n']}",
                     "ours_s": float(g[-1]["ours_s"]), "other": "exact kernel",
                     "other_s": float(g[-1]["other_s"]), "ratio": float(g[-1]["ratio"]),
-                    "target": "fast exponent about 1", "holds": bool(0.7 <= slope <= 1.3),
+                    "target": "fast exponent <= about 1 (fixed costs lower it at small n)",
+                    "holds": bool(slope <= 1.2),
                     "exponent": slope, "exponent_exact": slope_exact})
     return out
 
@@ -142,7 +146,7 @@ def measure(quick: bool = False) -> list[dict]:
     for section in ("crossover", "scaling", "variants"):
         for d, variant, beta, ns in plan[section]:
             for n in ns:
-                rows.append(cell(d, variant, beta, n, plan["repeats"], section))
+                rows.append(cell(d, variant, beta, n, plan["repeats"], section, plan["subsample"]))
     return rows + exponents(rows)
 
 
