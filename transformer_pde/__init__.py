@@ -19,6 +19,7 @@ from .attention import (
     SinkhornAttention,
     SinkhornConvergenceWarning,
     SoftmaxAttention,
+    SummationReport,
     UnnormalizedAttention,
 )
 from .dynamics import NORMS, TokenDynamics
@@ -57,6 +58,7 @@ def __getattr__(name: str):
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "SummationReport",
     "UnnormalizedAttention",
     "L2Attention",
     "SigmoidAttention",

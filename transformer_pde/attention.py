@@ -38,8 +38,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
-from . import _threads
+from . import _fastsum, _threads
 from . import _validation as _v
+from ._fastsum import SummationReport
 from ._kernels import attention as _k
 from ._kernels import batched as _kb
 
@@ -52,6 +53,7 @@ __all__ = [
     "SinkhornAttention",
     "MultiHeadAttention",
     "SinkhornConvergenceWarning",
+    "SummationReport",
 ]
 
 
@@ -224,6 +226,8 @@ class Attention:
     causal: bool = False
     #: whether the variant accepts parameters with a leading batch axis
     _batch_params: bool = True
+    #: how :meth:`_field` sums: the variants with fast summation set it per instance
+    summation: str = "exact"
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
         sizes = {}
@@ -390,8 +394,17 @@ class Attention:
 
         This is the mean-field velocity of a weighted point set: sources (n, d) with
         weights (n,). The causal index mask (source j <= target i) needs
-        ``targets is sources``.
+        ``targets is sources``. Heads with a ``summation`` other than ``"exact"`` may sum
+        by fast summation here (:mod:`transformer_pde._fastsum`).
         """
+        if self.summation != "exact":
+            out = _fastsum.summed_field(self, targets, sources, weights, causal, self._exact_field)
+            if out is not None:
+                return out
+        return self._exact_field(targets, sources, weights, causal)
+
+    def _exact_field(self, targets, sources, weights, causal=False):
+        """:meth:`_field` by the exact O(mn) kernels."""
         kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]))
         self._kernel(weights, self._query(targets), kx, vx, out, causal)
@@ -404,7 +417,25 @@ class Attention:
         raise NotImplementedError
 
 
-class SoftmaxAttention(Attention):
+class _FastSummation:
+    """The ``summation`` and ``tol`` keywords of the variants with fast summation."""
+
+    def _set_summation(self, summation, tol) -> None:
+        self.summation, self.tol = _fastsum.check_summation(summation, tol)
+        #: how the latest field was summed (a :class:`SummationReport`), None before the first
+        self.last_summation: SummationReport | None = None
+
+    def _summation_params(self) -> str:
+        if self.summation == "auto" and self.tol == _DEFAULT_TOL:
+            return ""
+        return f", summation={self.summation!r}, tol={self.tol:g}"
+
+
+#: default relative error target of fast summation
+_DEFAULT_TOL = 1e-10
+
+
+class SoftmaxAttention(_FastSummation, Attention):
     r"""Softmax self-attention (SA).
 
     .. math::
@@ -422,16 +453,42 @@ class SoftmaxAttention(Attention):
         See :class:`Attention`.
     causal : bool
         Apply the causal mask.
+    summation : {"auto", "exact", "fast"}
+        How the sums over the tokens are computed. ``"exact"``: the O(n^2) kernels.
+        ``"fast"``: fast summation on :math:`\mathbb S^1` and :math:`\mathbb S^2`, the kernel
+        expanded in Fourier modes or spherical harmonics and summed by non-uniform
+        transforms in O(n + L log L) (ValueError unless Q, K, V are multiples of the
+        identity, the attention is not causal and the tokens are unit vectors of dimension
+        2 or 3). ``"auto"``: fast summation for the tokens' own field where it applies and
+        is cheaper (enough tokens, a bounded expansion), the exact kernels otherwise. Either
+        way, the targets whose estimated error exceeds ``tol`` are summed exactly, and
+        :attr:`last_summation` (a :class:`SummationReport`) says what was done.
+        docs/math.md §9.12.
+    tol : float
+        Relative error target of fast summation, in (0, 1): relative to |v| (the bound of
+        the output) for softmax, to :math:`|v|\sum_j a_j w_{ij}` for USA and sigmoid.
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> theta = np.random.default_rng(0).uniform(0, 2 * np.pi, 4096)
+    >>> x = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    >>> fast = tp.SoftmaxAttention(4.0, summation="fast")
+    >>> err = np.abs(fast.velocity(x) - tp.SoftmaxAttention(4.0, summation="exact").velocity(x))
+    >>> bool(err.max() < 1e-10), fast.last_summation.method
+    (True, 'fast')
     """
 
-    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False):
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False,
+                 summation: str = "auto", tol: float = _DEFAULT_TOL):
         super().__init__(beta, Q, K, V)
         if not isinstance(causal, (bool, np.bool_)):
             raise TypeError(f"causal must be a bool, got {causal!r}")
         self.causal = bool(causal)
+        self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, causal={self.causal}"
+        return f"beta={self.beta:g}, causal={self.causal}{self._summation_params()}"
 
     def _column_bias(self, kx: np.ndarray) -> np.ndarray:
         return np.zeros(kx.shape[:-1])
@@ -468,7 +525,7 @@ class L2Attention(SoftmaxAttention):
     """
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
-        super().__init__(beta, Q, K, V, causal=False)
+        super().__init__(beta, Q, K, V, causal=False, summation="exact")
 
     def _params(self) -> str:
         return f"beta={self.beta:g}"
@@ -484,7 +541,7 @@ class L2Attention(SoftmaxAttention):
         return -0.5 * self.beta * np.einsum("ijc,ijc->ij", diff, diff)
 
 
-class UnnormalizedAttention(Attention):
+class UnnormalizedAttention(_FastSummation, Attention):
     r"""Unnormalized self-attention (USA): no softmax denominator.
 
     .. math::
@@ -494,7 +551,22 @@ class UnnormalizedAttention(Attention):
 
     docs/math.md §2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    summation, tol
+        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`.
     """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, summation: str = "auto",
+                 tol: float = _DEFAULT_TOL):
+        super().__init__(beta, Q, K, V)
+        self._set_summation(summation, tol)
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
@@ -513,7 +585,7 @@ class UnnormalizedAttention(Attention):
                  0.0, False)
 
 
-class SigmoidAttention(Attention):
+class SigmoidAttention(_FastSummation, Attention):
     r"""Sigmoid attention (no normalization).
 
     .. math::
@@ -522,15 +594,18 @@ class SigmoidAttention(Attention):
         \qquad \sigma(z) = \frac{1}{1 + e^{-z}}.
 
     docs/math.md §3.1. Parameters as :class:`Attention` plus ``bias`` :math:`b` (not scaled
-    by beta).
+    by beta), and ``summation``, ``tol`` (fast summation on the circle and the 2-sphere; see
+    :class:`SoftmaxAttention`).
     """
 
-    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, bias: float = 0.0):
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, bias: float = 0.0,
+                 summation: str = "auto", tol: float = _DEFAULT_TOL):
         super().__init__(beta, Q, K, V)
         self.bias = _v.as_real(bias, "bias")
+        self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, bias={self.bias:g}"
+        return f"beta={self.beta:g}, bias={self.bias:g}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)

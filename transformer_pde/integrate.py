@@ -374,7 +374,9 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     ``simulate(model b, x0[b], ...)`` to round-off (tested to 1e-12). ``dopri5`` takes
     one step size for the whole batch, accepted when the largest per-system error norm
     is at most 1, so each system is at least as accurate as alone but its steps (and
-    hence its values, to within the tolerances) differ from a separate run. A noisy
+    hence its values, to within the tolerances) differ from a separate run. A batch is
+    summed by the exact kernels (``summation=`` of the attention applies to one system,
+    where fast summation pays off: many tokens). A noisy
     model draws the increments of all systems from one generator, so a batch is
     reproducible from its seed but does not repeat the noise of separate runs.
 
