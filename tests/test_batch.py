@@ -337,3 +337,16 @@ def test_single_model_solvers_refuse_a_batched_model():
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(np.ones(2)), geometry="euclidean")
     with pytest.raises(ValueError, match="takes one model, but dyn is a batch of 2 models"):
         tp.gaussian_moments(dyn, np.zeros(2), np.eye(2), [0.0, 1.0])
+
+
+def test_readme_batch_example_runs(capsys):
+    """The README's batch block runs: 64 systems, beta from 0.5 to 8 (cluster fractions 0..1)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in blocks if "SoftmaxAttention(beta=np.linspace" in b]
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("(2, 64, 32, 2)")
