@@ -335,7 +335,7 @@ def test_benchmark_rows_follow_the_contract(name, params):
 
 def test_single_model_solvers_refuse_a_batched_model():
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(np.ones(2)), geometry="euclidean")
-    with pytest.raises(ValueError, match="takes one model, but dyn is a batch of 2 models"):
+    with pytest.raises(ValueError, match="dyn must be a single model, but it is a batch of 2 models"):
         tp.gaussian_moments(dyn, np.zeros(2), np.eye(2), [0.0, 1.0])
 
 
@@ -350,3 +350,13 @@ def test_readme_batch_example_runs(capsys):
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert out.startswith("(2, 64, 32, 2)")
+
+
+def test_mean_field_solvers_refuse_a_batched_model():
+    """A grid PDE has one model: a batch of models is refused by name, not broadcast."""
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=np.array([1.0, 2.0])))
+    rho0 = tp.Density.uniform(tp.CircleGrid(16))
+    with pytest.raises(ValueError, match="mean-field solvers: dyn must be a single model.*batch of 2"):
+        tp.solve_meanfield(dyn, rho0, (0.0, 0.1))
+    with pytest.raises(ValueError, match="axisymmetric solver: dyn must be a single model"):
+        tp.solve_axisymmetric(dyn, lambda th: 1.0 + 0 * th, 32, (0.0, 0.1))

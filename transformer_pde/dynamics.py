@@ -192,9 +192,9 @@ class TokenDynamics:
         """Raise ``ValueError`` for a batched model where only one model makes sense (``who``)."""
         if self.batch is not None:
             raise ValueError(
-                f"{who} takes one model, but dyn is a batch of {self.batch} models (attention "
-                "parameters with a leading batch axis); run it per system with dyn._system(b) or "
-                "build the model with one beta, Q, K, V"
+                f"{who}: dyn must be a single model, but it is a batch of {self.batch} models (attention "
+                "parameters with a leading batch axis); build one model per system, with one "
+                "beta, Q, K, V each"
             )
 
     def _system(self, b: int) -> TokenDynamics:

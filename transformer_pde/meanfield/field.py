@@ -158,6 +158,7 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
     """Raise ValueError/TypeError unless ``dyn`` has a mean-field equation on ``grid``."""
     if not isinstance(dyn, TokenDynamics):
         raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
+    dyn._check_single("the mean-field solvers")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a grid, got {type(grid).__name__}")
     if grid.geometry == "sphere":
