@@ -97,6 +97,35 @@ def test_memory_check_n16384(bench, d):
     assert mem["passed"]
 
 
+# ----------------------------------------------------------------------------- run_all
+RUN_ALL = SCRIPT.parent / "run_all.py"
+
+
+@pytest.fixture
+def run_all(monkeypatch, tmp_path):
+    """benchmarks/run_all.py, reading its sections from a temporary folder."""
+    spec = importlib.util.spec_from_file_location("run_all", RUN_ALL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    return module
+
+
+def test_run_all_gathers_sections_into_one_table_and_json(run_all, tmp_path, capsys):
+    (tmp_path / "bench_toy.py").write_text(
+        "def measure(quick=False):\n"
+        "    return [{'section': 'toy', 'case': 'n=1', 'ours_s': 1.0, 'other': 'plain',\n"
+        "             'other_s': 3.0, 'ratio': 3.0, 'target': '>= 2x', 'holds': quick}]\n")
+    (tmp_path / "bench_helper.py").write_text("X = 1\n")  # no measure(): not a section
+    assert sorted(run_all.sections()) == ["toy"]
+    out = tmp_path / "out" / "all.json"
+    assert run_all.main(["--quick", "--json", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "toy" in text and "3x" in text and "1 targets hold, 0 do not" in text
+    data = json.loads(out.read_text())
+    assert data["rows"][0]["ratio"] == 3.0 and data["machine"]["quick"] is True
+    assert run_all.main(["--check"]) == 1  # quick=False: the toy target does not hold
+
 @pytest.mark.benchmark
 def test_bench_kernels_quick_rows_follow_the_contract():
     spec = importlib.util.spec_from_file_location(

@@ -495,7 +495,7 @@ def _good(rng):
 
 @pytest.mark.parametrize("change, exc, pattern", [
     (dict(x0=np.ones(3)), ValueError, r"x0 must have shape \(n, d\)"),
-    (dict(x0=np.ones((2, 3, 1))), ValueError, r"x0 must have shape"),
+    (dict(x0=np.ones((2, 3, 1, 1))), ValueError, r"x0 must have shape"),  # (2, 3, 1) is a batch
     (dict(x0=np.full((4, 3), np.nan)), ValueError, r"x0 must be finite"),
     (dict(x0=np.array([[np.inf, 0, 0], [1.0, 0, 0]])), ValueError, r"x0 must be finite"),
     (dict(x0=[["a", "b"]]), TypeError, r"x0"),

@@ -499,12 +499,14 @@ def test_benchmark_smoke(capsys, tmp_path):
         spec.loader.exec_module(bench)
         out = tmp_path / "b.json"
         status = bench.main(["--n-lat", "6", "8", "12", "--repeats", "1", "--betas", "1", "4",
-                             "--degree-n-lat", "8", "--json", str(out), "--check"])
+                             "--degree-n-lat", "8", "--json", str(out)])
     finally:
         sys.modules.pop(spec.name, None)
     text = capsys.readouterr().out
     assert status == 0, text
-    assert "fitted exponents" in text and "check: PASS" in text
+    # no --check here: its exponent bound is a timing, and the default suite asserts no
+    # timing (a busy core bent it once); the accuracy half of the check is asserted below
+    assert "fitted exponents" in text
     import json
 
     data = json.loads(out.read_text())

@@ -1,7 +1,7 @@
 """The validation harness (checks, Validation, run, discovery, ``transformer-pde validate``).
 
 The default suite runs the harness and ONE cheap validation from a folder outside the
-repository; ``pytest -m slow`` runs all twelve in quick mode (a few minutes, more on a
+repository; ``pytest -m slow`` runs all thirteen in quick mode (a few minutes, more on a
 loaded machine: no test here bounds a wall-clock time).
 """
 
@@ -36,8 +36,8 @@ from transformer_pde.checks import (
 PACKAGE_DIR = Path(transformer_pde.__file__).resolve().parent
 NAMES = [
     "anisotropy", "circle_convergence", "equiangular", "gaussian_particles", "grid_vs_gaussian",
-    "long_context", "metastability", "noise", "paper_a", "phase_diagram", "sphere_clustering",
-    "sphere_convergence",
+    "long_context", "metastability", "million_tokens", "noise", "paper_a",
+    "phase_diagram", "sphere_clustering", "sphere_convergence",
 ]
 #: the fastest quick validation (measured: about 2.5 s of work, 5 s with the interpreter's start)
 CHEAP = "paper_a"
@@ -158,7 +158,7 @@ def test_run_rejects_bad_arguments(tmp_path):
 
 
 # -- discovery and the runner -------------------------------------------------------------------
-def test_discovery_lists_the_twelve():
+def test_discovery_lists_the_thirteen():
     assert validation_names() == NAMES
     for name in NAMES:
         module = importlib.import_module(f"transformer_pde.validation.{name}")

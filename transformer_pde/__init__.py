@@ -19,9 +19,11 @@ from .attention import (
     SinkhornAttention,
     SinkhornConvergenceWarning,
     SoftmaxAttention,
+    SummationReport,
     UnnormalizedAttention,
 )
 from .dynamics import NORMS, TokenDynamics
+from .ensembles import WEIGHT_KINDS, random_weights
 from .gaussian import (
     GaussianBlowUpError,
     GaussianTrajectory,
@@ -56,6 +58,7 @@ def __getattr__(name: str):
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "SummationReport",
     "UnnormalizedAttention",
     "L2Attention",
     "SigmoidAttention",
@@ -67,6 +70,8 @@ __all__ = [
     "Euclidean",
     "Sphere",
     "simulate",
+    "random_weights",
+    "WEIGHT_KINDS",
     "Trajectory",
     "RunInfo",
     "METHODS",

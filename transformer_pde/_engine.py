@@ -232,11 +232,16 @@ class PIController:
     (``icoeff = 1, pcoeff = 0`` is the classical I controller, the default); a rejected
     step shrinks by :math:`\max(0.2, 0.9 e_n^{-1/p})`. A step cut short to land on a
     saved time does not shrink the one after it.
+
+    ``norm_axes``: the axes of one system's state when the state is a batch of systems
+    (the last two for (B, n, d)); :math:`e_n` is then the largest of the systems' RMS
+    norms, so every system is held to the tolerance it would have alone.
     """
 
     def __init__(self, rtol: float, atol: float, order: int, first_step: float | None = None,
-                 icoeff: float = 1.0, pcoeff: float = 0.0):
+                 icoeff: float = 1.0, pcoeff: float = 0.0, norm_axes: tuple[int, ...] | None = None):
         self.rtol, self.atol, self.order = rtol, atol, order
+        self.norm_axes = norm_axes
         self.icoeff, self.pcoeff = icoeff, pcoeff
         self.h = first_step
         self._err_prev = 1.0
@@ -252,7 +257,10 @@ class PIController:
 
     def judge(self, t, y, h, result: Step):
         scale = self.atol + self.rtol * np.maximum(np.abs(y), np.abs(result.y))
-        err = float(np.sqrt(np.mean((result.err / scale) ** 2)))
+        if self.norm_axes is None:
+            err = float(np.sqrt(np.mean((result.err / scale) ** 2)))
+        else:  # one norm per system of a batch; the worst decides (NaN propagates)
+            err = float(np.max(np.sqrt(np.mean((result.err / scale) ** 2, axis=self.norm_axes))))
         self._err = err
         if np.isfinite(err) and err <= 1.0:
             return True, h

@@ -16,6 +16,7 @@ __all__ = [
     "as_positive",
     "as_positive_int",
     "as_tokens",
+    "as_states",
     "as_matrix",
     "as_weights",
     "as_rng",
@@ -77,6 +78,21 @@ def as_tokens(x, name: str = "x", d: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must have shape (n, d) with n, d >= 1, got shape {arr.shape}")
     if d is not None and arr.shape[1] != d:
         raise ValueError(f"{name} must have shape (n, {d}), got shape {arr.shape}")
+    _check_finite(arr, name)
+    return arr
+
+
+def as_states(x, name: str = "x", d: int | None = None) -> np.ndarray:
+    """Tokens (n, d) or a batch of B systems of tokens (B, n, d): finite float64, all sizes >= 1."""
+    arr = _as_float_array(x, name)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (n, d) or (B, n, d), got shape {arr.shape}")
+    if arr.ndim == 2:
+        return as_tokens(arr, name, d)
+    if min(arr.shape) < 1:
+        raise ValueError(f"{name} must have shape (B, n, d) with B, n, d >= 1, got shape {arr.shape}")
+    if d is not None and arr.shape[2] != d:
+        raise ValueError(f"{name} must have shape (B, n, {d}), got shape {arr.shape}")
     _check_finite(arr, name)
     return arr
 

@@ -31,15 +31,18 @@ on the dynamics of deep Transformers* (arXiv 2501.18322); Sander, Ablin, Blondel
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
-from . import _threads
+from . import _fastsum, _threads
 from . import _validation as _v
+from ._fastsum import SummationReport
 from ._kernels import attention as _k
+from ._kernels import batched as _kb
 
 __all__ = [
     "Attention",
@@ -50,6 +53,7 @@ __all__ = [
     "SinkhornAttention",
     "MultiHeadAttention",
     "SinkhornConvergenceWarning",
+    "SummationReport",
 ]
 
 
@@ -86,6 +90,29 @@ def _work_dtype(dtype) -> np.dtype:
     return dt
 
 
+def _batch_rows(row, kx: np.ndarray) -> np.ndarray:
+    """A per-source row (n,) or per-system rows (B, n) as a contiguous (B, n) array."""
+    return np.ascontiguousarray(np.broadcast_to(row, kx.shape[:2]), dtype=kx.dtype)
+
+
+def _batched(name, serial, parallel, qx, kx, vx, extra, out, kind, colw, bias, causal):
+    """The batched row kernel of a batch of systems: qx (B, m, k), kx (B, n, k), vx (B, n, d).
+
+    ``serial(qx, kyT, vyT, *extra, out)`` or its parallel twin (over systems), chosen per call
+    by :mod:`transformer_pde._threads`; for large k + d, where the single-system path uses
+    BLAS tiles, the systems go through those tiles one by one (``kind``, ``colw`` (B, n),
+    ``bias``, ``causal`` as :func:`_tiled` takes them).
+    """
+    if not _fused(qx[0], vx[0]):
+        for b in range(len(qx)):
+            _tiled(qx[b], kx[b], vx[b], colw[b], kind, bias, causal, out[b])
+        return
+    kyT = np.ascontiguousarray(np.swapaxes(kx, 1, 2))
+    vyT = kyT if vx is kx else np.ascontiguousarray(np.swapaxes(vx, 1, 2))  # K = V = I: one copy
+    _threads.run(name + "-batch", qx.shape[0] * qx.shape[1] * kx.shape[1], serial, parallel,
+                 qx, kyT, vyT, *extra, out)
+
+
 def _sinkhorn_serial(*args):
     return _k.sinkhorn_potentials(*args, True)
 
@@ -116,12 +143,13 @@ def _tiled(qx, kx, vx, colw, kind, bias, causal, out):
 
 
 def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
-    """Return ``out`` (n, d), or raise ``FloatingPointError`` naming the first bad token."""
-    bad = ~np.all(np.isfinite(out), axis=1)
+    """Return ``out`` (n, d) or (B, n, d), or raise ``FloatingPointError`` naming the first bad token."""
+    bad = ~np.all(np.isfinite(out), axis=-1)
     if bad.any():
-        i = int(np.argmax(bad))
+        where = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        place = f"token {where[0]}" if bad.ndim == 1 else f"token {where[1]} of system {where[0]}"
         raise FloatingPointError(
-            f"{who}: the output is not finite for token {i} ({int(bad.sum())} tokens in all); "
+            f"{who}: the output is not finite for {place} ({int(bad.sum())} tokens in all); "
             f"it overflows {out.dtype} (unnormalized or sigmoid weights grow like "
             "exp(beta <Qx, Ky>))"
         )
@@ -146,6 +174,57 @@ def _out_dtype(x: np.ndarray) -> np.dtype:
     return np.dtype(np.float32) if x.dtype == np.float32 else np.dtype(np.float64)
 
 
+def _mT(a: np.ndarray) -> np.ndarray:
+    """The transpose of a matrix (k, d), or of each matrix of a stack (B, k, d)."""
+    return np.swapaxes(a, -1, -2)
+
+
+def _batch_array(value, name: str, ndim: int, sizes: dict) -> np.ndarray:
+    """A parameter with ``ndim`` dimensions, or ``ndim + 1`` with a leading batch axis.
+
+    Records the batch size B in ``sizes[name]`` when the axis is there.
+    """
+    if ndim == 2 and np.ndim(value) == 2:
+        return _v.as_matrix(value, name, (None, None))
+    arr = np.asarray(value)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
+                                   or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != ndim + 1:
+        want = ("a real number or an array of shape (B,) (one per system)" if ndim == 0 else
+                "have shape (k, d), or (B, k, d) with a leading batch axis")
+        raise ValueError(f"{name} must {'be ' if ndim == 0 else ''}{want}, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if arr.shape[0] < 1:
+        raise ValueError(f"{name} has an empty batch axis (shape {arr.shape}); a batch needs B >= 1")
+    if not np.all(np.isfinite(arr)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(f"{name} must be finite, but entry {bad} is {arr[bad]}")
+    sizes[name] = arr.shape[0]
+    return arr
+
+
+def check_batch(batch: int | None, x: np.ndarray, name: str, who: str) -> None:
+    """Raise ``ValueError`` unless the states ``x`` suit a model with ``batch`` systems.
+
+    A batched model (``batch == B``) needs a batch of states (B, n, d); a model without
+    batched parameters takes one system (n, d) or any batch (B, n, d).
+    """
+    if batch is None:
+        return
+    if x.ndim != 3:
+        raise ValueError(
+            f"{who} is a batch of {batch} models (parameters with a leading batch axis), so {name} "
+            f"must be a batch of states of shape ({batch}, n, d), got shape {x.shape}; evaluate it "
+            "through TokenDynamics(...).velocity or simulate"
+        )
+    if x.shape[0] != batch:
+        raise ValueError(
+            f"{who} is a batch of {batch} models, but {name} holds {x.shape[0]} systems "
+            f"(shape {x.shape}); the leading axes must match"
+        )
+
+
 #: the fused per-row softmax kernel is used while k + d is at most this; above it,
 #: BLAS computes tiles of logits and values (measured crossover, benchmarks/)
 _FUSED_MAX_KD = 48
@@ -158,37 +237,66 @@ class Attention:
 
     Parameters
     ----------
-    beta : float
-        Inverse temperature, written out separately from ``Q`` and ``K``.
-    Q, K : array_like, shape (k, d), optional
+    beta : float or array_like, shape (B,)
+        Inverse temperature, written out separately from ``Q`` and ``K``; one per system
+        of a batch when given as an array.
+    Q, K : array_like, shape (k, d) or (B, k, d), optional
         Query and key matrices; the identity of the data dimension when ``None``.
-    V : array_like, shape (d, d), optional
+    V : array_like, shape (d, d) or (B, d, d), optional
         Value matrix; the identity when ``None``.
+
+    A parameter with a leading batch axis makes a *batched* model (``batch == B``): B
+    models of the same variant, system b using ``beta[b]``, ``Q[b]``, ... (parameters
+    without the axis are shared). It acts on batches of states (B, n, d) only, through
+    :class:`~transformer_pde.TokenDynamics` and :func:`~transformer_pde.simulate`; the
+    methods of a model itself (``velocity``, ``matrix``, ...) take one system (n, d).
     """
 
     #: attention of token i depends on the order of the tokens (masked variants)
     causal: bool = False
+    #: whether the variant accepts parameters with a leading batch axis
+    _batch_params: bool = True
+    #: how :meth:`_field` sums: the variants with fast summation set it per instance
+    summation: str = "exact"
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
-        self.beta = _v.as_real(beta, "beta")
-        self.Q = None if Q is None else _v.as_matrix(Q, "Q", (None, None))
-        self.K = None if K is None else _v.as_matrix(K, "K", (None, None))
-        self.V = None if V is None else _v.as_matrix(V, "V", (None, None))
-        if self.Q is not None and self.K is not None and self.Q.shape != self.K.shape:
+        sizes = {}
+        if np.ndim(beta) == 0:
+            self.beta = _v.as_real(beta, "beta")
+        else:
+            self.beta = _batch_array(beta, "beta", 0, sizes)
+        self.Q = None if Q is None else _batch_array(Q, "Q", 2, sizes)
+        self.K = None if K is None else _batch_array(K, "K", 2, sizes)
+        self.V = None if V is None else _batch_array(V, "V", 2, sizes)
+        if len(set(sizes.values())) > 1:
             raise ValueError(
-                f"Q and K must have the same shape (k, d), got Q {self.Q.shape} and K {self.K.shape}"
+                "the parameters with a leading batch axis must agree on the number of systems B, "
+                "got " + ", ".join(f"{name}: B={b}" for name, b in sizes.items())
             )
-        if self.V is not None and self.V.shape[0] != self.V.shape[1]:
-            raise ValueError(f"V must be square (d, d), got shape {self.V.shape}")
-        dims = {m.shape[1] for m in (self.Q, self.K, self.V) if m is not None}
+        #: number of systems B of a batched model (parameters with a leading batch axis), else None
+        self.batch: int | None = next(iter(sizes.values())) if sizes else None
+        if self.batch is not None and not self._batch_params:
+            raise ValueError(
+                f"{type(self).__name__} does not take per-system parameters (a leading batch axis on "
+                f"{', '.join(sizes)}); give one beta, Q, K, V and a batch of states (B, n, d) instead"
+            )
+        shape = {name: m.shape[-2:] for name, m in (("Q", self.Q), ("K", self.K), ("V", self.V))
+                 if m is not None}
+        if "Q" in shape and "K" in shape and shape["Q"] != shape["K"]:
+            raise ValueError(
+                f"Q and K must have the same shape (k, d), got Q {shape['Q']} and K {shape['K']}"
+            )
+        if "V" in shape and shape["V"][0] != shape["V"][1]:
+            raise ValueError(f"V must be square (d, d), got shape {shape['V']}")
+        dims = {s[1] for s in shape.values()}
         if len(dims) > 1:
             raise ValueError(f"Q, K and V must act on the same dimension d, got d in {sorted(dims)}")
         self.dim: int | None = dims.pop() if dims else None
-        given = [(name, m) for name, m in (("Q", self.Q), ("K", self.K)) if m is not None]
-        if len(given) == 1 and given[0][1].shape[0] != given[0][1].shape[1]:
+        given = [(name, shape[name]) for name in ("Q", "K") if name in shape]
+        if len(given) == 1 and given[0][1][0] != given[0][1][1]:
             name, m = given[0]
             raise ValueError(
-                f"{name} of shape {m.shape} is not square, so the other of Q, K must be given "
+                f"{name} of shape {m} is not square, so the other of Q, K must be given "
                 "with the same shape (its default, the identity, is (d, d))"
             )
 
@@ -197,14 +305,33 @@ class Attention:
         return f"beta={self.beta:g}"
 
     def __repr__(self) -> str:
+        one = self._system(0)
+        params = one._params()
+        if np.ndim(self.beta):
+            params = params.replace(f"beta={one.beta:g}", f"beta=array({self.batch},)", 1)
         mats = ", ".join(
             f"{name}={'I' if m is None else 'array' + str(m.shape)}"
             for name, m in (("Q", self.Q), ("K", self.K), ("V", self.V))
         )
-        return f"{type(self).__name__}({self._params()}, {mats})"
+        return f"{type(self).__name__}({params}, {mats})"
+
+    def _system(self, b: int) -> Attention:
+        """The model of system b of a batched model (the model itself when not batched)."""
+        if self.batch is None:
+            return self
+        one = copy.copy(self)
+        one.batch = None
+        if np.ndim(self.beta):
+            one.beta = float(self.beta[b])
+        for name in ("Q", "K", "V"):
+            m = getattr(self, name)
+            if m is not None and m.ndim == 3:
+                setattr(one, name, m[b])
+        return one
 
     def _check(self, x, weights):
         x = _v.as_tokens(x, "x")
+        check_batch(self.batch, x, "x", repr(self))
         if self.dim is not None and x.shape[1] != self.dim:
             raise ValueError(
                 f"x has token dimension d={x.shape[1]}, but {type(self).__name__} acts on "
@@ -217,21 +344,29 @@ class Attention:
             )
         return x, weights
 
+    def _beta(self):
+        """The inverse temperature: a scalar, or one per system as (B, 1, 1) for a batch."""
+        return self.beta if type(self.beta) is float else self.beta[:, None, None]
+
     def _query(self, x: np.ndarray) -> np.ndarray:
-        """``beta Q x`` as a contiguous (n, k) array of the dtype of ``x`` (float32 or 64)."""
-        qx = self.beta * (x if self.Q is None else x @ self.Q.T)
+        """``beta Q x`` as a contiguous (n, k) array ((B, n, k) for a batch).
+
+        Of the dtype of ``x`` (float32 or float64).
+        """
+        qx = self._beta() * (x if self.Q is None else x @ _mT(self.Q))
         return np.ascontiguousarray(qx, dtype=_out_dtype(x))
 
     def _keys_values(self, x: np.ndarray):
-        """``(K x, V x)`` as contiguous (n, k), (n, d) arrays of the dtype of ``x``.
+        """``(K x, V x)`` as contiguous (n, k), (n, d) arrays ((B, n, .) for a batch).
 
-        With float32 tokens the products are formed in float64 (float64 matrices) and
-        rounded once.
+        Of the dtype of ``x``: with float32 tokens the products are formed in float64
+        (float64 matrices) and rounded once.
         """
-        kx = x if self.K is None else x @ self.K.T
-        vx = x if self.V is None else x @ self.V.T
+        kx = x if self.K is None else x @ _mT(self.K)
+        vx = x if self.V is None else x @ _mT(self.V)
         dt = _out_dtype(x)
         return np.ascontiguousarray(kx, dtype=dt), np.ascontiguousarray(vx, dtype=dt)
+
 
     def _projections(self, x: np.ndarray):
         """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
@@ -332,14 +467,42 @@ class Attention:
         """
         return self._field(x, x, weights, self.causal)
 
+    def _velocity_batch(self, x, weights):
+        """The kernel on a trusted batch x (B, n, d) with shared weights (n,): (B, n, d).
+
+        What :class:`~transformer_pde.TokenDynamics` calls for a batch of systems (the
+        public methods of a model take one system).
+
+        Variants with a batched kernel (``_kernel_batch``) advance all systems in one
+        call; the others go through the single-system path system by system.
+        """
+        if self._kernel_batch is None:
+            return np.stack([self._system(b)._velocity(x[b], weights) for b in range(len(x))])
+        qx, (kx, vx) = self._query(x), self._keys_values(x)
+        out = np.empty(x.shape[:2] + vx.shape[-1:], dtype=qx.dtype)  # float32 batches stay float32
+        self._kernel_batch(weights, qx, kx, vx, out, self.causal)
+        return out
+
+    #: ``_kernel_batch(weights, qx, kx, vx, out, causal)`` on (B, n, .) projections, or None
+    _kernel_batch = None
+
     def _field(self, targets, sources, weights, causal=False):
         """Attention output (m, d) at ``targets`` (m, d) of weighted sources, on trusted inputs.
 
         This is the mean-field velocity of a weighted point set: sources (n, d) with
         weights (n,). The causal index mask (source j <= target i) needs
         ``targets is sources``. Float32 ``targets`` select the float32 kernels (result
-        float32).
+        float32). Heads with a ``summation`` other than ``"exact"`` may sum
+        by fast summation here (:mod:`transformer_pde._fastsum`).
         """
+        if self.summation != "exact":
+            out = _fastsum.summed_field(self, targets, sources, weights, causal, self._exact_field)
+            if out is not None:
+                return out.astype(_out_dtype(targets), copy=False)
+        return self._exact_field(targets, sources, weights, causal)
+
+    def _exact_field(self, targets, sources, weights, causal=False):
+        """:meth:`_field` by the exact O(mn) kernels."""
         dt = _out_dtype(targets)
         sources = sources.astype(dt, copy=False)
         kx, vx = self._keys_values(sources)
@@ -354,7 +517,25 @@ class Attention:
         raise NotImplementedError
 
 
-class SoftmaxAttention(Attention):
+class _FastSummation:
+    """The ``summation`` and ``tol`` keywords of the variants with fast summation."""
+
+    def _set_summation(self, summation, tol) -> None:
+        self.summation, self.tol = _fastsum.check_summation(summation, tol)
+        #: how the latest field was summed (a :class:`SummationReport`), None before the first
+        self.last_summation: SummationReport | None = None
+
+    def _summation_params(self) -> str:
+        if self.summation == "auto" and self.tol == _DEFAULT_TOL:
+            return ""
+        return f", summation={self.summation!r}, tol={self.tol:g}"
+
+
+#: default relative error target of fast summation
+_DEFAULT_TOL = 1e-10
+
+
+class SoftmaxAttention(_FastSummation, Attention):
     r"""Softmax self-attention (SA).
 
     .. math::
@@ -372,19 +553,45 @@ class SoftmaxAttention(Attention):
         See :class:`Attention`.
     causal : bool
         Apply the causal mask.
+    summation : {"auto", "exact", "fast"}
+        How the sums over the tokens are computed. ``"exact"``: the O(n^2) kernels.
+        ``"fast"``: fast summation on :math:`\mathbb S^1` and :math:`\mathbb S^2`, the kernel
+        expanded in Fourier modes or spherical harmonics and summed by non-uniform
+        transforms in O(n + L log L) (ValueError unless Q, K, V are multiples of the
+        identity, the attention is not causal and the tokens are unit vectors of dimension
+        2 or 3). ``"auto"``: fast summation for the tokens' own field where it applies and
+        is cheaper (enough tokens, a bounded expansion), the exact kernels otherwise. Either
+        way, the targets whose estimated error exceeds ``tol`` are summed exactly, and
+        :attr:`last_summation` (a :class:`SummationReport`) says what was done.
+        docs/math.md §9.12.
+    tol : float
+        Relative error target of fast summation, in (0, 1): relative to |v| (the bound of
+        the output) for softmax, to :math:`|v|\sum_j a_j w_{ij}` for USA and sigmoid.
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> theta = np.random.default_rng(0).uniform(0, 2 * np.pi, 4096)
+    >>> x = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    >>> fast = tp.SoftmaxAttention(4.0, summation="fast")
+    >>> err = np.abs(fast.velocity(x) - tp.SoftmaxAttention(4.0, summation="exact").velocity(x))
+    >>> bool(err.max() < 1e-10), fast.last_summation.method
+    (True, 'fast')
     """
 
-    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False):
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False,
+                 summation: str = "auto", tol: float = _DEFAULT_TOL):
         super().__init__(beta, Q, K, V)
         if not isinstance(causal, (bool, np.bool_)):
             raise TypeError(f"causal must be a bool, got {causal!r}")
         self.causal = bool(causal)
+        self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, causal={self.causal}"
+        return f"beta={self.beta:g}, causal={self.causal}{self._summation_params()}"
 
     def _column_bias(self, kx: np.ndarray) -> np.ndarray:
-        return np.zeros(kx.shape[0])
+        return np.zeros(kx.shape[:-1])
 
     def _logits_reference(self, x):
         qx, kx, _ = self._projections(x)
@@ -398,6 +605,12 @@ class SoftmaxAttention(Attention):
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out)
+
+    def _kernel_batch(self, weights, qx, kx, vx, out, causal):
+        colw = _log_weights(weights) + self._column_bias(kx)
+        colw = _batch_rows(colw - np.max(colw, axis=-1, keepdims=True), kx)  # as in _softmax
+        _batched("softmax", _kb.softmax_batch_serial, _kb.softmax_batch, qx, kx, vx, (colw, causal),
+                 out, _k.SOFTMAX, colw, 0.0, causal)
 
 
 class L2Attention(SoftmaxAttention):
@@ -413,13 +626,14 @@ class L2Attention(SoftmaxAttention):
     """
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
-        super().__init__(beta, Q, K, V, causal=False)
+        super().__init__(beta, Q, K, V, causal=False, summation="exact")
 
     def _params(self) -> str:
         return f"beta={self.beta:g}"
 
     def _column_bias(self, kx):
-        return -0.5 * self.beta * np.einsum("jc,jc->j", kx, kx)
+        beta = self.beta if np.ndim(self.beta) == 0 else self.beta[:, None]  # per system (B, 1)
+        return -0.5 * beta * np.einsum("...jc,...jc->...j", kx, kx)
 
     def _logits_reference(self, x):
         qx = x if self.Q is None else x @ self.Q.T
@@ -428,7 +642,7 @@ class L2Attention(SoftmaxAttention):
         return -0.5 * self.beta * np.einsum("ijc,ijc->ij", diff, diff)
 
 
-class UnnormalizedAttention(Attention):
+class UnnormalizedAttention(_FastSummation, Attention):
     r"""Unnormalized self-attention (USA): no softmax denominator.
 
     .. math::
@@ -438,7 +652,22 @@ class UnnormalizedAttention(Attention):
 
     docs/math.md §2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    summation, tol
+        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`.
     """
+
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, summation: str = "auto",
+                 tol: float = _DEFAULT_TOL):
+        super().__init__(beta, Q, K, V)
+        self._set_summation(summation, tol)
+
+    def _params(self) -> str:
+        return f"beta={self.beta:g}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
@@ -457,8 +686,16 @@ class UnnormalizedAttention(Attention):
             _tiled(qx, kx, vx, colw, _k.EXP, 0.0, False, out)
         out *= np.exp(top)  # <= 1: no overflow
 
+    def _kernel_batch(self, weights, qx, kx, vx, out, causal):
+        logw = _log_weights(weights)
+        top = np.max(logw)  # factored out as in _kernel
+        colw = _batch_rows(logw - top, kx)
+        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw,), out, _k.EXP, colw,
+                 0.0, False)
+        out *= np.exp(top)
 
-class SigmoidAttention(Attention):
+
+class SigmoidAttention(_FastSummation, Attention):
     r"""Sigmoid attention (no normalization).
 
     .. math::
@@ -467,15 +704,18 @@ class SigmoidAttention(Attention):
         \qquad \sigma(z) = \frac{1}{1 + e^{-z}}.
 
     docs/math.md §3.1. Parameters as :class:`Attention` plus ``bias`` :math:`b` (not scaled
-    by beta).
+    by beta), and ``summation``, ``tol`` (fast summation on the circle and the 2-sphere; see
+    :class:`SoftmaxAttention`).
     """
 
-    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, bias: float = 0.0):
+    def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, bias: float = 0.0,
+                 summation: str = "auto", tol: float = _DEFAULT_TOL):
         super().__init__(beta, Q, K, V)
         self.bias = _v.as_real(bias, "bias")
+        self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, bias={self.bias:g}"
+        return f"beta={self.beta:g}, bias={self.bias:g}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
@@ -488,6 +728,11 @@ class SigmoidAttention(Attention):
                          _k.sigmoid_field, qx, _t(kx), _t(vx), self.bias, weights, out)
         else:
             _tiled(qx, kx, vx, weights, _k.SIGMOID, self.bias, False, out)
+
+    def _kernel_batch(self, weights, qx, kx, vx, out, causal):
+        w = _batch_rows(weights, kx)
+        _batched("sigmoid", _kb.sigmoid_batch_serial, _kb.sigmoid_batch, qx, kx, vx, (self.bias, w), out,
+                 _k.SIGMOID, w, self.bias, False)
 
 
 class SinkhornAttention(Attention):
@@ -515,6 +760,8 @@ class SinkhornAttention(Attention):
     tol : float
         Stopping tolerance on the column log-marginal error.
     """
+
+    _batch_params = False  # a batch of states runs system by system, with shared parameters
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, n_iter: int = 1000,
                  tol: float = 1e-13):
@@ -618,9 +865,16 @@ class MultiHeadAttention:
         dims = {head.dim for head in heads if head.dim is not None}
         if len(dims) > 1:
             raise ValueError(f"all heads must act on the same dimension d, got d in {sorted(dims)}")
+        batches = {head.batch for head in heads if head.batch is not None}
+        if len(batches) > 1:
+            raise ValueError(
+                f"all batched heads must hold the same number of systems B, got B in {sorted(batches)}"
+            )
         self.heads = tuple(heads)
         self.dim = dims.pop() if dims else None
         self.causal = any(head.causal for head in heads)
+        #: number of systems B when a head has per-system parameters, else None
+        self.batch: int | None = batches.pop() if batches else None
 
     def __repr__(self) -> str:
         return f"MultiHeadAttention([{', '.join(map(repr, self.heads))}])"
@@ -642,6 +896,15 @@ class MultiHeadAttention:
 
     def _velocity(self, x, weights):
         return sum(head._velocity(x, weights) for head in self.heads)
+
+    def _velocity_batch(self, x, weights):
+        return sum(head._velocity_batch(x, weights) for head in self.heads)
+
+    def _system(self, b: int) -> MultiHeadAttention:
+        """The model of system b of a batch (itself when no head is batched)."""
+        if self.batch is None:
+            return self
+        return MultiHeadAttention([head._system(b) for head in self.heads])
 
     def _field(self, targets, sources, weights, causal=False):
         return sum(head._field(targets, sources, weights, causal) for head in self.heads)

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"folder for the report and results, created if missing "
                           f"(default: ./{DEFAULT_VALIDATION_OUT})")
     val.add_argument("--quick", action="store_true",
-                     help="the small, fast mode (a few minutes for all twelve)")
+                     help="the small, fast mode (a few minutes for all thirteen)")
     val.add_argument("--dir", metavar="DIR", default=None,
                      help="run the *.py scripts of this folder instead (your own validations, each "
                           "taking --quick and --out DIR and writing NAME.json; default: the package's)")

@@ -28,12 +28,13 @@ In Euclidean geometry there is no normalization: :math:`\dot x_i = A_i(x)` (docs
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
 
 from . import _validation as _v
-from .attention import Attention, MultiHeadAttention, check_finite_output
+from .attention import Attention, MultiHeadAttention, check_batch, check_finite_output
 from .geometry import Euclidean, Sphere, as_geometry
 
 __all__ = ["TokenDynamics", "NORMS"]
@@ -116,6 +117,15 @@ class TokenDynamics:
         return self.attention.dim
 
     @property
+    def batch(self) -> int | None:
+        """Number of systems B when the attention has per-system parameters, else None.
+
+        A batched model advances batches of states (B, n, d) only; any model advances
+        batches of states with its parameters shared by all systems.
+        """
+        return self.attention.batch
+
+    @property
     def breakpoints(self) -> tuple[float, ...]:
         """Times where the field switches (mix-LN's tau): steppers land on them."""
         return (self.tau,) if self.norm == "mix" else ()
@@ -132,15 +142,22 @@ class TokenDynamics:
 
     # -- public ----------------------------------------------------------------------
     def check_state(self, x, name: str = "x") -> np.ndarray:
-        """Validate a state (n, d): finite, right dimension, on the sphere where required."""
-        x = _v.as_tokens(x, name, d=self.dim)
+        """Validate a state (n, d) or a batch of states (B, n, d).
+
+        Finite, of the right dimension, on the sphere where required, and B matching a
+        batched model.
+        """
+        x = _v.as_states(x, name, d=self.dim)
+        check_batch(self.batch, x, name, repr(self))
         self.state_space.check(x, name)
         if self.norm in ("pre", "peri", "mix"):
-            norms = np.linalg.norm(x, axis=1)
+            norms = np.linalg.norm(x, axis=-1)
             if np.any(norms == 0.0):
+                where = np.unravel_index(int(np.argmin(norms)), norms.shape)
+                token = f"token {where[-1]}" + (f" of system {where[0]}" if norms.ndim > 1 else "")
                 raise ValueError(
                     f"{name} must have nonzero tokens for norm={self.norm!r} (x = r theta), "
-                    f"but token {int(np.argmin(norms))} is zero"
+                    f"but {token} is zero"
                 )
         return x
 
@@ -149,21 +166,48 @@ class TokenDynamics:
 
         Parameters
         ----------
-        x : array_like, shape (n, d)
-            State (on the unit sphere for norm in {"post", "ngpt", "cod"}).
+        x : array_like, shape (n, d) or (B, n, d)
+            State (on the unit sphere for norm in {"post", "ngpt", "cod"}), or a batch of
+            B states (system b moved by model b of a batched model).
         t : float
             Time (used by "mix", "cod" and a time-dependent nGPT ``alpha``).
         weights : array_like, shape (n,), optional
-            Token weights of a weighted empirical measure (normalised to sum 1); uniform by default.
+            Token weights of a weighted empirical measure (normalised to sum 1); uniform by
+            default; shared by the systems of a batch.
         """
         x = self.check_state(x)
-        v = self._rhs(x, _v.as_real(t, "t"), self.attention._velocity, _v.as_weights(weights, len(x)))
+        v = self._rhs(x, _v.as_real(t, "t"), self._attend(x), _v.as_weights(weights, x.shape[-2]))
         return check_finite_output(v, repr(self))
 
     def velocity_reference(self, x, t: float = 0.0, weights=None) -> np.ndarray:
-        """As :meth:`velocity`, with the dense NumPy attention reference."""
+        """As :meth:`velocity`, with the dense NumPy attention reference (system by system)."""
         x = self.check_state(x)
-        return self._rhs(x, _v.as_real(t, "t"), self.attention.velocity_reference, weights)
+        t = _v.as_real(t, "t")
+        if x.ndim == 3:
+            return np.stack([self._system(b)._rhs(x[b], t, self.attention._system(b).velocity_reference,
+                                                  weights) for b in range(len(x))])
+        return self._rhs(x, t, self.attention.velocity_reference, weights)
+
+    def _check_single(self, who: str) -> None:
+        """Raise ``ValueError`` for a batched model where only one model makes sense (``who``)."""
+        if self.batch is not None:
+            raise ValueError(
+                f"{who}: dyn must be a single model, but it is a batch of {self.batch} models (attention "
+                "parameters with a leading batch axis); build one model per system, with one "
+                "beta, Q, K, V each"
+            )
+
+    def _system(self, b: int) -> TokenDynamics:
+        """The model of system b of a batched model (the model itself when not batched)."""
+        if self.batch is None:
+            return self
+        one = copy.copy(self)
+        one.attention = self.attention._system(b)
+        return one
+
+    def _attend(self, x: np.ndarray):
+        """The attention kernel for one state (n, d) or a batch (B, n, d), on trusted inputs."""
+        return self.attention._velocity_batch if x.ndim == 3 else self.attention._velocity
 
     # -- private ---------------------------------------------------------------------
     def _rhs(self, x: np.ndarray, t: float, attend, weights=None, piece: int | None = None
@@ -175,34 +219,36 @@ class TokenDynamics:
         by default the side follows t (post-LN for t <= tau).
         """
         if weights is None:
-            weights = np.full(len(x), 1.0 / len(x))
+            n = x.shape[-2]
+            weights = np.full(n, 1.0 / n)
         norm = self.norm
         if norm == "none":
             return attend(x, weights)
         if norm in _ON_SPHERE:
             theta, r = x, None
         else:
-            r = np.linalg.norm(x, axis=1, keepdims=True)
+            r = np.linalg.norm(x, axis=-1, keepdims=True)
             theta = x / r
         a = attend(theta, weights)
         if norm == "post":
-            return self.geometry.project(theta, a)
+            return self.geometry._project_fast(theta, a)
         if norm == "pre":
             return a
         if norm == "mix":
             pre_phase = t > self.tau if piece is None else piece >= 1
-            return a if pre_phase else r * self.geometry.project(theta, a)
+            return a if pre_phase else r * self.geometry._project_fast(theta, a)
         if norm == "cod":
-            return self.geometry.project(theta, a) / np.sqrt(t + 1.0)
+            return self.geometry._project_fast(theta, a) / np.sqrt(t + 1.0)
         # peri and ngpt divide by |A_j|
-        size = np.linalg.norm(a, axis=1, keepdims=True)
+        size = np.linalg.norm(a, axis=-1, keepdims=True)
         if np.any(size == 0.0):
-            j = int(np.argmin(size))
+            where = np.unravel_index(int(np.argmin(size)), size.shape)
+            token = f"token {where[-2]}" + (f" of system {where[0]}" if size.ndim > 2 else "")
             raise FloatingPointError(
-                f"norm={norm!r} divides by |A_j|, but the attention output of token {j} is zero "
+                f"norm={norm!r} divides by |A_j|, but the attention output of {token} is zero "
                 f"at t={t:g}"
             )
         if norm == "peri":
             return a / size
         alpha = _v.as_positive(self.alpha(t), f"alpha({t:g})") if callable(self.alpha) else self.alpha
-        return alpha * self.geometry.project(theta, a) / size
+        return alpha * self.geometry._project_fast(theta, a) / size

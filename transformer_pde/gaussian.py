@@ -205,6 +205,7 @@ def _check_dyn(dyn) -> None:
             "dyn must be a TokenDynamics, e.g. tp.TokenDynamics(att, geometry='euclidean'), "
             f"got {type(dyn).__name__}"
         )
+    dyn._check_single("the Gaussian moment solvers")
 
 
 def _check_noiseless(dyn, who: str) -> None:

@@ -89,8 +89,8 @@ class Trajectory:
     ----------
     t : ndarray, shape (nt,)
         Saved times.
-    x : ndarray, shape (nt, n, d)
-        States at the saved times.
+    x : ndarray, shape (nt, n, d) or (nt, B, n, d)
+        States at the saved times (of each of the B systems of a batch).
     dynamics : TokenDynamics
         The model that produced them.
     info : RunInfo
@@ -105,13 +105,18 @@ class Trajectory:
 
     @property
     def n_tokens(self) -> int:
-        """Number of tokens n."""
-        return self.x.shape[1]
+        """Number of tokens n (per system of a batch)."""
+        return self.x.shape[-2]
 
     @property
     def dim(self) -> int:
         """Dimension d of the token space."""
-        return self.x.shape[2]
+        return self.x.shape[-1]
+
+    @property
+    def batch(self) -> int | None:
+        """Number of systems B of a batch run, None for one system."""
+        return self.x.shape[1] if self.x.ndim == 4 else None
 
 
 class _Particles(_engine.Problem):
@@ -122,18 +127,26 @@ class _Particles(_engine.Problem):
     so a step never straddles or mixes the two sides of a switch.
     """
 
-    def __init__(self, dyn: TokenDynamics, info: RunInfo):
+    def __init__(self, dyn: TokenDynamics, info: RunInfo, x0: np.ndarray):
         super().__init__(info)
         self.who = f"simulate(method={info.method!r})"
         self.dyn, self.space = dyn, dyn.state_space
         self.breakpoints = np.asarray(dyn.breakpoints, dtype=float)
         self.piece = 0
+        # built once per run: the kernel for one system or a batch, the uniform weights
+        self.attend = dyn._attend(x0)
+        n = x0.shape[-2]
+        self.weights = np.full(n, 1.0 / n)
 
     def evaluate(self, x, t):
-        return self.dyn._rhs(x, t, self.dyn.attention._velocity, None, self.piece)
+        return self.dyn._rhs(x, t, self.attend, self.weights, self.piece)
 
     def retract(self, x):
         return self.space.retract(x)
+
+    def retract_fresh(self, x):
+        """:meth:`retract`, in place: for a stage point the stepper has just made."""
+        return self.space._retract_fresh(x)
 
     def start_at(self, t: float) -> bool:
         piece = int(np.searchsorted(self.breakpoints, t, side="right"))
@@ -151,17 +164,15 @@ class _Particles(_engine.Problem):
         that is bad.
         """
         v = self(x, t)
-        bad_v = ~np.all(np.isfinite(v), axis=1)
+        bad_v = ~np.all(np.isfinite(v), axis=-1)
         if bad_v.any():
-            i = int(np.argmax(bad_v))
             return (
-                f"the velocity of token i={i} is not finite at t={t:.9g} ({int(bad_v.sum())} tokens "
+                f"the velocity of {_token(bad_v)} is not finite at t={t:.9g} ({int(bad_v.sum())} tokens "
                 "in all): it overflows float64 (e.g. unnormalized attention with a large beta)"
             )
-        bad = ~np.all(np.isfinite(x_bad), axis=1)
-        i = int(np.argmax(bad))
+        bad = ~np.all(np.isfinite(x_bad), axis=-1)
         return (
-            f"token i={i} became non-finite in the step from t={t:.9g} to t={t + h:.9g} "
+            f"{_token(bad)} became non-finite in the step from t={t:.9g} to t={t + h:.9g} "
             f"({int(bad.sum())} tokens in all): the step is unstable or the solution blows up; "
             "reduce dt or use method='dopri5'"
         )
@@ -172,26 +183,59 @@ class _Particles(_engine.Problem):
         return view
 
 
+def _token(bad: np.ndarray) -> str:
+    """'token i=3', or 'token i=3 of system b=1' in a batch: the first True of ``bad``."""
+    where = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    return f"token i={where[-1]}" + (f" of system b={where[0]}" if bad.ndim > 1 else "")
+
+
 class _RungeKutta(_engine.Stepper):
-    """One explicit Runge-Kutta step with retraction of every stage point and of the step."""
+    """One explicit Runge-Kutta step with retraction of every stage point and of the step.
+
+    The nonzero coefficients of each stage are listed once; a stage point
+    ``R(x + h sum_j a_sj k_j)`` is formed with in-place NumPy operations in the order of
+    the plain sum (so in the same floating-point arithmetic) and retracted in place.
+    """
 
     def __init__(self, tab: Tableau):
         self.tab, self.name, self.order, self.adaptive = tab, tab.name, tab.order, tab.adaptive
+        n_stages = len(tab.c) - (1 if tab.fsal else 0)  # the FSAL stage is the next step's first
+        self._stages = [(_terms(tab.a[s]), tab.c[s]) for s in range(1, n_stages)]
+        self._b = _terms(tab.b)
+        self._e = _terms([b - bl for b, bl in zip(tab.b, tab.b_low, strict=True)]) if tab.adaptive else ()
 
     def step(self, problem, t, x, h, f0) -> Step:
-        tab = self.tab
         ks = [f0]
-        for s in range(1, len(tab.c)):
-            if tab.fsal and s == len(tab.c) - 1:
-                break
-            incr = sum(a * k for a, k in zip(tab.a[s], ks, strict=False) if a != 0.0)
-            ks.append(problem(problem.retract(x + h * incr), t + tab.c[s] * h))
-        x_new = problem.retract(x + h * sum(b * k for b, k in zip(tab.b, ks, strict=False) if b != 0.0))
-        if not tab.adaptive:
+        for terms, c in self._stages:
+            ks.append(problem(problem.retract_fresh(_combine(x, h, terms, ks)), t + c * h))
+        x_new = problem.retract_fresh(_combine(x, h, self._b, ks))
+        if not self.adaptive:
             return Step(x_new)
         ks.append(problem(x_new, t + h))  # FSAL stage, reused by the next step
-        err = h * sum((b - bl) * k for b, bl, k in zip(tab.b, tab.b_low, ks, strict=True) if b != bl)
+        err = _combine(None, h, self._e, ks)
         return Step(x_new, err, ks[-1])
+
+
+def _terms(coefficients) -> tuple[tuple[int, float], ...]:
+    """The (index, coefficient) pairs of the nonzero coefficients."""
+    return tuple((j, float(a)) for j, a in enumerate(coefficients) if a != 0.0)
+
+
+def _combine(x, h, terms, ks):
+    """``x + h * (a_0 k_0 + a_1 k_1 + ...)`` (just ``h * (...)`` when x is None), a new array.
+
+    The same operations, in the same order, as the plain expression, with one temporary.
+    """
+    if not terms:
+        return np.zeros_like(ks[0]) if x is None else x.copy()
+    (j0, a0), *rest = terms
+    acc = a0 * ks[j0]
+    for j, a in rest:
+        acc += a * ks[j]
+    acc *= h
+    if x is not None:
+        acc += x
+    return acc
 
 
 class _EulerMaruyama(_engine.Stepper):
@@ -208,24 +252,35 @@ class _EulerMaruyama(_engine.Stepper):
 
 
 def _default_dt(problem: _Particles, x0, t0, t1) -> float:
+    """The default fixed step; for a batch the smallest of the systems' default steps."""
     v = problem(x0, t0)
-    rate = np.max(np.linalg.norm(v, axis=1)) / max(1.0, float(np.max(np.linalg.norm(x0, axis=1))))
-    return min(0.01 / max(1.0, rate), (t1 - t0) / 10)
+    rate = np.max(np.linalg.norm(v, axis=-1), axis=-1) / np.maximum(
+        1.0, np.max(np.linalg.norm(x0, axis=-1), axis=-1))
+    return float(np.min(np.minimum(0.01 / np.maximum(1.0, rate), (t1 - t0) / 10)))
+
+
+def _system_axes(x: np.ndarray):
+    """The axes of one system's state: all of them (None) for (n, d), the last two for (B, n, d)."""
+    return None if x.ndim == 2 else (-2, -1)
 
 
 def _initial_step(problem: _Particles, x0, t0, f0, rtol, atol, order) -> float:
-    """Hairer-Norsett-Wanner starting step (Solving ODEs I, II.4)."""
+    """Hairer-Norsett-Wanner starting step (Solving ODEs I, II.4).
+
+    For a batch (B, n, d) the norms are per system and the step is the smallest of the
+    systems' steps (with one trial evaluation, at the smallest first guess).
+    """
+    axes = _system_axes(x0)
     scale = atol + rtol * np.abs(x0)
-    d0 = np.sqrt(np.mean((x0 / scale) ** 2))
-    d1 = np.sqrt(np.mean((f0 / scale) ** 2))
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    d0 = np.sqrt(np.mean((x0 / scale) ** 2, axis=axes))
+    d1 = np.sqrt(np.mean((f0 / scale) ** 2, axis=axes))
+    h0 = float(np.min([1e-6 if a < 1e-5 or b < 1e-5 else 0.01 * a / b
+                       for a, b in zip(np.ravel(d0), np.ravel(d1), strict=True)]))
     f1 = problem(problem.retract(x0 + h0 * f0), t0 + h0)
-    d2 = np.sqrt(np.mean(((f1 - f0) / scale) ** 2)) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+    d2 = np.sqrt(np.mean(((f1 - f0) / scale) ** 2, axis=axes)) / h0
+    h1 = [max(1e-6, h0 * 1e-3) if max(a, b) <= 1e-15 else (0.01 / max(a, b)) ** (1.0 / (order + 1))
+          for a, b in zip(np.ravel(d1), np.ravel(d2), strict=True)]
+    return min(100 * h0, float(np.min(h1)))
 
 
 def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None = None,
@@ -262,10 +317,11 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     ----------
     dyn : TokenDynamics
         The model (with its noise level ``kappa``, if any).
-    x0 : array_like, shape (n, d)
+    x0 : array_like, shape (n, d) or (B, n, d)
         Initial tokens (unit vectors for norm in {"post", "ngpt", "cod"}, within
         :data:`transformer_pde.geometry.SPHERE_TOL`; they are normalised before the run,
-        so ``x[0]`` has unit norms to round-off).
+        so ``x[0]`` has unit norms to round-off), or a batch of B independent systems
+        of n tokens each (see Batches below).
     t_span : (float, float)
         Start and end times, ``t0 < t1``.
     t_eval : array_like, shape (nt,), optional
@@ -278,9 +334,11 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     dt : float, optional
         Largest step of the fixed-step methods (each interval between saved times is
         cut into equal steps no longer than dt); the first step of ``dopri5``.
-        Default for fixed steps: ``0.01 / max(1, max_i |F_i(x0)| / max(1, max_i |x0_i|))``.
+        Default for fixed steps: ``0.01 / max(1, max_i |F_i(x0)| / max(1, max_i |x0_i|))``
+        (for a batch, the smallest of the systems' defaults).
     rtol, atol : float
-        Error tolerances of ``dopri5`` (RMS norm of the error over ``atol + rtol |x|``).
+        Error tolerances of ``dopri5`` (RMS norm of the error over ``atol + rtol |x|``;
+        for a batch, the largest of the systems' RMS norms).
     rng : numpy.random.Generator or int or None
         Source of the noise increments of a noisy model (a seed makes the run
         reproducible); deterministic dynamics do not use it.
@@ -290,7 +348,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
         Stop with an error after this many steps (accepted and rejected).
     trackers : sequence of callable, optional
         Observers called as ``tracker(t, x)`` at every saved time, ``x`` the tokens
-        (n, d) (read-only); one returning True stops the run there, and the result then
+        (n, d) or the batch (B, n, d) (read-only); one returning True stops the run there, and the result then
         ends at that time with ``info.status == "stopped"`` (:mod:`transformer_pde.trackers`).
     throw : bool
         If False, a run that fails (non-finite state, ``max_steps``, step-size underflow)
@@ -300,7 +358,27 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     Returns
     -------
     Trajectory
-        ``t`` (nt,), ``x`` (nt, n, d) and ``info``.
+        ``t`` (nt,), ``x`` (nt, n, d) (``(nt, B, n, d)`` for a batch) and ``info``.
+
+    Notes
+    -----
+    **Batches.** ``x0`` of shape (B, n, d) is B independent systems, advanced together
+    as one state with a leading axis (jax-md's convention): every stage evaluates the B
+    fields in one kernel call that spreads the systems over the cores
+    (:mod:`transformer_pde._threads` chooses serial or parallel per call). The model may
+    carry per-system parameters, ``beta`` of shape (B,) and ``Q``, ``K`` (B, k, d), ``V``
+    (B, d, d) (softmax, L2, unnormalized and sigmoid attention); such a batched model
+    needs a batch of exactly B systems, while a model without batched parameters is
+    shared by every system. With fixed steps (euler, heun, rk4) every system takes the
+    steps it would take alone with the same ``dt``, and ``x[:, b]`` equals
+    ``simulate(model b, x0[b], ...)`` to round-off (tested to 1e-12). ``dopri5`` takes
+    one step size for the whole batch, accepted when the largest per-system error norm
+    is at most 1, so each system is at least as accurate as alone but its steps (and
+    hence its values, to within the tolerances) differ from a separate run. A batch is
+    summed by the exact kernels (``summation=`` of the attention applies to one system,
+    where fast summation pays off: many tokens). A noisy
+    model draws the increments of all systems from one generator, so a batch is
+    reproducible from its seed but does not repeat the noise of separate runs.
 
     Raises
     ------
@@ -320,6 +398,19 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     ((2, 2, 2), 'success')
     >>> rho = traj.x[-1, 0] @ traj.x[-1, 1]    # beta = 0, n = 2: rho(t) = tanh(t)
     >>> bool(abs(rho - np.tanh(1.0)) < 1e-9)
+    True
+
+    A batch of three systems, each with its own beta:
+
+    >>> angles = np.random.default_rng(0).uniform(0, 2 * np.pi, (3, 8))
+    >>> x0 = np.stack([np.cos(angles), np.sin(angles)], axis=-1)         # (B, n, d) = (3, 8, 2)
+    >>> dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=[0.5, 1.0, 4.0]))
+    >>> traj = tp.simulate(dyn, x0, (0.0, 1.0), t_eval=[0.0, 1.0], dt=0.05)
+    >>> traj.x.shape
+    (2, 3, 8, 2)
+    >>> one = tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(beta=4.0)), x0[2], (0.0, 1.0),
+    ...                   t_eval=[0.0, 1.0], dt=0.05)
+    >>> bool(np.abs(traj.x[:, 2] - one.x).max() < 1e-12)
     True
     """
     if not isinstance(dyn, TokenDynamics):
@@ -346,7 +437,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     trackers = _engine.check_trackers(trackers)
 
     info = RunInfo(method=method)
-    problem = _Particles(dyn, info)
+    problem = _Particles(dyn, info, x0)
     problem.start_at(t0)
     f0 = None
     if noisy:
@@ -356,7 +447,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     if stepper.adaptive:
         f0 = problem(x0, t0)
         first = dt if dt is not None else _initial_step(problem, x0, t0, f0, rtol, atol, stepper.order)
-        controller = _engine.PIController(rtol, atol, stepper.order, first)
+        controller = _engine.PIController(rtol, atol, stepper.order, first, norm_axes=_system_axes(x0))
     else:
         controller = _engine.FixedSteps(dt if dt is not None else _default_dt(problem, x0, t0, t1))
     t, x = _engine.run(problem, stepper, controller, x0, t0, t_eval, breakpoints=problem.breakpoints,

@@ -253,6 +253,7 @@ def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float 
 
     if not isinstance(dyn, TokenDynamics):
         raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
+    dyn._check_single("the axisymmetric solver")
     if dyn.dim not in (None, 3):
         raise ValueError(f"the axisymmetric reduction is on the 2-sphere (d = 3), got d = {dyn.dim}")
     for head in _heads(dyn.attention):

@@ -29,6 +29,10 @@ while :math:`\Delta t` times its own outflow rate is at most 1/2 (the face value
 between neighbouring cell values); the step is redone with a smaller :math:`\Delta t`
 when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
 
+The right-hand side is one compiled pass per evaluation (fused on the circle grids;
+docs/math.md §9.5bis), with the face velocity built once per run; its readable NumPy
+version, :meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
+
 The run is one loop of the package's time-stepping engine: the finite-volume operator
 (:class:`_FiniteVolume`, which returns the rate of change together with its outflow rate
 and face velocities), the SSP-RK3 stepper (:class:`_SSPRK3`) and the CFL controller
@@ -37,6 +41,7 @@ and face velocities), the SSP-RK3 stepper (:class:`_SSPRK3`) and the CFL control
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -45,10 +50,19 @@ import numpy as np
 from .. import _engine
 from .. import _validation as _v
 from .._engine import RunFailure, RunInfo, Status, Step
+from .._kernels import finite_volume as _fv
 from ..dynamics import TokenDynamics
 from .density import Density
-from .field import FIELDS, check_model, face_velocity, rate_bound
-from .grids import CartesianGrid, Grid
+from .field import (
+    FIELDS,
+    _CircleFFT,
+    _quadrature,
+    check_model,
+    face_velocity,
+    make_face_velocity,
+    rate_bound,
+)
+from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 
 __all__ = ["solve_meanfield", "DensityTrajectory", "MeanFieldInfo", "MassLossWarning", "METHODS"]
 
@@ -114,7 +128,15 @@ class _Rate:
 
 
 class _FiniteVolume(_engine.Problem):
-    """d rho / dt on a grid (flattened cell values), with its outflow rate."""
+    """d rho / dt on a grid (flattened cell values), with its outflow rate.
+
+    :meth:`evaluate` is the compiled right-hand side (the face velocity built once per run by
+    :func:`~transformer_pde.meanfield.field.make_face_velocity`, then one pass of
+    :mod:`transformer_pde._kernels.finite_volume`: on the circle grids reconstruction,
+    fluxes and update fused, elsewhere from the grid's reconstruction);
+    :meth:`evaluate_reference` is the same right-hand side in readable NumPy, which the
+    tests compare it with.
+    """
 
     who = "solve_meanfield"
 
@@ -125,17 +147,75 @@ class _FiniteVolume(_engine.Problem):
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
         self.areas = faces.areas
-        self.vol = np.asarray(grid.volumes).ravel()
+        self.vol = np.asarray(grid.volumes, dtype=float).ravel()
         self.n = len(self.vol)
         self.mass0 = mass0
         self.diff = None
+        coef = np.zeros(0)
         if dyn.kappa is not None:
             li, ri = self.left[self.interior], self.right[self.interior]
             centers = np.asarray(grid.centers).reshape(-1, grid.dim)
             dist = _distance(grid, centers[li], centers[ri])
             self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
+            coef = np.zeros(len(self.areas))
+            coef[self.interior] = self.diff[2]
+        self.velocity = make_face_velocity(dyn, grid, field)
+        self._coef = np.ascontiguousarray(coef, dtype=float)
+        self._areas = np.ascontiguousarray(self.areas, dtype=float)
+        self._left = np.ascontiguousarray(self.left, dtype=np.int64)
+        self._right = np.ascontiguousarray(self.right, dtype=np.int64)
+        self._rows = _periodic_rows(grid)
+        if self._rows is not None:
+            m = self._rows[1]
+            self._scratch = (np.empty(m), np.empty(m))
+        self._checked = None
+        # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
+        # its handover test and the finite-volume pass are then one compiled call
+        self._lane = None
+        single = getattr(self.velocity, "single", None)
+        fast = getattr(single, "fast", None)
+        if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
+            self._lane = (single, fast, np.empty(self.n, dtype=bool))
 
     def evaluate(self, rho_flat, t) -> _Rate:
+        if self._lane is not None:
+            return self._evaluate_lane(rho_flat, t)
+        u = self.velocity(rho_flat)
+        change = np.empty(self.n)
+        if self._rows is not None:
+            slope, flux = self._scratch
+            rate = _fv.periodic_rhs(rho_flat.reshape(self._rows), u, self._areas, self.vol, self._coef,
+                                    change, slope, flux)
+        else:
+            lo, hi = self.grid.reconstruct(rho_flat.reshape(self.grid.shape))
+            rate = _fv.face_rhs(rho_flat, u, lo, hi, self._areas, self._left, self._right, self.vol,
+                                self._coef, change)
+        if not math.isfinite(rate):
+            raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
+                             + self._where(rho_flat + change))
+        return _Rate(change, rate, u)
+
+    def _evaluate_lane(self, rho_flat, t) -> _Rate:
+        """:meth:`evaluate` for one softmax head on a circle grid (the same numbers)."""
+        head, fast, bad = self._lane
+        a = rho_flat * self.vol
+        zn, rows = fast.transform(a)
+        u = np.empty(self.n)
+        change = np.empty(self.n)
+        slope, flux = self._scratch
+        rho2 = rho_flat.reshape(self._rows)
+        n_bad, rate = _fv.periodic_softmax_rhs(zn, rows, fast.factor, rho2, self._areas, self.vol,
+                                               self._coef, change, slope, flux, u, bad)
+        if n_bad:
+            u[bad] = _quadrature(head.head, self.grid, a, bad)
+            rate = _fv.periodic_rhs(rho2, u, self._areas, self.vol, self._coef, change, slope, flux)
+        if not math.isfinite(rate):
+            raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
+                             + self._where(rho_flat + change))
+        return _Rate(change, rate, u)
+
+    def evaluate_reference(self, rho_flat, t) -> _Rate:
+        """:meth:`evaluate` in NumPy: face velocity, reconstruction, fluxes, update, outflow rate."""
         rho = rho_flat.reshape(self.grid.shape)
         u = face_velocity(self.dyn, self.grid, rho, self.field)
         lo, hi = self.grid.reconstruct(rho)
@@ -163,12 +243,14 @@ class _FiniteVolume(_engine.Problem):
         return _Rate(change, rate, u)
 
     def check(self, new, t, h, rho) -> None:
+        lowest, mass, finite = _fv.min_and_mass(new, self.vol)
+        self._checked = (new, lowest, mass)
         when = f"in the step from t={t:.9g} to t={t + h:.9g}"
-        if not np.all(np.isfinite(new)):
+        if not finite:
             raise RunFailure(Status.NONFINITE, f"the density became non-finite {when}, " + self._where(new))
-        if new.min() < 0.0:
+        if lowest < 0.0:
             raise RunFailure(Status.NEGATIVE,
-                             f"the density became negative ({new.min():.3g}) {when}, " + self._where(new))
+                             f"the density became negative ({lowest:.3g}) {when}, " + self._where(new))
 
     def _where(self, values) -> str:
         bad = ~np.isfinite(values) | (values < 0.0)
@@ -177,11 +259,30 @@ class _FiniteVolume(_engine.Problem):
 
     def accepted(self, rho) -> None:
         info = self.info
-        info.min_density = min(info.min_density, float(rho.min()))
-        info.mass_drift = max(info.mass_drift, abs(float(rho @ self.vol) - self.mass0) / self.mass0)
+        if self._checked is not None and self._checked[0] is rho:
+            _, lowest, mass = self._checked
+        else:
+            lowest, mass, _ = _fv.min_and_mass(rho, self.vol)
+        info.min_density = min(info.min_density, float(lowest))
+        info.mass_drift = max(info.mass_drift, abs(float(mass) - self.mass0) / self.mass0)
 
     def state(self, rho_flat) -> Density:
         return Density(self.grid, rho_flat.reshape(self.grid.shape))
+
+
+def _periodic_rows(grid):
+    """``(S, M)`` when the faces are those of S periodic rows of M cells, else None.
+
+    Face s M + c lies between cells c - 1 and c of row s (CircleGrid, CausalCircleGrid).
+    """
+    if not isinstance(grid, (CircleGrid, CausalCircleGrid)):
+        return None
+    rows, m = (1, grid.n_cells) if isinstance(grid, CircleGrid) else grid.shape
+    idx = np.arange(rows * m)
+    left = (idx // m) * m + (idx % m - 1) % m
+    if not (np.array_equal(grid.faces.left, left) and np.array_equal(grid.faces.right, idx)):
+        return None  # pragma: no cover - a grid whose faces are numbered otherwise
+    return rows, m
 
 
 class _SSPRK3(_engine.Stepper):
@@ -195,11 +296,13 @@ class _SSPRK3(_engine.Stepper):
     name, order = "ssprk3", 3
 
     def step(self, problem, t, rho, h, f0: _Rate) -> Step:
-        rho1 = rho + h * f0.change
+        # each stage one compiled pass: out = a * rho + b * (stage + h * change)
+        rho1 = _fv.ssp_combine(0.0, rho, 1.0, rho, h, f0.change, np.empty_like(rho))
         f1 = problem(rho1, t + h)
-        rho2 = 0.75 * rho + 0.25 * (rho1 + h * f1.change)
+        rho2 = _fv.ssp_combine(0.75, rho, 0.25, rho1, h, f1.change, np.empty_like(rho))
         f2 = problem(rho2, t + 0.5 * h)
-        return Step(rho / 3.0 + 2.0 / 3.0 * (rho2 + h * f2.change), stages=(f0, f1, f2))
+        new = _fv.ssp_combine(1.0 / 3.0, rho, 2.0 / 3.0, rho2, h, f2.change, np.empty_like(rho))
+        return Step(new, stages=(f0, f1, f2))
 
 
 class _CFLController:
@@ -215,8 +318,8 @@ class _CFLController:
     def propose(self, t, rho, f0: _Rate, remaining: float) -> float:
         lam = self.rate_model  # until a step has measured how fast the field changes
         if self.u_prev is not None:
-            size = float(np.max(np.abs(self.u_prev)))
-            change = float(np.max(np.abs(f0.u - self.u_prev))) / self.dt_prev
+            size, change = _fv.max_abs_and_change(f0.u, self.u_prev)
+            change /= self.dt_prev
             lam = min(change / size, self.rate_model) if size > 0.0 else 0.0
         # grow at most 2x a step: lam lags one step behind the field
         limit = np.inf if self.dt_free is None else 2.0 * self.dt_free

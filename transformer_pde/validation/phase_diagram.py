@@ -7,13 +7,14 @@ with <x_i, x_j> > 0.999 (clustering.clustered_pair_fraction): 1 for one cluster,
 beta; quick: linspace(0.1, 9, 13), 24 systems per beta. RK4, dt = 0.1 (the package's
 default method; the authors use Euler + normalisation with the same dt), saved every 0.5.
 
-Integrator: all systems are integrated at once by a vectorised NumPy copy of the
-package's RK4-with-retraction step (tp.simulate is ~0.04 s per system of 32 tokens, the
-batch ~3x faster). The copy is checked against the package here: its field equals
+Integrator: all systems of the diagram (every beta, every seed) are one batch of
+tp.simulate (x0 of shape (S, n, d), SoftmaxAttention with beta of shape (S,), rk4, dt =
+0.1). The batch is checked against separate calls here: its field equals
 tp.TokenDynamics(tp.SoftmaxAttention(beta)).velocity to <= 1e-12 on initial, intermediate
 and clustered states, and whole trajectories of one system per beta (quick) or two (full)
-equal tp.simulate(..., method="rk4", dt=0.1) to <= 1e-10 (round-off, ~1e-16, amplified at
-most by the linear instability, e^{0.7 t_f} ~ 70) with identical pair fractions.
+equal separate tp.simulate(..., method="rk4", dt=0.1) runs to <= 1e-10 (the same kernel on
+the same numbers: measured 0; the bound allows round-off, ~1e-16, amplified by the linear
+instability, e^{0.7 t_f} ~ 70) with identical pair fractions.
 
 Checks against theory:
 - beta <= 1 (Criscitiello-Boumal, docs/math.md §2.5 `thm: beta.tiny`, d = 2): almost every
@@ -77,46 +78,18 @@ BETA_SMALL = 1.0
 
 
 # ---------------------------------------------------------------------------------------
-# batched copy of tp.simulate(TokenDynamics(SoftmaxAttention(beta)), method="rk4")
+# the batch: every system of the diagram in one tp.simulate call
 # ---------------------------------------------------------------------------------------
-def _sa_velocity(x, beta):
-    """P^perp_x softmax(beta x x^T) x for a batch x (S, n, d), beta scalar or (S,)."""
-    b = np.asarray(beta, dtype=float).reshape(-1, 1, 1)
-    logits = b * (x @ np.swapaxes(x, 1, 2))
-    logits -= logits.max(axis=2, keepdims=True)
-    w = np.exp(logits)
-    w /= w.sum(axis=2, keepdims=True)
-    y = w @ x
-    return y - np.einsum("snd,snd->sn", x, y)[..., None] * x
-
-
-def _retract(y):
-    return y / np.linalg.norm(y, axis=2, keepdims=True)
-
-
 def _integrate(x0, beta, dt, keep=False):
-    """RK4 with retraction of every stage and step, landing on T_EVAL as tp.simulate does.
+    """RK4 of the systems x0 (S, n, d) with beta scalar or (S,), in one batched tp.simulate.
 
     Returns the pair fractions (nt, S) and, with keep, the states (nt, S, n, d).
     """
-    x, t = x0.copy(), 0.0
-    frac = np.empty((len(T_EVAL), len(x0)))
-    states = np.empty((len(T_EVAL),) + x0.shape) if keep else None
-    for k, target in enumerate(T_EVAL):
-        if target > t:
-            n_sub = max(1, int(np.ceil((target - t) / dt * (1.0 - 1e-12))))
-            h = (target - t) / n_sub
-            for s in range(n_sub):
-                k1 = _sa_velocity(x, beta)
-                k2 = _sa_velocity(_retract(x + h * (0.5 * k1)), beta)
-                k3 = _sa_velocity(_retract(x + h * (0.5 * k2)), beta)
-                k4 = _sa_velocity(_retract(x + h * (1.0 * k3)), beta)
-                x = _retract(x + h * (1 / 6 * k1 + 1 / 3 * k2 + 1 / 3 * k3 + 1 / 6 * k4))
-                t = target if s == n_sub - 1 else t + h
-        frac[k] = clustered_pair_fraction(x)
-        if keep:
-            states[k] = x
-    return frac, states
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta))
+    states = tp.simulate(dyn, x0, (0.0, T), t_eval=T_EVAL, method="rk4", dt=dt).x
+    S = len(x0)
+    frac = np.asarray(clustered_pair_fraction(states.reshape(-1, N, D))).reshape(len(T_EVAL), S)
+    return frac, (states if keep else None)
 
 
 def _initial(seed, systems):
@@ -124,25 +97,26 @@ def _initial(seed, systems):
     return np.stack([np.cos(angles), np.sin(angles)], axis=-1)
 
 
-def _validate_copy(betas, x0s, frac, per_beta):
-    """The batched field and trajectories against the package."""
+def _validate_batch(betas, x0s, frac, states, per_beta):
+    """The batch against separate tp.simulate calls of single systems."""
     v_err, x_err, f_mismatch = 0.0, 0.0, 0
     for i, beta in enumerate(betas):
         dyn = tp.TokenDynamics(tp.SoftmaxAttention(float(beta)))
         for j in range(per_beta):
             traj = tp.simulate(dyn, x0s[i][j], (0.0, T), t_eval=T_EVAL, method="rk4", dt=DT)
-            _, mine = _integrate(x0s[i][j:j + 1], beta, DT, keep=True)
-            x_err = max(x_err, float(np.abs(traj.x - mine[:, 0]).max()))
+            x_err = max(x_err, float(np.abs(traj.x - states[i][:, j]).max()))
             f_mismatch += int(np.sum(clustered_pair_fraction(traj) != frac[i][:, j]))
             for state in (traj.x[0], traj.x[len(T_EVAL) // 6], traj.x[-1]):
-                v = dyn.velocity(state)
-                v_err = max(v_err, float(np.abs(v - _sa_velocity(state[None], beta)[0]).max()))
+                batch = tp.TokenDynamics(tp.SoftmaxAttention(np.array([beta, beta])))
+                v = batch.velocity(np.stack([state, state]))
+                v_err = max(v_err, float(np.abs(v - dyn.velocity(state)).max()))
     checks = [
         check_range("batched SA field vs TokenDynamics.velocity: max abs difference", v_err, 0.0, 1e-12,
                     note=f"{len(betas)} beta x {per_beta} systems x 3 states (t = 0, 5, 30)"),
-        check_range("batched RK4 vs tp.simulate(method='rk4', dt=0.1): max |x| difference over t <= 30",
-                    x_err, 0.0, 1e-10, note="round-off amplified by the linear instability"),
-        check_range("pair fractions differing between batched and tp.simulate trajectories",
+        check_range("batched tp.simulate vs separate tp.simulate(method='rk4', dt=0.1): max |x| "
+                    "difference over t <= 30", x_err, 0.0, 1e-10,
+                    note="round-off amplified by the linear instability"),
+        check_range("pair fractions differing between batched and separate tp.simulate trajectories",
                     f_mismatch, 0, 0, note=f"{len(betas) * per_beta * len(T_EVAL)} (system, t) values"),
     ]
     return checks, {"velocity_err": v_err, "trajectory_err": x_err}
@@ -199,17 +173,21 @@ def measure(params: dict) -> dict:
     """The diagram (pair fraction per beta, t and system) and its checks, built as it is analysed.
 
     ``params``: ``n_betas`` values of beta in [0.1, 9], ``seeds`` systems per beta,
-    ``per_beta_check`` systems per beta re-run by the reference integrator, ``dt_check``
+    ``per_beta_check`` systems per beta re-run as separate tp.simulate calls, ``dt_check``
     (re-run a subset with dt / 2).
     """
     started = time.perf_counter()
     betas = np.linspace(0.1, 9.0, params["n_betas"])
     seeds, per_beta_check = params["seeds"], params["per_beta_check"]
     x0s = [_initial(1000 + i, seeds) for i in range(len(betas))]
-    frac = [_integrate(x0, beta, DT)[0] for beta, x0 in zip(betas, x0s, strict=True)]  # each (nt, seeds)
+    # one batch of len(betas) * seeds systems, beta per system
+    all_frac, all_states = _integrate(np.concatenate(x0s), np.repeat(betas, seeds), DT, keep=True)
+    frac = [all_frac[:, i * seeds:(i + 1) * seeds] for i in range(len(betas))]  # each (nt, seeds)
+    states = [all_states[:, i * seeds:(i + 1) * seeds] for i in range(len(betas))]
     print(f"diagram done ({time.perf_counter() - started:.1f} s)", flush=True)
-    checks, info = _validate_copy(betas, x0s, frac, per_beta_check)
-    print(f"copy validated ({time.perf_counter() - started:.1f} s)", flush=True)
+    checks, info = _validate_batch(betas, x0s, frac, states, per_beta_check)
+    del states, all_states
+    print(f"batch validated ({time.perf_counter() - started:.1f} s)", flush=True)
     F = np.stack(frac, axis=1)  # (nt, nbeta, seeds)
     mean = F.mean(axis=2)
     se = F.std(axis=2, ddof=1) / np.sqrt(seeds)

@@ -1,0 +1,90 @@
+"""Numba kernels for a batch of independent token systems (private).
+
+A batch is a leading axis: B systems of n tokens each, advanced together. Every kernel
+here takes the per-system projections
+
+- ``qx`` (B, m, k): ``beta_b * Q_b x_i`` of system b,
+- ``kyT`` (B, k, n): ``K_b y_j``, transposed per system,
+- ``vyT`` (B, d, n): ``V_b y_j``, transposed per system,
+- ``colw`` (B, n): the additive log-weight of each source (``weights`` (B, n) for sigmoid),
+
+and calls the single-system serial row kernel of :mod:`transformer_pde._kernels.attention`
+on each system: ``name_batch`` spreads the systems over Numba's threads
+(``numba.prange``), ``name_batch_serial`` runs them one after the other on the calling
+thread; :mod:`transformer_pde._threads` chooses between the two per call. Each system
+is computed by exactly the kernel a separate call would use on it, so a batch gives the
+separate calls' numbers.
+
+Not cached on disk (``cache=False``): Numba's cache checks only the file of the cached
+function, so a cached batch kernel would keep an old copy of the row kernels it calls
+after :mod:`transformer_pde._kernels.attention` changes. Compiling costs about a second
+per kernel at the first batched call of a process.
+
+Kernels trust their inputs: validation happens in :mod:`transformer_pde.attention`.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from .attention import exp_field_serial, sigmoid_field_serial, softmax_field_serial
+
+__all__ = [
+    "softmax_batch",
+    "softmax_batch_serial",
+    "exp_batch",
+    "exp_batch_serial",
+    "sigmoid_batch",
+    "sigmoid_batch_serial",
+]
+
+_PARALLEL = dict(parallel=True, cache=False)
+_SERIAL = dict(parallel=False, nogil=True, cache=False)
+
+
+@numba.njit(**_PARALLEL)
+def softmax_batch(qx, kyT, vyT, colw, causal, out):
+    """out[b] = softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal), systems in parallel."""
+    for b in numba.prange(qx.shape[0]):
+        softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
+    return out
+
+
+@numba.njit(**_SERIAL)
+def softmax_batch_serial(qx, kyT, vyT, colw, causal, out):
+    """:func:`softmax_batch` on the calling thread only (releases the GIL)."""
+    for b in range(qx.shape[0]):
+        softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
+    return out
+
+
+@numba.njit(**_PARALLEL)
+def exp_batch(qx, kyT, vyT, colw, out):
+    """out[b] = exp_field_serial(qx[b], kyT[b], vyT[b], colw[b]) (unnormalised), in parallel."""
+    for b in numba.prange(qx.shape[0]):
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], out[b])
+    return out
+
+
+@numba.njit(**_SERIAL)
+def exp_batch_serial(qx, kyT, vyT, colw, out):
+    """:func:`exp_batch` on the calling thread only (releases the GIL)."""
+    for b in range(qx.shape[0]):
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], out[b])
+    return out
+
+
+@numba.njit(**_PARALLEL)
+def sigmoid_batch(qx, kyT, vyT, bias, weights, out):
+    """out[b] = sigmoid_field_serial(qx[b], kyT[b], vyT[b], bias, weights[b]), in parallel."""
+    for b in numba.prange(qx.shape[0]):
+        sigmoid_field_serial(qx[b], kyT[b], vyT[b], bias, weights[b], out[b])
+    return out
+
+
+@numba.njit(**_SERIAL)
+def sigmoid_batch_serial(qx, kyT, vyT, bias, weights, out):
+    """:func:`sigmoid_batch` on the calling thread only (releases the GIL)."""
+    for b in range(qx.shape[0]):
+        sigmoid_field_serial(qx[b], kyT[b], vyT[b], bias, weights[b], out[b])
+    return out

@@ -1,0 +1,316 @@
+r"""Numba kernels for the finite-volume right-hand side of the grid PDE (private).
+
+The readable NumPy version of the same right-hand side is
+``transformer_pde.meanfield.solver._FiniteVolume.evaluate_reference``; the tests check that
+both agree to round-off on every grid. With :math:`\rho_f^\mp` the limited face values,
+:math:`u_f` the normal face velocity, :math:`|f|` the face size and :math:`|c|` the cell
+volume,
+
+.. math::
+
+    F_f = |f|\,(u_f^+\rho_f^- + u_f^-\rho_f^+) + D_f(\rho_{l(f)} - \rho_{r(f)}), \qquad
+    \frac{d\rho_c}{dt} = -\frac{1}{|c|}\sum_{f \ni c} \pm F_f,
+
+with :math:`D_f = |f|/(\kappa\,\delta_f)` the two-point diffusion coefficient (0 without
+noise), and the outflow rate per cell
+:math:`(\sum_{f\ni c}|f|(u_f\cdot n_{f,c})^+ + D_f)/|c|`, whose maximum bounds the step.
+
+- :func:`periodic_rhs` is the fused step of the circle grids (``CircleGrid``, the fibres of
+  ``CausalCircleGrid``): MC-limited reconstruction, upwind fluxes, diffusion, update and
+  the largest outflow rate in one pass over the cells of each periodic row.
+- :func:`face_rhs` is the same update for any face list (sphere, Cartesian boxes) from
+  reconstructed face values.
+- :func:`spectral_product` and :func:`decimated_spectra` are the
+  products between the transforms of the circle's fast field path (full or band-limited),
+  and :func:`softmax_quotient` forms :math:`u_f = N_f / Z_f` from them and marks the faces
+  it must hand over to quadrature.
+- :func:`decay_rows` tabulates the shifted exponential weights of the tensor-grid
+  quadrature of a Cartesian grid.
+- :func:`ssp_combine` and :func:`min_and_mass` are the Runge-Kutta stage combination and
+  the check of a new state, each one pass instead of several NumPy temporaries.
+
+A non-finite face velocity makes the returned rate NaN (the solver then stops and says
+where). Kernels trust their inputs: the solver validates.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["periodic_rhs", "face_rhs", "spectral_product", "softmax_quotient", "ssp_combine", "min_and_mass",
+           "max_abs_and_change", "decay_rows", "decimated_spectra",
+           "periodic_softmax_rhs"]
+
+#: serial on purpose: one pass over a few thousand cells costs microseconds, less than
+#: waking a thread pool; ``nogil`` so that other Python threads can run beside it
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+#: the same, for the kernels whose loops are sums or maxima: reassociation lets those
+#: vectorise (a different order of the same sum; IEEE infinities and NaNs are kept)
+_JIT_SUMS = dict(_JIT, fastmath={"reassoc"})
+
+
+@numba.njit(inline="always")
+def _mc_slope(minus, plus):
+    """Van Leer's MC-limited slope from the one-sided differences (grids.mc_slopes)."""
+    central = 0.5 * (minus + plus)
+    mag = min(abs(central), 2.0 * min(abs(minus), abs(plus)))
+    signed = mag if central > 0.0 else -mag
+    return signed if minus * plus > 0.0 else 0.0
+
+
+@numba.njit(inline="always")
+def _upwind(area, uf, lo, hi):
+    return area * (max(uf, 0.0) * lo + min(uf, 0.0) * hi)
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def _row_slopes(r, slope):
+    m = r.shape[0]
+    slope[0] = _mc_slope(r[0] - r[m - 1], r[1] - r[0])
+    for c in range(1, m - 1):
+        slope[c] = _mc_slope(r[c] - r[c - 1], r[c + 1] - r[c])
+    slope[m - 1] = _mc_slope(r[m - 1] - r[m - 2], r[0] - r[m - 1])
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def _row_fluxes(r, u, areas, coef, slope, flux):
+    m = r.shape[0]
+    flux[0] = _upwind(areas[0], u[0], r[m - 1] + 0.5 * slope[m - 1], r[0] - 0.5 * slope[0])
+    for c in range(1, m):
+        flux[c] = _upwind(areas[c], u[c], r[c - 1] + 0.5 * slope[c - 1], r[c] - 0.5 * slope[c])
+    if coef.shape[0] > 0:
+        flux[0] += coef[0] * (r[m - 1] - r[0])
+        for c in range(1, m):
+            flux[c] += coef[c] * (r[c - 1] - r[c])
+
+
+@numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _row_update(u, areas, vol, coef, flux, change, outflow):
+    """change from the fluxes; returns max outflow rate, NaN if a face velocity is not finite."""
+    m = u.shape[0]
+    for c in range(m - 1):
+        change[c] = (flux[c] - flux[c + 1]) / vol[c]
+        outflow[c] = (areas[c + 1] * max(u[c + 1], 0.0) + areas[c] * max(-u[c], 0.0)) / vol[c]
+    change[m - 1] = (flux[m - 1] - flux[0]) / vol[m - 1]
+    outflow[m - 1] = (areas[0] * max(u[0], 0.0) + areas[m - 1] * max(-u[m - 1], 0.0)) / vol[m - 1]
+    if coef.shape[0] > 0:
+        for c in range(m - 1):
+            outflow[c] += (coef[c] + coef[c + 1]) / vol[c]
+        outflow[m - 1] += (coef[m - 1] + coef[0]) / vol[m - 1]
+    rate = 0.0
+    probe = 0.0  # sum of u * 0: NaN as soon as one face velocity is not finite
+    for c in range(m):
+        x = outflow[c]
+        rate = x if x > rate else rate
+        probe += u[c] * 0.0
+    return rate if probe == 0.0 else np.nan
+
+
+@numba.njit(**_JIT)
+def periodic_rhs(rho, u, areas, vol, coef, change, slope, flux):
+    """d rho / dt on periodic rows; returns the largest outflow rate per cell volume.
+
+    ``rho`` (S, M): cell values, row by row; face ``s * M + c`` lies between cells
+    ``c - 1`` and ``c`` of row s (periodic). ``u``, ``areas`` (S * M,): normal velocity
+    and size of each face; ``vol`` (S * M,): cell volumes; ``coef`` (S * M,) the
+    diffusion coefficient of each face or an empty array (no diffusion). ``change``
+    (S * M,) receives d rho / dt; ``slope`` and ``flux`` (M,) are scratch. Each pass
+    (slopes, fluxes, update) is a loop over the interior of a row without index
+    arithmetic, so that it vectorises; the wrap-around cells are done apart.
+    """
+    n_rows, m = rho.shape
+    rate = 0.0
+    finite = True
+    for s in range(n_rows):
+        b, e = s * m, (s + 1) * m
+        row_coef = coef[b:e] if coef.shape[0] > 0 else coef
+        _row_slopes(rho[s], slope)
+        _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
+        r = _row_update(u[b:e], areas[b:e], vol[b:e], row_coef, flux, change[b:e], slope)
+        finite = finite and r == r
+        rate = max(rate, r)
+    return rate if finite else np.nan
+
+
+@numba.njit(**_JIT)
+def face_rhs(rho, u, lo, hi, areas, left, right, vol, coef, change):
+    """d rho / dt from a face list; returns the largest outflow rate per cell volume.
+
+    ``rho`` (N,) cell values; per face f (F,): ``u`` normal velocity, ``lo``/``hi`` the
+    reconstructed values on the side of ``left[f]``/``right[f]`` (``right[f] == -1``: a
+    boundary face, whose flux leaves the grid), ``areas`` the face size, ``coef`` the
+    diffusion coefficient (0 on boundary faces) or an empty array. ``vol`` (N,) cell
+    volumes; ``change`` (N,) receives d rho / dt.
+    """
+    n = rho.shape[0]
+    diffuse = coef.shape[0] > 0
+    outflow = np.zeros(n)
+    finite = True
+    for c in range(n):
+        change[c] = 0.0
+    for f in range(u.shape[0]):
+        uf = u[f]
+        if not np.isfinite(uf):
+            finite = False
+        up = max(uf, 0.0)
+        um = min(uf, 0.0)
+        flux = areas[f] * (up * lo[f] + um * hi[f])
+        lc, rc = left[f], right[f]
+        outflow[lc] += areas[f] * up
+        if rc >= 0:
+            outflow[rc] -= areas[f] * um
+            if diffuse:
+                flux += coef[f] * (rho[lc] - rho[rc])
+                outflow[lc] += coef[f]
+                outflow[rc] += coef[f]
+            change[rc] += flux
+        change[lc] -= flux
+    rate = 0.0
+    for c in range(n):
+        change[c] /= vol[c]
+        r = outflow[c] / vol[c]
+        if r > rate:
+            rate = r
+    return rate if finite else np.nan
+
+
+@numba.njit(**_JIT)
+def spectral_product(fa, spectra, out):
+    """out[r Q + q, k] = fa[r, k] * spectra[q, k] (Q kernel samples): the transforms of the
+    convolutions of each row of masses with each kernel sample."""
+    n_q = spectra.shape[0]
+    for r in range(fa.shape[0]):
+        for q in range(n_q):
+            for k in range(fa.shape[1]):
+                out[r * n_q + q, k] = fa[r, k] * spectra[q, k]
+    return out
+
+
+@numba.njit(**_JIT_SUMS)
+def softmax_quotient(zn, a, factor, u, bad):
+    """u = N / Z per face where Z >= factor * sum(a of the row) and the quotient is finite;
+    else u = 0 and ``bad`` set. ``zn`` (R, 2, M): Z and N of each row; ``a`` (R, M) the
+    row masses; ``u``, ``bad`` (R * M,). Returns the number of bad faces."""
+    count = 0
+    m = zn.shape[2]
+    for r in range(zn.shape[0]):
+        total = 0.0
+        for c in range(a.shape[1]):
+            total += a[r, c]
+        tau = factor * total
+        for c in range(m):  # branch-free, so that it vectorises
+            zc = zn[r, 0, c]
+            q = zn[r, 1, c] / zc
+            ok = (zc >= tau) & (abs(q) < np.inf)
+            u[r * m + c] = q if ok else 0.0
+            bad[r * m + c] = not ok
+            count += 0 if ok else 1
+    return count
+
+
+@numba.njit(**_JIT)
+def ssp_combine(ca, x, cb, y, h, dy, out):
+    """out = ca * x + cb * (y + h * dy), elementwise (a stage of SSP Runge-Kutta)."""
+    for k in range(x.shape[0]):
+        out[k] = ca * x[k] + cb * (y[k] + h * dy[k])
+    return out
+
+
+@numba.njit(**_JIT_SUMS)
+def min_and_mass(x, vol):
+    """(min x, sum x * vol, all finite) in one pass."""
+    lo = np.inf
+    mass = 0.0
+    probe = 0.0  # sum of x * 0: NaN as soon as one value is not finite
+    for k in range(x.shape[0]):
+        v = x[k]
+        lo = v if v < lo else lo
+        mass += v * vol[k]
+        probe += v * 0.0
+    return lo, mass, probe == 0.0
+
+
+@numba.njit(**_JIT_SUMS)
+def max_abs_and_change(u, u_prev):
+    """(max |u_prev|, max |u - u_prev|): how large the face velocities were and how much
+    they changed over a step (both NaN if a value is not finite)."""
+    size = 0.0
+    change = 0.0
+    probe = 0.0
+    for k in range(u.shape[0]):
+        p = abs(u_prev[k])
+        d = abs(u[k] - u_prev[k])
+        size = p if p > size else size
+        change = d if d > change else change
+        probe += d * 0.0
+    if probe != 0.0:
+        return np.nan, np.nan
+    return size, change
+
+
+@numba.njit(**_JIT)
+def decay_rows(c, step, out):
+    """out[b, i] = exp(-|c_b| step k), k = i from the start (c_b <= 0) or from the end (c_b > 0).
+
+    The log-sum-exp-shifted weights exp(c_b g_i - max_i c_b g_i) of an axis of equal
+    steps g_i = g_0 + i step. Each entry is exp(-t 8j) exp(-t r) with k = 8j + r, so a row
+    of m entries costs m/8 + 8 exponentials (two roundings more than one exponential).
+    """
+    m = out.shape[1]
+    fine = np.empty(8)
+    for b in range(c.shape[0]):
+        t = abs(c[b]) * step
+        for r in range(8):
+            fine[r] = np.exp(-t * r)
+        flip = c[b] > 0.0
+        for j in range(0, m, 8):
+            coarse = np.exp(-t * j)
+            for r in range(min(8, m - j)):
+                k = j + r
+                out[b, m - 1 - k if flip else k] = coarse * fine[r]
+    return out
+
+
+@numba.njit(**_JIT)
+def decimated_spectra(b, twiddle, spectra, modes, out):
+    """The spectra of the P decimated subsequences of each convolution, from those of the masses.
+
+    ``b`` (S, L/2 + 1, P): DFTs of length L of the P decimated subsequences
+    ``a[s, q P + r]`` (r fixed) of each row of masses; ``twiddle[k, r] = exp(-2 pi i k r / M)``
+    (K, P). First the K lowest DFT coefficients of the rows,
+    ``modes[s, k] = sum_r twiddle[k, r] b[s, k, r]``, then
+    ``out[s, q, k, r] = modes[s, k] spectra[q, k] conj(twiddle[k, r])`` for k < K and 0
+    above (``out`` (S, Q, L/2 + 1, P)), whose inverse DFTs of length L along k are the
+    convolutions at the faces ``q P + r``.
+    """
+    n_k, n_r = twiddle.shape
+    for s in range(b.shape[0]):
+        for k in range(n_k):
+            acc = 0.0 + 0.0j
+            for r in range(n_r):
+                acc += twiddle[k, r] * b[s, k, r]
+            modes[s, k] = acc
+        for q in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                if k < n_k:
+                    c = modes[s, k] * spectra[q, k]
+                    for r in range(n_r):
+                        out[s, q, k, r] = c * np.conj(twiddle[k, r])
+                else:
+                    for r in range(n_r):
+                        out[s, q, k, r] = 0.0
+    return out
+
+
+@numba.njit(**_JIT)
+def periodic_softmax_rhs(zn, a, factor, rho, areas, vol, coef, change, slope, flux, u, bad):
+    """:func:`softmax_quotient` then, if no face is bad, :func:`periodic_rhs`, in one call.
+
+    Returns ``(n_bad, rate)``; with ``n_bad > 0`` the rate is NaN and ``change`` is not
+    written (the caller hands the bad faces over and calls :func:`periodic_rhs`).
+    """
+    n_bad = softmax_quotient(zn, a, factor, u, bad)
+    if n_bad:
+        return n_bad, np.nan
+    return 0, periodic_rhs(rho, u, areas, vol, coef, change, slope, flux)
