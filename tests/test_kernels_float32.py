@@ -179,3 +179,18 @@ def test_float64_dtype_is_the_default(rng):
     x = random_sphere(rng, 50, 3)
     att = tp.SoftmaxAttention(1.5)
     np.testing.assert_array_equal(att.velocity(x, dtype=np.float64), att.velocity(x))
+
+
+@pytest.mark.parametrize("att", [tp.SoftmaxAttention(2.0), tp.UnnormalizedAttention(2.0),
+                                 tp.SigmoidAttention(2.0), tp.SoftmaxAttention(np.array([1.0, 3.0]))],
+                         ids=["softmax", "usa", "sigmoid", "batched-beta"])
+def test_batch_of_float32_states_stays_float32(att, rng):
+    x = np.stack([random_sphere(rng, 300, 3) for _ in range(2)])
+    w = np.full(300, 1 / 300)
+    v64 = att._velocity_batch(x, w)
+    v32 = att._velocity_batch(x.astype(np.float32), w)
+    assert v32.dtype == np.float32 and v32.shape == v64.shape
+    # the single-system bound with L <= beta = 3, k = 3, relative to max |V x_j| = 1
+    # (softmax), to the largest attention sum (usa: <= e^3, sigmoid: <= 1)
+    scale = np.exp(3.0) if isinstance(att, tp.UnnormalizedAttention) else 1.0
+    assert np.max(np.abs(v32 - v64)) <= (K.BLOCK + 5 + 8 * 3.0) * EPS32 * scale
