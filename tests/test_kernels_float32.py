@@ -181,6 +181,7 @@ def test_float64_dtype_is_the_default(rng):
     np.testing.assert_array_equal(att.velocity(x, dtype=np.float64), att.velocity(x))
 
 
+@pytest.mark.slow  # ~3 s each: the batched kernels compile their float32 versions on each run
 @pytest.mark.parametrize("att", [tp.SoftmaxAttention(2.0), tp.UnnormalizedAttention(2.0),
                                  tp.SigmoidAttention(2.0), tp.SoftmaxAttention(np.array([1.0, 3.0]))],
                          ids=["softmax", "usa", "sigmoid", "batched-beta"])
