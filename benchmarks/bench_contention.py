@@ -117,7 +117,7 @@ def time_modes(n: int, steps: int, repeats: int, modes=MODES, seed: int = 0,
     rng = np.random.default_rng([seed, n])
     x0 = rng.normal(size=(n, 3))
     x0 /= np.linalg.norm(x0, axis=1, keepdims=True)
-    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0), geometry="sphere", norm="post")
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0, summation="exact"), geometry="sphere", norm="post")
     _threads._reset()  # the warm-up run pays the first exploration of this condition
     for mode in modes:
         _run(mode, dyn, x0, 2)

@@ -198,9 +198,11 @@ def cartesian_rows(n_eval: int = 128, n_run: int = 128, repeats: int = 3) -> lis
         }, repeats)
         ratio = med["baseline"] / med["ours"]
         kind = "K^T Q diagonal" if diagonal else "K^T Q not diagonal (validation model)"
+        target = n_eval >= 128  # the target is set at 128^2 cells
         rows.append({"section": "R^2 quadrature", "case": f"face velocity, {n_eval}^2 cells, {kind}",
                      "ours_s": med["ours"], "other": "kernel quadrature (before)", "other_s": med["baseline"],
-                     "ratio": ratio, "target": ">= 10x", "holds": bool(ratio >= 10.0),
+                     "ratio": ratio, "target": ">= 10x" if target else None,
+                     "holds": bool(ratio >= 10.0) if target else None,
                      "max_rel_diff": float(np.max(np.abs(res["ours"] - res["baseline"]))
                                            / np.max(np.abs(res["baseline"]))), "raw_s": raw})
     grid, rho0, dyn = _gaussian_case(n_run, False)
@@ -222,7 +224,8 @@ def cartesian_rows(n_eval: int = 128, n_run: int = 128, repeats: int = 3) -> lis
     case = f"solve_meanfield to T=1, {n_run}^2 cells, validation model"
     rows.append({"section": "R^2 quadrature", "case": case,
                  "ours_s": med["ours"], "other": "kernel quadrature (before)", "other_s": med["baseline"],
-                 "ratio": ratio, "target": ">= 10x", "holds": bool(ratio >= 10.0),
+                 "ratio": ratio, "target": ">= 10x" if n_run >= 128 else None,
+                 "holds": bool(ratio >= 10.0) if n_run >= 128 else None,
                  "final_density_rel_diff": float(np.max(np.abs(ours - base)) / np.max(base)),
                  "steps": res["ours"].info.n_steps, "raw_s": raw})
     return rows

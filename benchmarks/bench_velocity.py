@@ -68,15 +68,15 @@ GIB = 2.0**30
 def make_attention(variant: str, beta: float):
     """The attention object benchmarked under the name ``variant``."""
     if variant == "softmax":
-        return tp.SoftmaxAttention(beta=beta)
+        return tp.SoftmaxAttention(beta=beta, summation="exact")
     if variant == "causal":
-        return tp.SoftmaxAttention(beta=beta, causal=True)
+        return tp.SoftmaxAttention(beta=beta, causal=True, summation="exact")
     if variant == "usa":
-        return tp.UnnormalizedAttention(beta=beta)
+        return tp.UnnormalizedAttention(beta=beta, summation="exact")
     if variant == "l2":
         return tp.L2Attention(beta=beta)
     if variant == "sigmoid":
-        return tp.SigmoidAttention(beta=beta)
+        return tp.SigmoidAttention(beta=beta, summation="exact")
     if variant == "sinkhorn":
         return tp.SinkhornAttention(beta=beta)
     raise ValueError(f"unknown variant {variant!r}, expected one of {VARIANTS}")
@@ -268,7 +268,7 @@ def probe(fn, x):
 rng = np.random.default_rng([seed, n, d])
 x = rng.normal(size=(n, d))
 x /= np.linalg.norm(x, axis=1, keepdims=True)
-att = tp.SoftmaxAttention(beta=beta)
+att = tp.SoftmaxAttention(beta=beta, summation="exact")
 att.velocity(x[:256])  # JIT compile / cache load and thread pool start, on few tokens
 result = {"n": n, "d": d, "threads": numba.get_num_threads(), "kernel": probe(att.velocity, x)}
 if n_control > 0:
