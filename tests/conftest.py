@@ -23,6 +23,25 @@ def _fp_errors():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _one_kernel_thread(request):
+    """The package's kernels run on one thread, except in tests marked ``parallel``.
+
+    Every O(n^2) kernel exists in a serial and a parallel version that give the same
+    numbers; tests/test_threads.py (marked ``parallel``) checks that for every variant.
+    Elsewhere the serial version suffices to check the mathematics, and compiling the
+    parallel versions too would double the suite's compile time (CI starts from a cold
+    Numba cache) for no new check.
+    """
+    if request.node.get_closest_marker("parallel") is not None:
+        yield
+        return
+    import transformer_pde as tp
+
+    with tp.num_threads(1):
+        yield
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A fresh, seeded generator per test (tests are deterministic)."""

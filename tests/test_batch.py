@@ -75,6 +75,7 @@ def test_batch_equals_separate_calls_every_method_and_norm(method, norm, rng):
         assert np.abs(np.linalg.norm(traj.x, axis=-1) - 1.0).max() <= 1e-14
 
 
+@pytest.mark.parallel
 def test_parallel_batch_kernel_equals_serial_and_separate_calls(rng):
     """Above the serial threshold (B n^2 > 32^2 pairs) the parallel kernel is timed and used."""
     b, n, d = 16, 24, 2

@@ -17,6 +17,9 @@ from transformer_pde import _threads
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_contention.py"
 TWO = min(2, numba.config.NUMBA_NUM_THREADS)
 
+#: these tests are about threads: the kernels keep all of theirs (tests/conftest.py)
+pytestmark = pytest.mark.parallel
+
 VARIANTS = {
     "softmax": lambda: tp.SoftmaxAttention(beta=2.0),
     "causal": lambda: tp.SoftmaxAttention(beta=2.0, causal=True),
@@ -116,6 +119,22 @@ def test_same_result_serial_parallel_adaptive(variant):
     for o in out["adaptive"]:
         np.testing.assert_allclose(o, ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ref, att.velocity_reference(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: tp.SoftmaxAttention(2.0), lambda: tp.UnnormalizedAttention(2.0)])
+def test_float32_serial_and_parallel_agree(make):
+    """The float32 kernels too: serial and parallel run the same row code (to float32 round-off)."""
+    att, x = make(), _tokens()
+    with tp.num_threads(1):
+        serial = att.velocity(x, dtype=np.float32)
+    _threads._policy = "parallel"
+    with tp.num_threads(TWO):
+        parallel = att.velocity(x, dtype=np.float32)
+    assert parallel.dtype == serial.dtype == np.float32
+    # the same arithmetic in each row; 4 eps32 of the largest entry allows for a different
+    # vectorised reduction order between the two compiled copies
+    atol = 4 * np.finfo(np.float32).eps * np.abs(serial).max()
+    np.testing.assert_allclose(parallel, serial, rtol=0, atol=atol)
 
 
 def test_adaptive_tries_both_versions():
