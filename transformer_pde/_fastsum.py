@@ -240,6 +240,7 @@ def _fourier(kind, b, bias):
 
 
 def _legendre_table(lmax, t):
+    """P_0..P_lmax at the points t, shape (lmax + 1, len(t)) (three-term recurrence)."""
     p = np.empty((lmax + 1, len(t)))
     p[0] = 1.0
     if lmax >= 1:

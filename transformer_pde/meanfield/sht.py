@@ -45,8 +45,9 @@ import os
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import ive, roots_legendre
+from scipy.special import ive
 
+from .._fastsum import _gauss_legendre, _legendre_table  # Legendre tools shared with token fast summation
 from .field import HANDOVER_RELATIVE_ERROR, RotationInvariant, kernel_weights
 
 __all__ = ["funk_hecke_coefficients", "sht_face_velocity", "SHT_EPSILON", "TAIL_TOL", "MAX_DEGREE"]
@@ -68,17 +69,6 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------
 # Funk-Hecke coefficients
 # ---------------------------------------------------------------------------------------
-def _legendre_table(lmax, t):
-    """P_0..P_lmax at the points t, shape (lmax + 1, len(t)) (three-term recurrence)."""
-    p = np.empty((lmax + 1, len(t)))
-    p[0] = 1.0
-    if lmax >= 1:
-        p[1] = t
-    for l in range(1, lmax):
-        p[l + 1] = ((2 * l + 1) * t * p[l] - l * p[l - 1]) / (l + 1)
-    return p
-
-
 def _exp_coefficients(b, lmax):
     """Funk-Hecke coefficients of exp(b t - |b|), l = 0..lmax."""
     w = np.zeros(lmax + 1)
@@ -92,27 +82,6 @@ def _exp_coefficients(b, lmax):
     if b < 0.0:
         w[1::2] *= -1.0
     return w
-
-
-def _gauss_legendre(n):
-    """Gauss-Legendre nodes and weights, accurate to round-off.
-
-    Scipy's nodes are polished by Newton steps and the weights recomputed from P_n' (scipy's
-    weights carry errors ~ n eps).
-    """
-    t, _ = roots_legendre(n)
-
-    def p_and_dp(t):
-        p0, p1 = np.ones_like(t), t.copy()
-        for l in range(1, n):
-            p0, p1 = p1, ((2 * l + 1) * t * p1 - l * p0) / (l + 1)
-        return p1, n * (t * p1 - p0) / (t * t - 1.0)
-
-    for _ in range(2):
-        p, dp = p_and_dp(t)
-        t = t - p / dp
-    _, dp = p_and_dp(t)
-    return t, 2.0 / ((1.0 - t * t) * dp * dp)
 
 
 def _sigmoid_coefficients(b, bias, lmax):
