@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,6 +43,9 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import transformer_pde as tp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling run_all.py
+from run_all import write_json_atomic  # noqa: E402 - one atomic JSON writer for every benchmark
 
 CASE = {"B": 1024, "n": 32, "beta": 4.0, "dt": 0.05, "T": 30.0, "separate": 64, "repeats": 3}
 QUICK = {"B": 256, "n": 32, "beta": 4.0, "dt": 0.05, "T": 5.0, "separate": 16, "repeats": 3}
@@ -160,10 +162,7 @@ def main(argv=None) -> int:
     rows = measure(args.quick, extra)
     print(_table(rows))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(Path(args.json), rows)
     return 0
 
 

@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,6 +33,9 @@ try:
 except ImportError:  # run from a checkout without installing: the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import transformer_pde as tp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling run_all.py
+from run_all import write_json_atomic  # noqa: E402 - one atomic JSON writer for every benchmark
 
 #: above this n the exact kernel is timed on SUBSAMPLE targets and scaled
 EXACT_MAX_N = 8192
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     rows = measure(quick=args.quick)
     print(format_table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows}, indent=2, allow_nan=False))
+        write_json_atomic(args.json, {"rows": rows})
     return 0
 
 

@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,7 +43,9 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import transformer_pde as tp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling run_all.py
 import numba
+from run_all import write_json_atomic  # noqa: E402 - one atomic JSON writer for every benchmark
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
     print(format_table(rows))
     print(f"load average at the end {os.getloadavg()}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"benchmark": "bench_kernels", "rows": rows}, indent=2))
+        write_json_atomic(args.json, {"benchmark": "bench_kernels", "rows": rows})
         print(f"wrote {args.json}")
     return 0
 

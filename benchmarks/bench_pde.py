@@ -37,8 +37,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -51,6 +49,9 @@ try:
 except ImportError:  # run from a checkout without installing: the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import transformer_pde as tp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling run_all.py
+from run_all import write_json_atomic  # noqa: E402 - one atomic JSON writer for every benchmark
 
 from transformer_pde.meanfield import face_velocity, separable
 
@@ -258,10 +259,7 @@ def main(argv=None) -> int:
         print(f"  {r['section']:<15} {r['case']:<62} {r['ours_s']:>9.3f} {r['other_s']:>10.3f} "
               f"{r['ratio']:>7.1f}x  {r['target']:<6}  {str(r['holds']):<5}  {diff:.1e}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, rows)
     return 0
 
 

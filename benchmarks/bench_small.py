@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -36,6 +35,9 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import transformer_pde as tp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling run_all.py
+from run_all import write_json_atomic  # noqa: E402 - one atomic JSON writer for every benchmark
 
 CASE = {"n": 64, "d": 3, "beta": 1.0, "dt": 0.01, "steps": 1000, "repeats": 7}
 QUICK = dict(CASE, steps=300, repeats=5)
@@ -128,10 +130,7 @@ def main(argv=None) -> int:
               f"loop/ours {r['ratio']:.2f}x (target {r['target']}: {r['holds']}), "
               f"max|diff| {r['max_diff']:.2g}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(Path(args.json), rows)
     return 0
 
 
