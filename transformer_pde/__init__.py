@@ -48,12 +48,26 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``tp.wasserstein`` is imported on first use: it is the only module importing POT."""
-    if name == "wasserstein":
+    """``tp.wasserstein`` and ``tp.storage`` are imported on first use (POT, h5py)."""
+    if name in ("wasserstein", "storage"):
         import importlib
 
-        return importlib.import_module(".wasserstein", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def load(path, *, group=None):
+    """Read a result file: :func:`transformer_pde.storage.load` (h5py imported on use)."""
+    from . import storage
+
+    return storage.load(path, group=group)
+
+
+def resume(path, *, trackers=None, progress=False):
+    """Continue a partial run file: :func:`transformer_pde.storage.resume`."""
+    from . import storage
+
+    return storage.resume(path, trackers=trackers, progress=progress)
+
 
 __all__ = [
     "Attention",
@@ -89,6 +103,9 @@ __all__ = [
     "GaussianTrajectory",
     "GaussianBlowUpError",
     "wasserstein",
+    "storage",
+    "load",
+    "resume",
     "theory",
     "clustering",
     "trackers",

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from . import _validation as _v
+from ._spec import Result
 from .dynamics import TokenDynamics
 from .integrate import simulate
 from .meanfield import Density, solve_meanfield
@@ -50,8 +51,8 @@ class RateFit:
         return self.low <= value <= self.high
 
 
-@dataclass
-class ConvergenceStudy:
+@dataclass(eq=False)
+class ConvergenceStudy(Result):
     r"""Distances between particle runs and a reference solution.
 
     Attributes
