@@ -138,8 +138,15 @@ def to_spec(obj) -> dict:
 
 
 def _spec_value(value, where: str):
-    if type(value).__name__ in _MODEL_CLASSES:
-        return to_spec(value)
+    from .attention import Attention, MultiHeadAttention
+    from .dynamics import TokenDynamics
+    from .meanfield.grids import Grid
+
+    if isinstance(value, (Attention, MultiHeadAttention, TokenDynamics, Grid)):
+        try:
+            return to_spec(value)
+        except TypeError as err:
+            raise TypeError(f"{err} (in {where})") from None
     if isinstance(value, np.ndarray):
         return np.array(value)
     if isinstance(value, (list, tuple)):
