@@ -20,12 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import random_sphere
 
 import transformer_pde as tp
 from transformer_pde import storage
 from transformer_pde.convergence import ConvergenceStudy
-
-from conftest import random_sphere
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +54,8 @@ def _models(rng):
         tp.TokenDynamics(tp.SigmoidAttention(1.0, bias=-0.5), norm="ngpt", alpha=0.5),
         tp.TokenDynamics(tp.SinkhornAttention(1.0, n_iter=50, tol=1e-9)),
         tp.TokenDynamics(tp.L2Attention(1.0), norm="mix", tau=0.25),
-        tp.TokenDynamics(tp.MultiHeadAttention([tp.SoftmaxAttention(1.0), tp.L2Attention(2.0, V=-np.eye(3))])),
+        tp.TokenDynamics(tp.MultiHeadAttention([tp.SoftmaxAttention(1.0),
+                                                tp.L2Attention(2.0, V=-np.eye(3))])),
         tp.TokenDynamics(tp.SoftmaxAttention(1.0), geometry="euclidean", kappa=20.0),
     ]
 
@@ -147,7 +147,8 @@ def test_equality_and_allclose(rng):
     assert a == b and not (a != b)
     b.x[-1, 0, 0] += 1e-13
     assert a != b and a.allclose(b, rtol=0, atol=1e-12) and not a.allclose(b, rtol=0, atol=1e-14)
-    c = tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(1.0 + 1e-13)), x0, (0.0, 0.5), t_eval=[0.0, 0.5], dt=0.1)
+    c = tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(1.0 + 1e-13)), x0, (0.0, 0.5),
+                    t_eval=[0.0, 0.5], dt=0.1)
     assert not a.allclose(c, atol=1.0)  # a different model is never close
     assert tp.SoftmaxAttention(1.0, Q=np.eye(2)) == tp.SoftmaxAttention(1.0, Q=np.eye(2))
     assert tp.SoftmaxAttention(1.0) != tp.L2Attention(1.0) and tp.CircleGrid(8) != tp.CircleGrid(16)

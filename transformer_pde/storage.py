@@ -176,7 +176,7 @@ def from_spec(spec: dict):
     --------
     >>> import transformer_pde as tp
     >>> tp.storage.from_spec({"class": "CircleGrid", "n_cells": 64})
-    CircleGrid(M=64)
+    CircleGrid(64)
     """
     if not isinstance(spec, dict) or "class" not in spec:
         raise TypeError(f"a spec is a dict with a 'class' key, got {spec!r}")
