@@ -296,6 +296,7 @@ _CHILD = textwrap.dedent("""
     def slow(t, state):
         time.sleep(0.01)
 
+    print("ready", flush=True)
     with tp.num_threads(1):
         if kind == "particles":
             x0 = np.random.default_rng(1).normal(size=(24, 3))
@@ -383,9 +384,13 @@ def test_sigkill_at_random_moments(tmp_path, kind):
     ref = _child_reference(kind)
     t0 = time.monotonic()
     child = _start_child(tmp_path, kind, tmp_path / "full.h5")
+    assert child.stdout.readline().strip() == b"ready"
+    ready = time.monotonic() - t0  # imports done, the run starts
     assert child.wait(timeout=120) == 0
     duration = time.monotonic() - t0
-    draws = np.random.default_rng(5).uniform(0.0, 1.1 * duration, 16)
+    # half the kills anywhere in the process's life, half while the run saves
+    draw = np.random.default_rng(5)
+    draws = np.concatenate([draw.uniform(0.0, 1.1 * duration, 8), draw.uniform(ready, duration, 8)])
     outcomes = []
     for i, delay in enumerate(draws):
         path = tmp_path / f"k{i}.h5"
