@@ -385,16 +385,20 @@ def test_sigkill_at_random_moments(tmp_path, kind):
     t0 = time.monotonic()
     child = _start_child(tmp_path, kind, tmp_path / "full.h5")
     assert child.stdout.readline().strip() == b"ready"
-    ready = time.monotonic() - t0  # imports done, the run starts
+    ready = time.monotonic()  # imports done, the run starts
     assert child.wait(timeout=120) == 0
-    duration = time.monotonic() - t0
-    # half the kills anywhere in the process's life, half while the run saves
+    life, run = time.monotonic() - t0, time.monotonic() - ready
+    # half the kills anywhere in the process's life (start-up included), half timed from the
+    # moment the run starts (start-up times vary with the machine's load)
     draw = np.random.default_rng(5)
-    draws = np.concatenate([draw.uniform(0.0, 1.1 * duration, 8), draw.uniform(ready, duration, 8)])
+    plan = [(False, d) for d in draw.uniform(0.0, 1.1 * life, 8)]
+    plan += [(True, d) for d in draw.uniform(0.0, 1.1 * run, 8)]
     outcomes = []
-    for i, delay in enumerate(draws):
+    for i, (after_ready, delay) in enumerate(plan):
         path = tmp_path / f"k{i}.h5"
         child = _start_child(tmp_path, kind, path)
+        if after_ready:
+            child.stdout.readline()
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait()
