@@ -243,6 +243,22 @@ def test_resume_particles_bit_identical(tmp_path, rng, method, kappa):
         assert "_journal" not in f  # finished: the plain layout
 
 
+@pytest.mark.slow
+def test_resume_batch_bit_identical(tmp_path, rng):
+    """A batch (B, n, d) with per-system beta: rows of (B, n, d), resumed bit for bit."""
+    x0 = np.stack([random_sphere(rng, 6, 3) for _ in range(2)])
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=[1.0, 4.0]))
+
+    def run(**kw):
+        return tp.simulate(dyn, x0, (0.0, 1.0), t_eval=np.linspace(0.0, 1.0, 6), dt=0.05, **kw)
+
+    ref = run()
+    path = tmp_path / "batch.h5"
+    _interrupted(run, path, 3)
+    assert tp.load(path).x.shape == (3, 2, 6, 3)
+    assert tp.resume(path) == ref
+
+
 def test_resume_meanfield_bit_identical(tmp_path):
     """The CFL controller's memory (previous face velocities, steps) is in the record."""
     grid = tp.CircleGrid(128)
