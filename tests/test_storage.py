@@ -287,6 +287,18 @@ def test_resume_meanfield_bit_identical(tmp_path):
     assert tp.resume(path) == ref and tp.load(path) == ref
 
 
+def test_stopped_run_leaves_its_saves(tmp_path, rng):
+    """A run stopped by another tracker: the finished file holds the saves up to the stop."""
+    x0 = random_sphere(rng, 4, 2)
+    traj = tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(1.0)), x0, (0.0, 1.0),
+                       t_eval=np.linspace(0.0, 1.0, 6), dt=0.05,
+                       trackers=[tp.trackers.Save(tmp_path / "s.h5"), lambda t, x: t >= 0.4])
+    back = tp.load(tmp_path / "s.h5")
+    assert traj.info.status == back.info.status == "stopped" and len(back.t) == 3 and back == traj
+    with pytest.raises(TypeError, match="file name"):
+        tp.trackers.Save(3)
+
+
 def test_torn_record_falls_back_to_previous(tmp_path, rng):
     """A damaged newest record (a torn write) leaves the previous one, one save fewer."""
     x0 = random_sphere(rng, 4, 2)
@@ -430,4 +442,5 @@ def test_sigkill_at_random_moments(tmp_path, kind):
         child.send_signal(signal.SIGKILL)
         child.wait()
         outcomes.append(_check_killed_file(path, ref))
+    print(kind, {o: outcomes.count(o) for o in set(outcomes)})
     assert outcomes.count("resumed") >= 4, outcomes  # most kills land during the saves
