@@ -99,7 +99,11 @@ def _classes() -> dict:
 # specs: models and grids as their constructor arguments
 # ---------------------------------------------------------------------------------------
 def to_spec(obj) -> dict:
-    """A model or grid as a dict ``{"class": name, argument: value, ...}``.
+    r"""A model or grid as a dict ``{"class": name, argument: value, ...}``.
+
+    .. math::
+
+        \mathrm{from\_spec}(\mathrm{to\_spec}(m)) = m \quad (\text{compared with} =\!=).
 
     The arguments are those of the class's constructor (nested models as specs, arrays
     as arrays); :func:`from_spec` rebuilds an equal object.
@@ -162,7 +166,11 @@ def _spec_value(value, where: str):
 
 
 def from_spec(spec: dict):
-    """The model or grid a spec of :func:`to_spec` describes.
+    r"""The model or grid a spec of :func:`to_spec` describes.
+
+    .. math::
+
+        \mathrm{from\_spec}(\mathrm{to\_spec}(m)) = m.
 
     Parameters
     ----------
@@ -463,6 +471,10 @@ def _write_file(path, build) -> None:
 def save(result, path, *, group: str | None = None) -> None:
     r"""Write a result to the HDF5 file ``path``.
 
+    .. math::
+
+        \mathrm{load}(\mathrm{save}(r)) = r \quad (\text{exactly: float64 bytes are copied}).
+
     Without ``group`` the file is replaced, atomically (a new file under a temporary
     name, then renamed: a reader sees the old file or the new one). With ``group`` the
     result becomes that group of the file (created if missing; a group of that name is
@@ -504,7 +516,11 @@ def save(result, path, *, group: str | None = None) -> None:
 
 
 def load(path, *, group: str | None = None):
-    """Read the result in the HDF5 file ``path``.
+    r"""Read the result in the HDF5 file ``path``.
+
+    .. math::
+
+        \mathrm{load}(\mathrm{save}(r)) = r.
 
     Files written by :func:`save`, or by a :class:`~transformer_pde.trackers.Save` tracker
     (while its run goes on, after it ended, or after it was killed).
@@ -542,7 +558,11 @@ def load(path, *, group: str | None = None):
 
 
 def save_table(path, columns, *, group: str | None = None, attrs: dict | None = None) -> None:
-    """Write a table of equal-length columns (a :class:`Table` or a dict of arrays).
+    r"""Write a table of equal-length columns (a :class:`Table` or a dict of arrays).
+
+    .. math::
+
+        \mathrm{load\_table}(\mathrm{save\_table}(T)) = T.
 
     Parameters
     ----------
@@ -574,7 +594,30 @@ def save_table(path, columns, *, group: str | None = None, attrs: dict | None = 
 
 
 def load_table(path, *, group: str | None = None) -> Table:
-    """Read a table written by :func:`save_table` (the group ``group`` of the file)."""
+    r"""Read a table written by :func:`save_table` (the group ``group`` of the file).
+
+    .. math::
+
+        \mathrm{load\_table}(\mathrm{save\_table}(T)) = T.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    group : str, optional
+
+    Returns
+    -------
+    Table
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import transformer_pde as tp
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.h5")
+    >>> tp.storage.save_table(path, {"n": [8, 16]}, attrs={"beta": 2.0})
+    >>> tp.storage.load_table(path) == tp.storage.Table({"n": [8, 16]}, attrs={"beta": 2.0})
+    True
+    """
     table = load(path, group=group)
     if not isinstance(table, Table):
         raise ValueError(f"{path} (group {group or '/'}) holds a {type(table).__name__}, not a table")
