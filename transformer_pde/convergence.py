@@ -89,16 +89,11 @@ class ConvergenceStudy:
         half = stats.t.ppf(0.5 + level / 2.0, len(logn) - 2) * res.stderr
         return RateFit(res.slope, res.slope - half, res.slope + half, res.intercept, level)
 
-    def plot(self, ax=None):
-        """Draw the study (:func:`transformer_pde.plotting.plot_convergence`); returns the figure."""
+    def plot(self, ax=None, **kwargs):
+        """Draw the study (:func:`transformer_pde.plotting.plot_convergence`); returns the Axes."""
         from . import plotting  # lazily: matplotlib only when a figure is made
 
-        if ax is None:
-            from matplotlib.figure import Figure
-
-            ax = Figure(figsize=(6, 4.5), layout="constrained").add_subplot(1, 1, 1)
-        plotting.plot_convergence(ax, self)
-        return ax.figure
+        return plotting.plot_convergence(self, ax=ax, **kwargs)
 
     def table(self) -> str:
         """A plain-text table: median W over seeds for each n and t, then the fitted slopes."""

@@ -118,6 +118,12 @@ class Trajectory:
         """Number of systems B of a batch run, None for one system."""
         return self.x.shape[1] if self.x.ndim == 4 else None
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the run (:func:`transformer_pde.plotting.plot_trajectory`); returns the Axes."""
+        from . import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_trajectory(self, ax=ax, **kwargs)
+
 
 class _Particles(_engine.Problem):
     """The token system of ``dyn`` for the engine.

@@ -117,6 +117,12 @@ class DensityTrajectory:
         """The k-th saved density as a :class:`Density`."""
         return Density(self.grid, self.density[k])
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the run (:func:`transformer_pde.plotting.plot_density`); returns the Axes."""
+        from .. import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_density(self, ax=ax, **kwargs)
+
 
 @dataclass
 class _Rate:
