@@ -168,11 +168,15 @@ def test_cluster_count_and_energy_are_the_package_quantities(circle_run, circle_
     particles, peaks = ax.lines
     np.testing.assert_array_equal(particles.get_ydata(), clustering.cluster_count(circle_run))
     np.testing.assert_array_equal(peaks.get_ydata(), clustering.density_peaks(circle_sol))
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["particles", "density peaks"]
-    assert ax.get_yscale() == "symlog"
-    # a count of 0 is drawn as 0, not clamped
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        r"particles ($\langle x_i, x_j\rangle > 0.9999$)", "density peaks"]
+    # base-2 log axis, ticks at the powers of 2 up to the largest count
+    assert ax.get_yscale() == ("symlog" if clustering.density_peaks(circle_sol).min() == 0 else "log")
+    assert ax.get_yticks()[-1] == 2 ** np.ceil(np.log2(circle_run.n_tokens))
+    # a count of 0 is drawn as 0, not clamped: the axis turns symmetric-log
     ax0 = plotting.plot_cluster_count([0.0, 1.0, 2.0], [0, 0, 2])
     np.testing.assert_array_equal(ax0.lines[0].get_ydata(), [0, 0, 2])
+    assert ax0.get_yscale() == "symlog" and list(ax0.get_yticks()) == [0, 1, 2]
     ax = plotting.plot_energy(circle_run)
     np.testing.assert_allclose(ax.lines[0].get_ydata(),
                                clustering.interaction_energy(circle_run, 4.0, normalized=True), atol=1e-12)
@@ -230,6 +234,11 @@ def test_phase_diagram_attention_matrix_and_table(circle_run):
     P = clustering.attention_matrix(circle_run.dynamics, circle_run.x[2])
     np.testing.assert_allclose(ax.images[0].get_array(), P, atol=1e-15)
     assert ax.images[0].colorbar is not None and ax.get_title() == "attention matrix at $t = 1$"
+    ax = plotting.plot_attention_matrix(circle_run, k=-1, sort=True)
+    x = circle_run.x[-1]
+    order = np.lexsort((plotting.circle_angles(x), clustering.cluster_labels(x)))
+    P = clustering.attention_matrix(circle_run.dynamics, x)
+    np.testing.assert_allclose(ax.images[0].get_array(), P[np.ix_(order, order)], atol=1e-15)
 
     ax = plotting.plot_table([("beta", 4.0), ("n", 32)])
     table = ax.tables[0]

@@ -27,8 +27,9 @@ import numpy as np
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from . import clustering
 from .clustering import CLUSTER_THRESHOLD, attention_matrix, cluster_count, density_peaks, interaction_energy
 from .convergence import ConvergenceStudy
 from .gaussian import GaussianTrajectory
@@ -693,7 +694,8 @@ def plot_series(t, series: Mapping[str, Sequence[float]], *, ax=None, ylabel: st
     step : bool
         Draw piecewise-constant steps (for counts).
     logy : bool
-        Logarithmic vertical axis (base 2, with 0 drawn: symmetric-log, linear below 1).
+        Logarithmic vertical axis (base 2, ticks at the powers of 2; symmetric-log,
+        linear below 1, when a value is 0, so that 0 is drawn as 0).
 
     Returns
     -------
@@ -719,8 +721,7 @@ def plot_series(t, series: Mapping[str, Sequence[float]], *, ax=None, ylabel: st
         else:
             ax.plot(times, values, label=label)
     if logy:
-        ax.set_yscale("symlog", base=2, linthresh=1.0, linscale=0.5)
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        _log2_axis(ax)
     ax.set_xlabel("$t$")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -728,11 +729,33 @@ def plot_series(t, series: Mapping[str, Sequence[float]], *, ax=None, ylabel: st
     return ax
 
 
+def _log2_axis(ax) -> None:
+    """A base-2 log axis over every line of ``ax``, ticks at the powers of 2.
+
+    Symmetric-log (linear below 1) when a line has a 0, so that 0 is drawn as 0.
+    """
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.lines])
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.min() < 0:
+        return
+    top = max(1.0, float(values.max()))
+    ticks = 2.0 ** np.arange(0, int(np.ceil(np.log2(top))) + 1)
+    if values.min() < 1:
+        ax.set_yscale("symlog", base=2, linthresh=1.0, linscale=0.5)
+        ticks = np.concatenate([[0.0], ticks])
+    else:
+        ax.set_yscale("log", base=2)
+    ax.set_yticks(ticks)
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(ticks[0] if ticks[0] > 0 else -0.2, top * 1.25)
+
+
 def plot_cluster_count(result, counts=None, *, ax=None, threshold: float = CLUSTER_THRESHOLD,
                        label: str | None = None, logy: bool = True):
     r"""Draw the number of clusters against time (steps).
 
-    Tokens: connected components of :math:`\langle x_i, x_j\rangle > \text{threshold}`
+    Tokens: groups linked by :math:`\langle x_i, x_j\rangle > \text{threshold}`
     (:func:`~transformer_pde.clustering.cluster_count`); a density: its peaks
     (:func:`~transformer_pde.clustering.density_peaks`; a uniform density has 0, drawn
     as 0, not clamped). Call it again on the same ``ax`` to compare runs.
@@ -752,9 +775,9 @@ def plot_cluster_count(result, counts=None, *, ax=None, threshold: float = CLUST
     threshold : float
         Inner-product threshold of the token clusters.
     label : str, optional
-        Legend entry (default: "particles" or "density peaks").
+        Legend entry (default: "particles (<x_i, x_j> > threshold)" or "density peaks").
     logy : bool
-        Logarithmic count axis (base 2; symmetric-log so that 0 shows).
+        Logarithmic count axis (base 2; symmetric-log when a count is 0, so that 0 shows).
 
     Returns
     -------
@@ -772,7 +795,7 @@ def plot_cluster_count(result, counts=None, *, ax=None, threshold: float = CLUST
             raise ValueError("plot_cluster_count: a batch has one count per system; draw "
                              "cluster_count(traj.x[:, b]) per system b")
         t, values = result.t, cluster_count(result, threshold)
-        label = "particles" if label is None else label
+        label = rf"particles ($\langle x_i, x_j\rangle > {threshold:g}$)" if label is None else label
     elif isinstance(result, DensityTrajectory):
         t, values = result.t, density_peaks(result)
         label = "density peaks" if label is None else label
@@ -781,9 +804,7 @@ def plot_cluster_count(result, counts=None, *, ax=None, threshold: float = CLUST
             raise TypeError("plot_cluster_count: give a Trajectory, a DensityTrajectory, or times and counts")
         t, values = result, counts
         label = "clusters" if label is None else label
-    ax = plot_series(t, {label: values}, ax=ax, step=True, logy=logy,
-                     ylabel=r"clusters (groups with $\langle x_i, x_j\rangle > "
-                            f"{threshold:g}$) / density peaks")
+    ax = plot_series(t, {label: values}, ax=ax, step=True, logy=logy, ylabel="clusters")
     if not logy:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return ax
@@ -892,6 +913,12 @@ def plot_convergence(study: ConvergenceStudy, *, ax=None, unit: str = "rad"):
     first = np.median(study.distance[0, :, 0])
     ax.loglog(n, first * (n / n[0]) ** study.expected_slope, "k--",
               label=f"theory: slope ${study.expected_slope:+.2f}$")
+    ax.set_xticks(n)
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("tokens $n$")
     ax.set_ylabel(f"$W_{{{study.p:g}}}$(particles, PDE) [{unit}]")
     ax.legend(loc="best", fontsize="small")
@@ -1044,7 +1071,7 @@ def plot_phase_diagram(x, y, values, *, ax=None, xlabel: str = "$t$", ylabel: st
 
 
 def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system: int = 0, ax=None,
-                          cmap: str = "viridis"):
+                          sort: bool = False, cmap: str = "viridis"):
     r"""Draw the attention matrix :math:`P_{ij}` of a state, with a colorbar.
 
     .. math::
@@ -1067,13 +1094,17 @@ def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system:
         System of a batch.
     ax : matplotlib.axes.Axes, optional
         Where to draw; a new figure when None.
+    sort : bool
+        Order the tokens by cluster (:func:`~transformer_pde.clustering.cluster_labels`),
+        and within a cluster by angle (d = 2) or first coordinate, so that clusters show
+        as blocks; the image is then :math:`P_{\sigma(i)\sigma(j)}`.
     cmap : str
         Colour map.
 
     Returns
     -------
     matplotlib.axes.Axes
-        Its image holds P, shape (n, n).
+        Its image holds P, shape (n, n) (rows and columns permuted when ``sort``).
 
     Examples
     --------
@@ -1097,11 +1128,18 @@ def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system:
         if not 0 <= head < P.shape[0]:
             raise ValueError(f"head must be in [0, {P.shape[0]}), got {head}")
         P, when = P[head], f" (head {head})" + when
+    which = ""
+    if sort:
+        x = np.asarray(x, dtype=np.float64)
+        within = circle_angles(x) if x.shape[1] == 2 else x[:, 0]
+        labels = clustering.cluster_labels(x)
+        order = np.lexsort((within, labels))
+        P, which = P[np.ix_(order, order)], " (sorted by cluster)"
     ax = _axes(ax, figsize=(5.5, 4.5))
     image = ax.imshow(P, cmap=cmap, vmin=0.0, interpolation="nearest")
     ax.figure.colorbar(image, ax=ax, label="$P_{ij}$")
-    ax.set_xlabel("key token $j$")
-    ax.set_ylabel("query token $i$")
+    ax.set_xlabel("key token $j$" + which)
+    ax.set_ylabel("query token $i$" + which)
     ax.set_title("attention matrix" + when)
     return ax
 
