@@ -23,8 +23,8 @@ __all__ = ["AUTO_DELAY", "COMPILE_NOTICE", "bar_delay", "counter", "quiet", "ins
 #: seconds of work before an automatic bar appears
 AUTO_DELAY = 2.0
 #: the line printed when the package's kernels compile (on-disk cache cold)
-COMPILE_NOTICE = ("transformer_pde: compiling Numba kernels (once per installation: later runs "
-                  "load them from the on-disk cache; ~10 s)...")
+COMPILE_NOTICE = ("transformer_pde: compiling Numba kernels (~10 s at a first call; they are cached "
+                  "on disk, later processes load them at once)...")
 
 _state = threading.local()
 

@@ -57,6 +57,7 @@ __all__ = [
     "plot_attention_matrix",
     "plot_table",
     "plot_final_comparison",
+    "legend_outside",
     "movie",
     "demo_figure",
 ]
@@ -135,6 +136,45 @@ def _edges(centres: np.ndarray) -> np.ndarray:
 def _angle_axis(axis) -> None:
     axis.set_ticks(_PI_TICKS[0])
     axis.set_ticklabels(_PI_TICKS[1])
+
+
+def legend_outside(ax, *, side: str = "right", **kwargs):
+    r"""A legend beside the axes (``side="right"``) or below them, never over the data.
+
+    With a constrained-layout figure the axes shrink to make room.
+
+    .. math::
+
+        \text{legend} \cap \text{data area} = \emptyset .
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes with labelled artists.
+    side : {"right", "below"}
+        Where the legend goes.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.legend` (e.g. ``fontsize``, ``ncol``).
+
+    Returns
+    -------
+    matplotlib.legend.Legend
+
+    Examples
+    --------
+    >>> from transformer_pde.plotting import legend_outside
+    >>> ax = Figure(layout="constrained").add_subplot(1, 1, 1)
+    >>> _ = ax.plot([0, 1], [0, 1], label="a")
+    >>> legend_outside(ax).get_bbox_to_anchor() is not None
+    True
+    """
+    kwargs.setdefault("fontsize", "small")
+    if side == "right":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+    if side == "below":
+        kwargs.setdefault("ncol", 2)
+        return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), borderaxespad=0.0, **kwargs)
+    raise ValueError(f"side must be 'right' or 'below', got {side!r}")
 
 
 def circle_angles(x) -> np.ndarray:
