@@ -315,8 +315,6 @@ def _figure(curves, runs):
         ax_tr.set_ylabel(r"$\mathrm{tr}\,\Sigma(t)\,/\,\mathrm{tr}\,\Sigma_0$")
         ax_eig.set_ylabel(r"$\lambda_{\min}(\Sigma)\,/\,\mathrm{tr}\,\Sigma$")
         ax_tr.set_title(TITLES[k])
-        ax_tr.legend(loc="best", fontsize="small")
-        ax_eig.legend(loc="best", fontsize="small")
         run = runs[k]
         ax_el.plot(run["x"][:, 0], run["x"][:, 1], ".", ms=1.5, color="0.75",
                    label=f"particles at $t={run['t'][-1]:.3g}$")
@@ -331,6 +329,9 @@ def _figure(curves, runs):
         ax_el.set_xlabel("$x_1$")
         ax_el.set_ylabel("$x_2$")
         legend_outside(ax_el, side="below", fontsize="x-small")
+    # one legend for the six panels of the moments (the same variants, colours and styles)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(VARIANTS), fontsize="small")
     return fig
 
 
