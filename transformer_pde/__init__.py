@@ -47,12 +47,36 @@ from .meanfield import (
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """``tp.wasserstein`` is imported on first use: it is the only module importing POT."""
-    if name == "wasserstein":
-        import importlib
+#: figures and movies (transformer_pde.plotting), loaded with matplotlib on first use
+_PLOTTING = (
+    "plot_trajectory",
+    "plot_circle_tokens",
+    "plot_sphere_tokens",
+    "plot_token_paths",
+    "plot_density",
+    "plot_circle_density",
+    "plot_causal_density",
+    "plot_sphere_density",
+    "plot_cluster_count",
+    "plot_energy",
+    "plot_convergence",
+    "plot_covariance",
+    "plot_phase_diagram",
+    "plot_attention_matrix",
+    "plot_table",
+    "movie",
+)
 
-        return importlib.import_module(".wasserstein", __name__)
+
+def __getattr__(name: str):
+    """Lazy names: ``tp.wasserstein`` (the only module importing POT) and ``tp.plotting``
+    with its figure functions (the only module importing matplotlib) load on first use."""
+    import importlib
+
+    if name in ("wasserstein", "plotting"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in _PLOTTING:
+        return getattr(importlib.import_module(".plotting", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -89,6 +113,8 @@ __all__ = [
     "GaussianTrajectory",
     "GaussianBlowUpError",
     "wasserstein",
+    "plotting",
+    *_PLOTTING,
     "theory",
     "clustering",
     "trackers",

@@ -117,6 +117,12 @@ class DensityTrajectory:
         """The k-th saved density as a :class:`Density`."""
         return Density(self.grid, self.density[k])
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the run (:func:`transformer_pde.plotting.plot_density`); returns the Axes."""
+        from .. import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_density(self, ax=ax, **kwargs)
+
 
 @dataclass
 class _Rate:
@@ -345,7 +351,7 @@ def _distance(grid, a, b):
 
 
 def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.45,
-                    field: str = "auto", method: str = "ssprk3", progress: bool = False,
+                    field: str = "auto", method: str = "ssprk3", progress: bool | None = None,
                     max_steps: int = 10_000_000, trackers=None, throw: bool = True) -> DensityTrajectory:
     r"""Solve the Transformer PDE for the model ``dyn`` from the density ``rho0``.
 
@@ -381,8 +387,9 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
         uses it where it exists and quadrature elsewhere.
     method : {"ssprk3"}
         The time stepper (the strong-stability-preserving Runge-Kutta method of order 3).
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool or None
+        A tqdm progress bar on stderr: None (default) shows one when stderr is a terminal
+        and the run lasts more than 2 s; True always, False never.
     max_steps : int
         Stop with an error after this many steps (accepted and redone).
     trackers : sequence of callable, optional
@@ -451,7 +458,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     info.min_density = float(rho.min())
     controller = _CFLController(cfl, rate_bound(dyn, grid))
     t, out = _engine.run(problem, _SSPRK3(), controller, rho, t0, t_eval, max_steps=max_steps,
-                         trackers=trackers, throw=throw, progress="solve_meanfield" if progress else None)
+                         trackers=trackers, throw=throw,
+                         progress=_engine.progress_spec("solve_meanfield", progress))
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
             f"solve_meanfield: {info.mass_drift:.3g} of the mass left the box {list(grid.bounds)} "
