@@ -247,9 +247,15 @@ def test_readme_states_the_two_commands():
 
 
 def test_matplotlib_is_imported_lazily(tmp_path):
-    """Only plotting.py imports matplotlib, and only when a figure is made (DESIGN.md)."""
+    """Only plotting.py imports matplotlib, and only when a figure is made (DESIGN.md); the
+    figure functions in ``tp.__all__`` load it on first use."""
     code = ("import sys, transformer_pde, transformer_pde.cli, transformer_pde.demo; "
-            "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'")
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'; "
+            "tp = transformer_pde; names = [n for n in tp.__all__ if n.startswith('plot_')]; "
+            "assert len(names) >= 15 and 'movie' in tp.__all__, names; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported by __all__'; "
+            "assert all(getattr(tp, n) is getattr(tp.plotting, n) for n in names + ['movie']); "
+            "assert 'matplotlib' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -64,8 +64,7 @@ def test_several_orders_share_the_runs():
 
 
 def test_plot_draws_medians_fits_and_theory(circle_study):
-    fig = circle_study.plot()
-    ax = fig.axes[0]
+    ax = circle_study.plot()
     # per time: medians and fit; plus the theory line
     assert len(ax.lines) == 2 * len(circle_study.t) + 1
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"

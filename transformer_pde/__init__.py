@@ -47,12 +47,37 @@ from .meanfield import (
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """``tp.wasserstein`` and ``tp.storage`` are imported on first use (POT, h5py)."""
-    if name in ("wasserstein", "storage"):
-        import importlib
+#: figures and movies (transformer_pde.plotting), loaded with matplotlib on first use
+_PLOTTING = (
+    "plot_trajectory",
+    "plot_circle_tokens",
+    "plot_sphere_tokens",
+    "plot_token_paths",
+    "plot_density",
+    "plot_circle_density",
+    "plot_causal_density",
+    "plot_sphere_density",
+    "plot_cluster_count",
+    "plot_energy",
+    "plot_convergence",
+    "plot_covariance",
+    "plot_phase_diagram",
+    "plot_attention_matrix",
+    "plot_table",
+    "movie",
+)
 
+
+def __getattr__(name: str):
+    """Lazy names: ``tp.wasserstein`` (the only module importing POT), ``tp.storage`` (the
+    only one importing h5py) and ``tp.plotting`` with its figure functions (the only module
+    importing matplotlib) load on first use."""
+    import importlib
+
+    if name in ("wasserstein", "plotting", "storage"):
         return importlib.import_module(f".{name}", __name__)
+    if name in _PLOTTING:
+        return getattr(importlib.import_module(".plotting", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def load(path, *, group=None):
@@ -62,7 +87,7 @@ def load(path, *, group=None):
     return storage.load(path, group=group)
 
 
-def resume(path, *, trackers=None, progress=False):
+def resume(path, *, trackers=None, progress=None):
     """Continue a partial run file: :func:`transformer_pde.storage.resume`."""
     from . import storage
 
@@ -106,6 +131,8 @@ __all__ = [
     "storage",
     "load",
     "resume",
+    "plotting",
+    *_PLOTTING,
     "theory",
     "clustering",
     "trackers",

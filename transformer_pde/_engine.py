@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _progress
 from . import _validation as _v
 
 __all__ = [
@@ -367,17 +368,29 @@ def check_trackers(trackers) -> tuple[Callable, ...]:
     return trackers
 
 
-def time_bar(total: float, desc: str):
-    """A tqdm progress bar over simulated time."""
+def time_bar(total: float, desc: str, delay: float = 0.0):
+    """A tqdm progress bar over simulated time, shown after ``delay`` seconds.
+
+    A bar shown at once (asked for) stays on screen; an automatic one (``delay > 0``)
+    is removed when the run ends.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc,
+    return tqdm(total=total, desc=desc, delay=delay, leave=delay == 0.0,
                 bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
 
 
+def progress_spec(desc: str, progress) -> tuple[str, float] | None:
+    """The ``progress`` argument of :func:`run` for a public ``progress=`` (None, True, False)."""
+    delay = _progress.bar_delay(progress)
+    return None if delay is None else (desc, delay)
+
+
 def _advance_bar(bar, t: float, t0: float) -> None:
-    # move to the time itself: summed step sizes drift past the total by round-off
-    bar.update(min(bar.total, t - t0) - bar.n)
+    # set the position to the time itself, clamped to [0, total]: incrementing by step
+    # sizes drifts past the total by round-off, and tqdm then clamps with a TqdmWarning
+    bar.n = min(max(t - t0, 0.0), bar.total)
+    bar.update(0)  # redraws when tqdm's minimum interval has passed
 
 
 def _stops(t_eval, k, breakpoints, t):
@@ -396,7 +409,8 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
     ``ys.shape == (len(t),) + y0.shape``; ``problem.info`` records the outcome.
     ``f0`` is the evaluation at ``(y0, t0)`` if the caller has it already; with ``fsal``
     the stepper's ``Step.f_end`` is reused as the next step's first stage.
-    ``progress`` is the description of a tqdm bar (None: no bar).
+    ``progress`` is the description of a tqdm bar (None: no bar), or ``(description,
+    delay)`` for a bar that shows after ``delay`` seconds.
 
     Trackers with an ``_attach(run)`` method (:class:`transformer_pde.trackers.Save`) see
     the run itself (:class:`RunView`: problem, stepper, controller, the evaluation carried
@@ -407,7 +421,10 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
     info = problem.info
     ys = np.empty((len(t_eval),) + y0.shape)
     start, wall0 = time.perf_counter(), info.wall_time
-    bar = time_bar(float(t_eval[-1] - t0), progress) if progress else None
+    if isinstance(progress, tuple):
+        bar = time_bar(float(t_eval[-1] - t0), *progress)
+    else:
+        bar = time_bar(float(t_eval[-1] - t0), progress) if progress else None
     y, t = y0, t0
     observe = _Observers(trackers, problem, RunView(problem, stepper, controller, y0, t0, t_eval, done))
     complete = False
@@ -475,6 +492,8 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
             raise _RAISES[failure.status](info.message) from None
     finally:
         if bar is not None:
+            if info.status == Status.SUCCESS.value:
+                bar.n = bar.total  # a finished run ends at 100%
             bar.close()
         info.wall_time = wall0 + (time.perf_counter() - start)
         observe.finish(info, complete)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -38,21 +39,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def atomic_path(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """:func:`atomic_write` for writers that open a path themselves (h5py).
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A temporary path beside ``path`` with the same suffix, moved onto ``path`` on success.
 
-    ``write`` receives the temporary path in the folder of ``path`` and creates the file
-    there; it is then flushed to disk and renamed onto ``path``.
+    For writers that need a file name rather than a file object (matplotlib's movie
+    writers choose the format from the suffix): readers see the old file or the
+    complete new one; on any error the temporary file is removed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

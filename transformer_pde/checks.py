@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _progress
 from ._io import atomic_write, write_json
 
 __all__ = [
@@ -260,7 +261,7 @@ def _user_scripts(directory: str | Path) -> dict[str, Path]:
 
 def run_validations(out_dir: str | Path, *, quick: bool = False, only: Sequence[str] | None = None,
                     directory: str | Path | None = None,
-                    timeout: float | None = None) -> tuple[Path, bool]:
+                    timeout: float | None = None, progress: bool | None = None) -> tuple[Path, bool]:
     """Run the validations, each in a fresh interpreter, and write ``out_dir/report.md``.
 
     Parameters
@@ -278,6 +279,9 @@ def run_validations(out_dir: str | Path, *, quick: bool = False, only: Sequence[
         run as ``python -m transformer_pde.validation.NAME``.
     timeout : float, optional
         Seconds after which a validation is stopped and counted as failed.
+    progress : bool or None
+        A tqdm bar on stderr counting the validations: None (default) shows one when
+        stderr is a terminal; True always, False never.
 
     Returns
     -------
@@ -301,29 +305,47 @@ def run_validations(out_dir: str | Path, *, quick: bool = False, only: Sequence[
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, command in commands.items():
-        target = out / name
-        cmd = command + ["--out", str(target)] + (["--quick"] if quick else [])
-        start = time.perf_counter()
-        print(f"== {name}", flush=True)
-        try:
-            proc = subprocess.run(cmd, timeout=timeout)
-            status = proc.returncode
-        except subprocess.TimeoutExpired:
-            status = "timeout"
-        json_path = target / f"{name}.json"
-        if json_path.exists():
-            result = json.loads(json_path.read_text())
-        else:
-            result = {"name": name, "passed": False, "checks": [], "theory": "",
-                      "runtime_s": round(time.perf_counter() - start, 2)}
-        result["passed"] = bool(result.get("passed")) and status == 0
-        result["exit_status"] = status
-        results.append(result)
+    delay = _progress.bar_delay(progress)
+    bar = _progress.counter(len(commands), "validate", None if delay is None else 0.0, unit="validation")
+    try:
+        for name, command in commands.items():
+            target = out / name
+            cmd = command + ["--out", str(target)] + (["--quick"] if quick else [])
+            start = time.perf_counter()
+            if bar is None:
+                print(f"== {name}", flush=True)
+            else:
+                bar.set_postfix_str(name)
+                bar.write(f"== {name}")  # above the bar, which the validation's output then follows
+                bar.clear()
+            try:
+                proc = subprocess.run(cmd, timeout=timeout)
+                status = proc.returncode
+            except subprocess.TimeoutExpired:
+                status = "timeout"
+            results.append(_result(name, target, start, status))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     report = out / "report.md"
     text = _report(results, quick)
     atomic_write(report, lambda f: f.write(text.encode("utf-8")))
     return report, all(r["passed"] for r in results)
+
+
+def _result(name: str, target: Path, start: float, status) -> dict:
+    """The JSON a validation wrote, marked failed when it crashed or wrote none."""
+    json_path = target / f"{name}.json"
+    if json_path.exists():
+        result = json.loads(json_path.read_text())
+    else:
+        result = {"name": name, "passed": False, "checks": [], "theory": "",
+                  "runtime_s": round(time.perf_counter() - start, 2)}
+    result["passed"] = bool(result.get("passed")) and status == 0
+    result["exit_status"] = status
+    return result
 
 
 def _report(results: list[dict], quick: bool) -> str:

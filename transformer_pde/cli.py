@@ -3,8 +3,8 @@
 Usage::
 
     transformer-pde demo [--out DIR] [--quick] [--seed S] [--n N] [--T T]
-                         [--beta-circle B] [--beta-sphere B] [--progress]
-    transformer-pde validate [--quick] [--out DIR] [--dir DIR] [--only NAME ...]
+                         [--beta-circle B] [--beta-sphere B] [--[no-]progress]
+    transformer-pde validate [--quick] [--out DIR] [--dir DIR] [--only NAME ...] [--[no-]progress]
     transformer-pde --version
 
 ``python -m transformer_pde`` is the same command.
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="inverse temperature on the circle (default: 9)")
     demo.add_argument("--beta-sphere", metavar="B", type=_positive_float, default=1.0,
                       help="inverse temperature on the sphere (default: 1)")
-    demo.add_argument("--progress", action="store_true", help="show progress bars")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bars on stderr (default: when stderr is a terminal)")
     val = sub.add_parser(
         "validate",
         help="run the validations against theory and write a Markdown report",
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "taking --quick and --out DIR and writing NAME.json; default: the package's)")
     val.add_argument("--only", metavar="NAME", nargs="+", default=None,
                      help="run only these validations (module or script names without .py)")
+    val.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar over the validations on stderr (default: when stderr is a "
+                          "terminal)")
     return parser
 
 
@@ -167,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             report, passed = run_validations(Path(args.out).expanduser(), quick=args.quick,
-                                             only=args.only, directory=args.dir)
+                                             only=args.only, directory=args.dir,
+                                             progress=args.progress)
         except (OSError, ValueError) as exc:
             print(f"transformer-pde validate: error: {exc}", file=sys.stderr)
             return 1

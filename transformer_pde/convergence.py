@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from . import _progress
 from . import _validation as _v
 from ._spec import Result
 from .dynamics import TokenDynamics
@@ -90,16 +91,11 @@ class ConvergenceStudy(Result):
         half = stats.t.ppf(0.5 + level / 2.0, len(logn) - 2) * res.stderr
         return RateFit(res.slope, res.slope - half, res.slope + half, res.intercept, level)
 
-    def plot(self, ax=None):
-        """Draw the study (:func:`transformer_pde.plotting.plot_convergence`); returns the figure."""
+    def plot(self, ax=None, **kwargs):
+        """Draw the study (:func:`transformer_pde.plotting.plot_convergence`); returns the Axes."""
         from . import plotting  # lazily: matplotlib only when a figure is made
 
-        if ax is None:
-            from matplotlib.figure import Figure
-
-            ax = Figure(figsize=(6, 4.5), layout="constrained").add_subplot(1, 1, 1)
-        plotting.plot_convergence(ax, self)
-        return ax.figure
+        return plotting.plot_convergence(self, ax=ax, **kwargs)
 
     def table(self) -> str:
         """A plain-text table: median W over seeds for each n and t, then the fitted slopes."""
@@ -117,7 +113,8 @@ class ConvergenceStudy(Result):
 
 def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *, seeds=(0, 1, 2),
                           p: float | Sequence[float] = 2.0, method: str = "rk4",
-                          dt: float | None = None, field: str = "auto", cfl: float = 0.45
+                          dt: float | None = None, field: str = "auto", cfl: float = 0.45,
+                          progress: bool | None = None
                           ) -> ConvergenceStudy | tuple[ConvergenceStudy, ...]:
     r"""Measure :math:`W_p(\mu^n_t, \mu_t)` between particles and the grid PDE, for several n.
 
@@ -151,6 +148,10 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
         Stepper and step of the particle runs (:func:`~transformer_pde.simulate`).
     field, cfl
         Field algorithm and CFL number of the grid run (:func:`~transformer_pde.solve_meanfield`).
+    progress : bool or None
+        A tqdm bar on stderr counting the particle runs (n, seed): None (default) shows
+        one when stderr is a terminal and the study lasts more than 2 s; True always,
+        False never. The runs inside show no bars of their own.
 
     Returns
     -------
@@ -175,18 +176,32 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
     if not orders or min(orders) < 1.0:
         raise ValueError(f"p must be >= 1, got {p}")
 
+    bar = _progress.counter(len(n_values) * len(seeds) + 1, "meanfield_convergence",
+                            _progress.bar_delay(progress))
     t_eval = np.concatenate([[0.0], times])
-    sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, field=field)
     distance = np.empty((len(orders), len(n_values), len(seeds), len(times)))
     steps = 0
-    for i, n in enumerate(n_values):
-        for j, seed in enumerate(seeds):
-            x0 = rho0.sample(int(n), np.random.default_rng(int(seed)))
-            traj = simulate(dyn, x0, (0.0, times[-1]), t_eval=t_eval, method=method, dt=dt)
-            steps += traj.info.n_steps
-            for k in range(len(times)):
-                for o, q in enumerate(orders):
-                    distance[o, i, j, k] = wasserstein.to_density(traj.x[k + 1], sol.at(k + 1), p=q)
+    try:
+        with _progress.quiet():
+            sol = solve_meanfield(dyn, rho0, (0.0, times[-1]), t_eval=t_eval, cfl=cfl, field=field)
+            if bar is not None:
+                bar.set_postfix_str("PDE done")
+                bar.update(1)
+            for i, n in enumerate(n_values):
+                for j, seed in enumerate(seeds):
+                    if bar is not None:
+                        bar.set_postfix_str(f"n={n}, seed={seed}")
+                    x0 = rho0.sample(int(n), np.random.default_rng(int(seed)))
+                    traj = simulate(dyn, x0, (0.0, times[-1]), t_eval=t_eval, method=method, dt=dt)
+                    steps += traj.info.n_steps
+                    for k in range(len(times)):
+                        for o, q in enumerate(orders):
+                            distance[o, i, j, k] = wasserstein.to_density(traj.x[k + 1], sol.at(k + 1), p=q)
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     info = {"grid": repr(rho0.grid), "pde_steps": sol.info.n_steps,
             "pde_mass_drift": sol.info.mass_drift, "particle_steps": steps, "method": method}
     # Fournier-Guillin: n^{-1/2} for supports of dimension 1, n^{-1/2} log n for dimension 2

@@ -51,7 +51,7 @@ _N_SAVED = 301
 
 def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: float = 9.0,
              beta_sphere: float = 1.0, T: float | None = None, seed: int = 0,
-             quick: bool = False, progress: bool = False) -> dict[str, Any]:
+             quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     r"""Simulate SA tokens on the circle and the sphere; write a figure and a summary.
 
     Two runs of :func:`transformer_pde.simulate` (method ``"rk4"``, step
@@ -82,8 +82,9 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
         Seed of the initial tokens (``np.random.default_rng(seed)``), >= 0.
     quick : bool
         Smaller defaults for ``n`` and ``T`` (for tests; a second or two).
-    progress : bool
-        Show tqdm progress bars.
+    progress : bool or None
+        tqdm progress bars on stderr: None (default) when stderr is a terminal and a run
+        lasts more than 2 s; True always, False never.
 
     Returns
     -------
@@ -157,7 +158,7 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
 
 
 def _run(d: int, n: int, beta: float, T: float, rng: np.random.Generator,
-         progress: bool) -> dict[str, Any]:
+         progress: bool | None) -> dict[str, Any]:
     """One simulation from uniform tokens on S^{d-1}, with its time series and summary."""
     x0 = rng.normal(size=(n, d))
     x0 /= np.linalg.norm(x0, axis=1, keepdims=True)  # normalised Gaussians are uniform
@@ -195,7 +196,7 @@ _PDE_CELLS = 256
 _PDE_BANDWIDTH = 0.1
 
 
-def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool) -> dict[str, Any]:
+def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool | None) -> dict[str, Any]:
     """The circle's mean-field PDE from a kernel estimate of the particles' initial density."""
     grid = CircleGrid(_PDE_CELLS)
     rho0 = Density.from_samples(grid, circle["x"][0], bandwidth=_PDE_BANDWIDTH)

@@ -157,6 +157,12 @@ class GaussianTrajectory(Result):
         """
         return self.cov / np.trace(self.cov, axis1=1, axis2=2)[:, None, None]
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the covariances (:func:`transformer_pde.plotting.plot_covariance`); returns the Axes."""
+        from . import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_covariance(self, ax=ax, **kwargs)
+
 
 # ---------------------------------------------------------------------------------------
 # heads and their affine fields

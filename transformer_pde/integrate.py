@@ -119,6 +119,12 @@ class Trajectory(Result):
         """Number of systems B of a batch run, None for one system."""
         return self.x.shape[1] if self.x.ndim == 4 else None
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the run (:func:`transformer_pde.plotting.plot_trajectory`); returns the Axes."""
+        from . import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_trajectory(self, ax=ax, **kwargs)
+
 
 class _Particles(_engine.Problem):
     """The token system of ``dyn`` for the engine.
@@ -299,7 +305,7 @@ def _initial_step(problem: _Particles, x0, t0, f0, rtol, atol, order) -> float:
 
 def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None = None,
              dt: float | None = None, rtol: float = 1e-6, atol: float = 1e-9, rng=None,
-             progress: bool = False, max_steps: int = 10_000_000, trackers=None,
+             progress: bool | None = None, max_steps: int = 10_000_000, trackers=None,
              throw: bool = True, _resume=None) -> Trajectory:
     r"""Integrate the token system :math:`\dot x = F(x, t)` of ``dyn`` from ``x0``.
 
@@ -356,8 +362,9 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     rng : numpy.random.Generator or int or None
         Source of the noise increments of a noisy model (a seed makes the run
         reproducible); deterministic dynamics do not use it.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool or None
+        A tqdm progress bar on stderr: None (default) shows one when stderr is a terminal
+        and the run lasts more than 2 s; True always, False never.
     max_steps : int
         Stop with an error after this many steps (accepted and rejected).
     trackers : sequence of callable, optional
@@ -486,6 +493,6 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
         f0 = None if snap.get("f") is None else np.array(snap["f"], dtype=np.float64)
     t, x = _engine.run(problem, stepper, controller, x0, t0, t_eval, breakpoints=problem.breakpoints,
                        max_steps=max_steps, trackers=trackers, throw=throw,
-                       progress=f"simulate[{method}]" if progress else None, f0=f0,
+                       progress=_engine.progress_spec(f"simulate[{method}]", progress), f0=f0,
                        fsal=stepper.adaptive, done=done)
     return Trajectory(t=t, x=x, dynamics=dyn, info=info)

@@ -460,12 +460,8 @@ def _read(g, path):
 def _write_file(path, build) -> None:
     """Make the HDF5 file ``path`` by ``build(h5file)`` under a temporary name, then rename it."""
     h5py = _h5py()
-
-    def write(tmp):
-        with h5py.File(tmp, "w", track_order=True) as f:
-            build(f)
-
-    _io.atomic_path(path, write)
+    with _io.atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        build(f)
 
 
 def save(result, path, *, group: str | None = None) -> None:
@@ -779,7 +775,7 @@ class _Journal:
 # ---------------------------------------------------------------------------------------
 # resume
 # ---------------------------------------------------------------------------------------
-def resume(path, *, trackers=None, progress: bool = False):
+def resume(path, *, trackers=None, progress: bool | None = None):
     r"""Continue the run of a partial file (its process killed) to the end.
 
     The file was written by a :class:`~transformer_pde.trackers.Save` tracker of
@@ -800,8 +796,9 @@ def resume(path, *, trackers=None, progress: bool = False):
     trackers : sequence of callable, optional
         Further observers for the rest of the run (they see the saved times from the
         resumed one on).
-    progress : bool
-        Show a progress bar.
+    progress : bool or None
+        Show a progress bar (None: when stderr is a terminal and the run lasts, as
+        :func:`~transformer_pde.simulate`).
 
     Returns
     -------

@@ -214,7 +214,7 @@ def _ring_kernels(ri, theta, theta_src):
 
 
 def solve_axisymmetric(dyn, f, n_theta: int, t_span, *, t_eval=None, cfl: float = 0.45,
-                       method: str = "ssprk3", progress: bool = False, max_steps: int = 10_000_000,
+                       method: str = "ssprk3", progress: bool | None = None, max_steps: int = 10_000_000,
                        trackers=None, throw: bool = True):
     r"""High-resolution solution of the axisymmetric reduction of the Transformer PDE on the 2-sphere.
 

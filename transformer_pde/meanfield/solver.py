@@ -118,6 +118,12 @@ class DensityTrajectory(Result):
         """The k-th saved density as a :class:`Density`."""
         return Density(self.grid, self.density[k])
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the run (:func:`transformer_pde.plotting.plot_density`); returns the Axes."""
+        from .. import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_density(self, ax=ax, **kwargs)
+
 
 @dataclass
 class _Rate:
@@ -368,7 +374,7 @@ def _distance(grid, a, b):
 
 
 def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.45,
-                    field: str = "auto", method: str = "ssprk3", progress: bool = False,
+                    field: str = "auto", method: str = "ssprk3", progress: bool | None = None,
                     max_steps: int = 10_000_000, trackers=None, throw: bool = True,
                     _resume=None) -> DensityTrajectory:
     r"""Solve the Transformer PDE for the model ``dyn`` from the density ``rho0``.
@@ -405,8 +411,9 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
         uses it where it exists and quadrature elsewhere.
     method : {"ssprk3"}
         The time stepper (the strong-stability-preserving Runge-Kutta method of order 3).
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool or None
+        A tqdm progress bar on stderr: None (default) shows one when stderr is a terminal
+        and the run lasts more than 2 s; True always, False never.
     max_steps : int
         Stop with an error after this many steps (accepted and redone).
     trackers : sequence of callable, optional
@@ -482,8 +489,8 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
         _engine.restore(problem, stepper, controller, snap)
         t0, t_eval = float(t_eval[done]), t_eval[done:]
     t, out = _engine.run(problem, stepper, controller, rho, t0, t_eval, max_steps=max_steps,
-                         trackers=trackers, throw=throw, progress="solve_meanfield" if progress else None,
-                         done=done)
+                         trackers=trackers, throw=throw,
+                         progress=_engine.progress_spec("solve_meanfield", progress), done=done)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
             f"solve_meanfield: {info.mass_drift:.3g} of the mass left the box {list(grid.bounds)} "

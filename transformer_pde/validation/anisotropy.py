@@ -289,6 +289,8 @@ def _ellipse(cov, scale=2.0):
 def _figure(curves, runs):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside
+
     fig = Figure(figsize=(15, 12), layout="constrained")
     axes = fig.subplots(3, 3)
     colors = dict(zip(VARIANTS, ("C0", "C1", "C2", "C3"), strict=True))
@@ -305,28 +307,31 @@ def _figure(curves, runs):
                 ax_tr.loglog(t[1:], trace[1:] / trace[0], style, color=colors[v], label=v)
                 ax_eig.loglog(t[1:], np.maximum(eigs[1:, 0], 1e-16), style, color=colors[v], label=v)
         if k == "c":
-            ax_tr.set_xlabel("t* - t (softmax, multi-head: finite t*);  t (L2, Sinkhorn)")
-            ax_eig.set_xlabel("t* - t (softmax, multi-head);  t (L2, Sinkhorn)")
+            ax_tr.set_xlabel(r"$t^* - t$ (softmax, multi-head: finite $t^*$);  $t$ (L2, Sinkhorn)")
+            ax_eig.set_xlabel(r"$t^* - t$ (softmax, multi-head);  $t$ (L2, Sinkhorn)")
         else:
-            ax_tr.set_xlabel("t")
-            ax_eig.set_xlabel("t")
-        ax_tr.set_ylabel("tr Sigma(t) / tr Sigma0")
-        ax_eig.set_ylabel("smallest eigenvalue of Sigma / tr Sigma")
+            ax_tr.set_xlabel("$t$")
+            ax_eig.set_xlabel("$t$")
+        ax_tr.set_ylabel(r"$\mathrm{tr}\,\Sigma(t)\,/\,\mathrm{tr}\,\Sigma_0$")
+        ax_eig.set_ylabel(r"$\lambda_{\min}(\Sigma)\,/\,\mathrm{tr}\,\Sigma$")
         ax_tr.set_title(TITLES[k])
-        ax_tr.legend(fontsize="small")
-        ax_eig.legend(fontsize="small")
         run = runs[k]
         ax_el.plot(run["x"][:, 0], run["x"][:, 1], ".", ms=1.5, color="0.75",
-                   label=f"particles at t={run['t'][-1]:.3g}")
+                   label=f"particles at $t={run['t'][-1]:.3g}$")
         for i, t in enumerate(run["t"]):
             e_ref = _ellipse(run["ref"][i])
             e_emp = _ellipse(run["emp"][i])
-            ax_el.plot(e_ref[0], e_ref[1], "-", color=f"C{i}", label=f"closed form t={t:.3g}")
+            ax_el.plot(e_ref[0], e_ref[1], "-", color=f"C{i}", label=f"closed form $t={t:.3g}$")
             ax_el.plot(e_emp[0], e_emp[1], ":", color="k", lw=1.2,
                        label="particles' covariance" if i == 0 else None)
         ax_el.set_aspect("equal", adjustable="datalim")
-        ax_el.set_title(f"{TITLES[k]}: softmax, 2-sigma ellipses")
-        ax_el.legend(fontsize="x-small")
+        ax_el.set_title(f"{TITLES[k]}: softmax, $2\\sigma$ ellipses")
+        ax_el.set_xlabel("$x_1$")
+        ax_el.set_ylabel("$x_2$")
+        legend_outside(ax_el, side="below", fontsize="x-small")
+    # one legend for the six panels of the moments (the same variants, colours and styles)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(VARIANTS), fontsize="small")
     return fig
 
 

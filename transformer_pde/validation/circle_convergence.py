@@ -74,7 +74,7 @@ def _figure(studies):
     for i, study in enumerate(studies.values()):
         ax = fig.add_subplot(1, len(studies), i + 1)
         study.plot(ax)
-        ax.set_title(f"circle, SA beta=1: $W_{{{study.p:g}}}$ vs n")
+        ax.set_title(f"circle, SA $\\beta=1$: $W_{{{study.p:g}}}$ vs $n$")
     return fig
 
 

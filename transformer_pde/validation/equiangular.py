@@ -317,8 +317,8 @@ def _figure(runs, norm_runs):
         a.plot(t[sel], rho[sel], "--", color=f"C{k}")
         step = max(1, sel.sum() // 20)
         a.plot(t[sel][::step], inner[sel][::step], "o", ms=4, color=f"C{k}", mfc="none",
-               label=f"{model} n={n} beta={beta:g}")
-    a.set(xlabel="t", ylabel="rho(t)", title="SA/USA: particles (o) vs rho-ODE (--)")
+               label=f"{model} $n={n}$ $\\beta={beta:g}$")
+    a.set(xlabel="$t$", ylabel=r"$\rho(t)$", title=r"SA/USA: particles (o) vs $\rho$-ODE (--)")
     a.legend(fontsize="x-small")
     # (b) 1 - rho on a log scale for the rate cases
     b = ax[0, 1]
@@ -327,12 +327,13 @@ def _figure(runs, norm_runs):
         model, n, beta = key
         b.semilogy(t[1:], 1.0 - rho[1:], "--", color=f"C{k}")
         b.semilogy(t[1::6], gap[1::6], "o", ms=4, mfc="none", color=f"C{k}",
-                   label=f"{model} n={n} beta={beta:g}")
+                   label=f"{model} $n={n}$ $\\beta={beta:g}$")
         lam = 2.0 if model == "SA" else 2.0 * np.exp(beta)
         b.semilogy(t, 0.3 * gap[-1] * np.exp(-lam * (t - t[-1])), ":", color=f"C{k}", lw=1)
     b.axhspan(LOW, HIGH, color="0.9", zorder=0)
     b.set_ylim(1e-11, 2)
-    b.set(xlabel="t", ylabel="1 - rho", title="1 - rho: particles (o), ODE (--), e^{-lambda t} (:); fit band")
+    b.set(xlabel="$t$", ylabel=r"$1 - \rho$",
+          title=r"$1 - \rho$: particles (o), ODE (--), $e^{-\lambda t}$ (:); fit band")
     b.legend(fontsize="x-small")
     # (c) local rates
     c = ax[0, 2]
@@ -346,9 +347,9 @@ def _figure(runs, norm_runs):
         ok = 0.5 * (gap[1:] + gap[:-1]) > LOW
         c.plot(t, local / lam, "--", color=f"C{k}")
         c.plot(mid[ok][::4], fd[ok][::4] / lam, "o", ms=3, mfc="none", color=f"C{k}",
-               label=f"{model} n={n} beta={beta:g}: lambda={lam:.4g}")
+               label=f"{model} $n={n}$ $\\beta={beta:g}$: $\\lambda={lam:.4g}$")
     c.axhline(1.0, color="k", lw=0.8)
-    c.set(xlabel="t", ylabel="(-d/dt log(1-rho)) / lambda", ylim=(0, 1.2),
+    c.set(xlabel="$t$", ylabel=r"$-\frac{d}{dt}\log(1-\rho)\,/\,\lambda$", ylim=(0, 1.2),
           title="local rate / asymptote: particles (o), ODE (--)")
     c.legend(fontsize="x-small")
     # (d) normalization schemes, log-log
@@ -359,10 +360,10 @@ def _figure(runs, norm_runs):
         d.loglog(t[pos], 1.0 - rho[pos], "--", color=f"C{k}")
         d.loglog(t[pos][::8], gap[pos][::8], "o", ms=3, mfc="none", color=f"C{k}", label=s)
     tr = np.geomspace(10.0, 1e4, 10)
-    d.loglog(tr, 2.0 / tr**2, "k:", label="t^-2")
+    d.loglog(tr, 2.0 / tr**2, "k:", label="$t^{-2}$")
     d.set_ylim(1e-12, 2)
-    d.set(xlabel="t", ylabel="1 - rho", title=f"normalization, n=d={NORM_N}, beta={NORM_BETA:g}")
-    d.legend(fontsize="x-small")
+    d.set(xlabel="$t$", ylabel=r"$1 - \rho$", title=f"normalization, $n=d={NORM_N}$, $\\beta={NORM_BETA:g}$")
+    d.legend(loc="lower left", fontsize="x-small", ncol=2)
     # (e) r(t)/t for pre, peri, mix
     e = ax[1, 0]
     for k, s in enumerate(("pre", "peri", "mix")):
@@ -372,7 +373,7 @@ def _figure(runs, norm_runs):
         e.semilogx(t[pos][::8], radius[pos][::8] / t[pos][::8], "o", ms=3, mfc="none", color=f"C{k + 1}",
                    label=s)
     e.axhline(1.0, color="k", lw=0.8)
-    e.set(xlabel="t", ylabel="r(t) / t", ylim=(0, 3), title="radius: r(t)/t -> 1 (particles o, ODE --)")
+    e.set(xlabel="$t$", ylabel="$r(t)/t$", ylim=(0, 3), title=r"radius: $r(t)/t \to 1$ (particles o, ODE --)")
     e.legend(fontsize="x-small")
     # (f) local slope d log(1-rho)/d log t for pre, peri, mix
     f = ax[1, 1]
@@ -385,8 +386,8 @@ def _figure(runs, norm_runs):
         f.semilogx(np.exp(0.5 * (lt[1:] + lt[:-1]))[::8], fd[::8], "o", ms=3, mfc="none", color=f"C{k + 1}",
                    label=s)
     f.axhline(-2.0, color="k", lw=0.8)
-    f.set(xlabel="t", ylabel="d log(1-rho) / d log t", ylim=(-4, 0.5),
-          title="pre/peri/mix local slope -> -2")
+    f.set(xlabel="$t$", ylabel=r"$d\log(1-\rho)\,/\,d\log t$", ylim=(-4, 0.5),
+          title=r"pre/peri/mix local slope $\to -2$")
     f.legend(fontsize="x-small")
     # (g) post, nGPT: log(1-rho) vs t
     g = ax[1, 2]
@@ -395,9 +396,9 @@ def _figure(runs, norm_runs):
         g.semilogy(t, 1.0 - rho, "--", color=f"C{k}")
         g.semilogy(t[::6], gap[::6], "o", ms=3, mfc="none", color=f"C{k}", label=s)
     tt = np.linspace(4.0, 12.0, 5)
-    g.semilogy(tt, 3e-2 * np.exp(-2.0 * (tt - 4.0)), "k:", label="e^{-2t}")
+    g.semilogy(tt, 3e-2 * np.exp(-2.0 * (tt - 4.0)), "k:", label="$e^{-2t}$")
     g.axhspan(LOW, HIGH, color="0.9", zorder=0)
-    g.set(xlabel="t", ylabel="1 - rho", title="post-LN, nGPT (alpha=1): slope -2 in t")
+    g.set(xlabel="$t$", ylabel=r"$1 - \rho$", title=r"post-LN, nGPT ($\alpha=1$): slope $-2$ in $t$")
     g.legend(fontsize="x-small")
     # (h) CoD: log(1-rho) vs sqrt(t)
     h = ax[1, 3]
@@ -405,9 +406,9 @@ def _figure(runs, norm_runs):
     h.semilogy(np.sqrt(t), 1.0 - rho, "--", color="C5")
     h.semilogy(np.sqrt(t)[::6], gap[::6], "o", ms=3, mfc="none", color="C5", label="cod")
     st = np.linspace(3.0, 6.0, 5)
-    h.semilogy(st, 1e-2 * np.exp(-4.0 * (st - 3.0)), "k:", label="e^{-4 sqrt t}")
+    h.semilogy(st, 1e-2 * np.exp(-4.0 * (st - 3.0)), "k:", label=r"$e^{-4\sqrt{t}}$")
     h.axhspan(LOW, HIGH, color="0.9", zorder=0)
-    h.set(xlabel="sqrt(t)", ylabel="1 - rho", title="CoD: slope -4 in sqrt(t)")
+    h.set(xlabel=r"$\sqrt{t}$", ylabel=r"$1 - \rho$", title=r"CoD: slope $-4$ in $\sqrt{t}$")
     h.legend(fontsize="x-small")
     return fig
 

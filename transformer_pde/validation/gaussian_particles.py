@@ -197,11 +197,11 @@ def _figure(results, slopes):
             ax.loglog(n, rms, "o-", color=f"C{k}", label=f"{key} (fit {fit:+.2f})")
             ref = np.exp(np.mean(np.log(rms) + 0.5 * np.log(n))) * n**-0.5
             ax.loglog(n, ref, "--", color=f"C{k}", alpha=0.6)
-        ax.plot([], [], "k--", label="theory: slope -1/2")
-        ax.set_xlabel("tokens n")
+        ax.plot([], [], "k--", label="theory: slope $-1/2$")
+        ax.set_xlabel("tokens $n$")
         ax.set_ylabel(f"RMS over seeds of {label}")
-        ax.set_title(f"{moment}: pooled slope {slopes[moment]['pooled']:+.3f} "
-                     f"+- {slopes[moment]['se']:.3f}, T={T:g}")
+        ax.set_title(f"{moment}: pooled slope ${slopes[moment]['pooled']:+.3f} "
+                     f"\\pm {slopes[moment]['se']:.3f}$, $T={T:g}$")
         ax.legend(fontsize="small")
     return fig
 

@@ -134,9 +134,9 @@ def _figure(results):
         ax.loglog(h, w2, "o", label="grid vs closed form")
         ax.loglog(h, np.exp(r["intercept"]) * h ** r["order"], "-", label=f"fit: order {r['order']:.2f}")
         ax.loglog(h, w2[-1] * (h / h[-1]) ** 2, "k--", label="theory: order 2")
-        ax.set_xlabel("cell size h")
-        ax.set_ylabel("$W_2$ (Bures) at T")
-        ax.set_title(f"{key}, softmax V = I, A + A^T < 0, T = {T:g}")
+        ax.set_xlabel("cell size $h$")
+        ax.set_ylabel("$W_2$ (Bures) at $T$")
+        ax.set_title(f"{key}, softmax $V = I$, $A + A^\\top < 0$, $T = {T:g}$")
         ax.legend(fontsize="small")
     return fig
 

@@ -330,6 +330,8 @@ def figure(results: dict):
 def _figure(points, curves, dynamic):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside
+
     fig = Figure(figsize=(20, 9.5), layout="constrained")
     ax = fig.subplots(2, 3)
     gamma = np.linspace(0.0, 6.0, 601)
@@ -343,48 +345,51 @@ def _figure(points, curves, dynamic):
         g = gamma * gc / 2.0
         for n in sizes:
             a.plot(g, theory.long_context_cosine(n, g * np.log(n), rho), "-", color=color[n],
-                   label=f"closed form n=1e{int(np.log10(n))}")
+                   label=f"closed form $n=10^{{{int(np.log10(n))}}}$")
         step = np.where(g < gc, 1.0, rho)
-        a.plot(g, step, "k--", lw=1.2, label="n -> inf limit")
-        a.plot([gc], [4 * rho / (1 + 3 * rho)], "k*", ms=10, label="4rho/(1+3rho) at gamma_c")
-        a.axvline(gc, color="0.5", ls=":", label=f"gamma_c = 1/(1-rho) = {gc:.3g}")
+        a.plot(g, step, "k--", lw=1.2, label=r"$n \to \infty$ limit")
+        a.plot([gc], [4 * rho / (1 + 3 * rho)], "k*", ms=10, label=r"$4\rho/(1+3\rho)$ at $\gamma_c$")
+        a.axvline(gc, color="0.5", ls=":", label=f"$\\gamma_c = 1/(1-\\rho) = {gc:.3g}$")
         if rho == RHO:
             shown = set()
             for p in points:
-                label = f"direct ({p['method']}, n={p['n']})"
+                label = f"direct ({p['method']}, $n={p['n']}$)"
                 a.plot(p["gamma"], p["cos"], marks[p["method"]], mfc="none", ms=7, color=color[p["n"]],
                        label=None if label in shown else label)
                 shown.add(label)
-        a.set(xlabel="gamma (beta = gamma log n)", ylabel="<theta_i, theta_j> after one layer",
-              title=f"rho = {rho:g}: one-layer cosine vs gamma"
+        a.set(xlabel=r"$\gamma$ ($\beta = \gamma\log n$)",
+              ylabel=r"$\langle\theta_i, \theta_j\rangle$ after one layer",
+              title=f"$\\rho = {rho:g}$: one-layer cosine vs $\\gamma$"
                     + (" (closed form lines, direct markers)" if rho == RHO else ""),
               ylim=(rho - 0.05, 1.02))
-        a.legend(fontsize="x-small", loc="upper right")
+        legend_outside(a, fontsize="x-small")
     d = ax[1, 0]
     for j, (g, (n, dist)) in enumerate(curves.items()):
         slope, _ = _exponent(g, RHO)
-        d.loglog(n, dist, "o", mfc="none", ms=4, color=f"C{j}", label=f"gamma={g:g}: |cos - limit|")
-        d.loglog(n, dist[-1] * (n / n[-1]) ** slope, "--", color=f"C{j}", label=f"n^{slope:g}")
-    d.set(xlabel="n", ylabel="|cos - limit|", title="rho = 1/2: convergence to the limits (closed form)")
+        d.loglog(n, dist, "o", mfc="none", ms=4, color=f"C{j}", label=f"$\\gamma={g:g}$: |cos - limit|")
+        d.loglog(n, dist[-1] * (n / n[-1]) ** slope, "--", color=f"C{j}", label=f"$n^{{{slope:g}}}$")
+    d.set(xlabel="$n$", ylabel="|cos - limit|",
+          title=r"$\rho = 1/2$: convergence to the limits (closed form)")
     d.legend(fontsize="x-small")
     t, dyn = dynamic
     gamma_d = 3.0
     e = ax[1, 1]
     for j, n in enumerate((10**4, 10**6, 10**8)):
-        e.semilogy(t[1:], dyn[0.5, n][1:] - 0.5, "-", color=f"C{j}", label=f"ODE, n=1e{int(np.log10(n))}")
+        e.semilogy(t[1:], dyn[0.5, n][1:] - 0.5, "-", color=f"C{j}",
+                   label=f"ODE, $n=10^{{{int(np.log10(n))}}}$")
         lead = t[1:] * 2.0 * 0.25 * n ** (1.0 - gamma_d * 0.5)
-        e.semilogy(t[1:], lead, "--", color=f"C{j}", label="2 t rho0(1-rho0) n^(1-gamma(1-rho0))")
-    e.set(xlabel="t", ylabel="rho(t) - rho0",
-          title="equiangular SA ODE, beta = 3 log n, rho0 = 0.5 < 1 - 1/gamma: frozen as n grows")
+        e.semilogy(t[1:], lead, "--", color=f"C{j}", label=r"$2t\rho_0(1-\rho_0)\,n^{1-\gamma(1-\rho_0)}$")
+    e.set(xlabel="$t$", ylabel=r"$\rho(t) - \rho_0$",
+          title=r"equiangular SA ODE, $\beta = 3\log n$, $\rho_0 = 0.5 < 1 - 1/\gamma$: frozen as $n$ grows")
     e.legend(fontsize="x-small")
     f = ax[1, 2]
     for j, n in enumerate((10**4, 10**6, 10**8)):
         f.semilogy(t[1:], np.abs(dyn[0.8, n][1:] - dyn[0.8, "limit"][1:]), "-", color=f"C{j}",
-                   label=f"|ODE - logistic|, n=1e{int(np.log10(n))}")
+                   label=f"|ODE - logistic|, $n=10^{{{int(np.log10(n))}}}$")
         delta = 2.0 * 0.2 * (1.0 + n ** (gamma_d * 0.2)) / (n - 1.0)
         f.semilogy(t[1:], delta * np.expm1(2.0 * t[1:]) / 2.0, "--", color=f"C{j}", label="Gronwall bound")
-    f.set(xlabel="t", ylabel="|rho(t) - logistic(t)|",
-          title="rho0 = 0.8 > 1 - 1/gamma: logistic rho' = 2 rho(1-rho) as n grows")
+    f.set(xlabel="$t$", ylabel=r"$|\rho(t) - \mathrm{logistic}(t)|$",
+          title=r"$\rho_0 = 0.8 > 1 - 1/\gamma$: logistic $\rho' = 2\rho(1-\rho)$ as $n$ grows")
     f.legend(fontsize="x-small")
     return fig
 

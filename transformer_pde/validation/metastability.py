@@ -383,6 +383,8 @@ def figure(results: dict):
 def _figure(results, betas):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside
+
     fig = Figure(figsize=(5.2 * len(betas), 13), layout="constrained")
     axes = fig.subplots(3, len(betas), squeeze=False)
     for col, beta in enumerate(betas):
@@ -396,7 +398,7 @@ def _figure(results, betas):
             alpha, lw = (1.0, 1.6) if s == seeds[0] else (0.45, 0.9)
             for kind, color in (("grid", "C0"), ("particles", "C3")):
                 run = runs[kind]
-                lab = f"{kind} (M={run['amplitude'].shape and len(run['t']) and ''}" if False else kind
+                lab = kind
                 t = run["t"][1:]
                 ax_c.step(t, run["count"][1:], where="post", color=color, alpha=alpha, lw=lw,
                           label=lab if s == seeds[0] else None)
@@ -410,29 +412,29 @@ def _figure(results, betas):
                 ax_c.axvspan(merge["t_plateau"] + merge["low"], merge["t_plateau"] + min(merge["high"], 1e5),
                              color="C3", alpha=0.12 if s == seeds[0] else 0.06,
                              label="first merge, pair reduction" if s == seeds[0] else None)
-        ax_c.axhline(k_star, color="k", ls="--", label=f"k*(beta) = {k_star}")
-        ax_c.axhspan(k_star - 1, k_star + 1, color="0.9", zorder=0, label="k* +- 1")
-        ax_c.axvline(t_pred, color="C2", ls="--", label="ln(1/eps)/lambda_max")
+        ax_c.axhline(k_star, color="k", ls="--", label=f"$k^*(\\beta) = {k_star}$")
+        ax_c.axhspan(k_star - 1, k_star + 1, color="0.9", zorder=0, label=r"$k^* \pm 1$")
+        ax_c.axvline(t_pred, color="C2", ls="--", label=r"$\ln(1/\varepsilon)/\lambda_{\max}$")
         ax_c.set_xscale("log")
         ax_c.set_ylim(0.0, 2 * k_star + 2)
-        ax_c.set_xlabel("t")
+        ax_c.set_xlabel("$t$")
         ax_c.set_ylabel("cluster count (particles) / density peaks (grid)")
-        ax_c.set_title(f"beta={beta:g}: cluster count (particles start at n)")
-        ax_c.legend(fontsize="x-small")
-        ax_e.axhline(ive(0, beta), color="0.5", ls="--", label="uniform: e^-b I_0(b)")
-        ax_e.axhline(1.0 / k_star, color="k", ls="--", label="k* equal clusters: 1/k*")
+        ax_c.set_title(f"$\\beta={beta:g}$: cluster count (particles start at $n$)")
+        legend_outside(ax_c, fontsize="x-small")
+        ax_e.axhline(ive(0, beta), color="0.5", ls="--", label=r"uniform: $e^{-\beta} I_0(\beta)$")
+        ax_e.axhline(1.0 / k_star, color="k", ls="--", label=r"$k^*$ equal clusters: $1/k^*$")
         ax_e.axvline(t_pred, color="C2", ls="--")
-        ax_e.set_xlabel("t")
-        ax_e.set_ylabel("E_beta / (e^beta / 2 beta)")
-        ax_e.set_title(f"beta={beta:g}: normalized energy (non-decreasing)")
-        ax_e.legend(fontsize="x-small")
+        ax_e.set_xlabel("$t$")
+        ax_e.set_ylabel(r"$\mathsf{E}_\beta\,/\,(e^\beta/2\beta)$")
+        ax_e.set_title(f"$\\beta={beta:g}$: normalized energy (non-decreasing)")
+        legend_outside(ax_e, fontsize="x-small")
         kk = np.arange(1, N_MODES + 1)
-        ax_g.plot(kk, lam, "k--", label="lambda_k = k^2 I_k / (beta I_0)")
-        ax_g.axvline(k_star, color="0.5", ls=":", label=f"k* = {k_star}")
-        ax_g.set_xlabel("mode k")
-        ax_g.set_ylabel("growth rate")
-        ax_g.set_title(f"beta={beta:g}: linear growth of the uniform state")
-        ax_g.legend(fontsize="x-small")
+        ax_g.plot(kk, lam, "k--", label=r"$\lambda_k = k^2 I_k(\beta) / (\beta I_0(\beta))$")
+        ax_g.axvline(k_star, color="0.5", ls=":", label=f"$k^* = {k_star}$")
+        ax_g.set_xlabel("mode $k$")
+        ax_g.set_ylabel(r"growth rate $\lambda_k$")
+        ax_g.set_title(f"$\\beta={beta:g}$: linear growth of the uniform state")
+        legend_outside(ax_g, fontsize="x-small")
     return fig
 
 

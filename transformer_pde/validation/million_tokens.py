@@ -138,8 +138,8 @@ def figure(results: dict):
     ax = fig.add_subplot(1, 1, 1)
     results["study"].plot(ax)
     ax.axhline(results["floor"], color="0.4", ls=":", label="grid floor")
-    ax.legend()
-    ax.set_title("circle, SA beta=2, fast summation: $W_1$(particles, PDE) at t=5")
+    ax.legend(fontsize="small", loc="best")
+    ax.set_title(r"circle, SA $\beta=2$, fast summation: $W_1$(particles, PDE) at $t=5$")
     return fig
 
 

@@ -347,38 +347,40 @@ def _finest(entry):
 def _figure(grid, parts, Ms, Ms_st):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside
+
     fig = Figure(figsize=(16, 4.8), layout="constrained")
     ax_bif, ax_lin, ax_t = fig.subplots(1, 3)
     ks = np.linspace(0.5, 7.0, 400)
-    ax_bif.plot(ks, [theory.noisy_order_parameter(k) for k in ks], "k--", label="mean field r*(kappa)")
+    ax_bif.plot(ks, [theory.noisy_order_parameter(k) for k in ks], "k--", label=r"mean field $r^*(\kappa)$")
     n = next(iter(parts.values()))["run"]["n"] if parts else 100
     below = ks[ks < 1.9]
     ax_bif.plot(below, np.sqrt(np.pi / (2 * n * (2 - below))), ":", color="C1",
-                label=f"finite n={n}: sqrt(pi/(2n(2-kappa)))")
+                label=f"finite $n={n}$: $\\sqrt{{\\pi/(2n(2-\\kappa))}}$")
     M = Ms_st[-1]
     kg = sorted(grid["stationary"])
     ax_bif.plot(kg, [_finest(grid["stationary"][k])["r_T"] for k in kg], "s", color="C0", ms=7,
-                label=f"grid PDE, t=T (M={M} above kappa_c, {Ms[-1]} below)")
+                label=f"grid PDE, $t=T$ ($M={M}$ above $\\kappa_c$, {Ms[-1]} below)")
     kp = sorted(parts)
     ax_bif.errorbar(kp, [parts[k]["run"]["mean"] for k in kp], yerr=[parts[k]["tol"] for k in kp],
                     fmt="o", color="C3", capsize=4, label="particles, time average (bars: tolerance)")
     ax_bif.axvline(KC, color="0.6", lw=0.8)
-    ax_bif.set_xlabel("kappa (noise 1/kappa)")
-    ax_bif.set_ylabel("order parameter r = |mean x|")
-    ax_bif.set_title("pitchfork at kappa_c = 2 (beta = 0, circle)")
-    ax_bif.legend(fontsize="small", loc="center right")
+    ax_bif.set_xlabel(r"$\kappa$ (noise $1/\kappa$)")
+    ax_bif.set_ylabel(r"order parameter $r = \|\int x\,d\mu\|$")
+    ax_bif.set_title(r"pitchfork at $\kappa_c = 2$ ($\beta = 0$, circle)")
+    ax_bif.legend(fontsize="small", loc="best")
 
     colors = _colors(sorted(set(grid["rate"]) | set(grid["stationary"]) | set(parts)))
     for k, entry in sorted(grid["rate"].items()):
         run = entry["runs"][Ms[-1]]
         lam = theory.noisy_growth_rate(k)
         ax_lin.semilogy(run["t"][::2], run["r"][::2] / run["r"][0], "o", ms=3, color=colors[k],
-                        label=f"kappa={k:g}")
+                        label=f"$\\kappa={k:g}$")
         ax_lin.semilogy(run["t"], np.exp(lam * run["t"]), "--", color=colors[k], lw=1)
-    ax_lin.set_xlabel("t")
-    ax_lin.set_ylabel("r(t) / r(0)")
-    ax_lin.set_title(f"linear regime, grid M={Ms[-1]} (markers); dashed: e^((1/2 - 1/kappa) t)")
-    ax_lin.legend(fontsize="x-small", ncol=2)
+    ax_lin.set_xlabel("$t$")
+    ax_lin.set_ylabel("$r(t)/r(0)$")
+    ax_lin.set_title(f"linear regime, grid $M={Ms[-1]}$ (markers); dashed: $e^{{(1/2 - 1/\\kappa)t}}$")
+    ax_lin.legend(fontsize="x-small", ncol=2, loc="best")
 
     t_max = 60.0
     for k in kp:
@@ -388,14 +390,14 @@ def _figure(grid, parts, Ms, Ms_st):
     for k in sorted(grid["stationary"]):
         run = _finest(grid["stationary"][k])
         keep = run["t"] <= t_max
-        ax_t.plot(run["t"][keep], run["r"][keep], "-", color=colors[k], lw=2, label=f"kappa={k:g}")
+        ax_t.plot(run["t"][keep], run["r"][keep], "-", color=colors[k], lw=2, label=f"$\\kappa={k:g}$")
     for k in sorted(set(grid["stationary"]) | set(kp)):
         ax_t.axhline(theory.noisy_order_parameter(k), ls="--", color=colors[k], lw=1)
     ax_t.set_xlim(0, t_max)
-    ax_t.set_xlabel("t")
-    ax_t.set_ylabel("r(t)")
-    ax_t.set_title("r(t): grid from r=0.5 (thick), particles (thin); dashed: r*")
-    ax_t.legend(fontsize="x-small", ncol=2)
+    ax_t.set_xlabel("$t$")
+    ax_t.set_ylabel("$r(t)$")
+    ax_t.set_title(r"$r(t)$: grid from $r=0.5$ (thick), particles (thin); dashed: $r^*$")
+    legend_outside(ax_t, fontsize="x-small")
     return fig
 
 

@@ -340,6 +340,8 @@ def _closed(points):
 def _figure(runs, sa, sb, sc):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside
+
     fig = Figure(figsize=(17, 10), layout="constrained")
     ax = fig.subplots(2, 3)
     # (a) trajectories and nested hulls
@@ -350,68 +352,69 @@ def _figure(runs, sa, sb, sc):
     for j, tk in enumerate((0.0, 0.5, 1.0, 2.0, 4.0, t[-1])):
         k = int(np.argmin(np.abs(t - tk)))
         poly = _closed(z[k])
-        a.plot(poly[:, 0], poly[:, 1], "-", color=f"C{j}", lw=1.2, label=f"conv z(t={t[k]:g})")
+        a.plot(poly[:, 0], poly[:, 1], "-", color=f"C{j}", lw=1.2, label=f"conv $z(t={t[k]:g})$")
     a.plot(z[0, :, 0], z[0, :, 1], "o", ms=3, color="C0")
     K = _closed(run["S"])
-    a.plot(K[:, 0], K[:, 1], "--", color="k", lw=1.5, label="limit polytope K (theory: nested limit)")
-    a.plot(run["S"][:, 0], run["S"][:, 1], "*", ms=10, color="k", label="limit points (S)")
+    a.plot(K[:, 0], K[:, 1], "--", color="k", lw=1.5, label="limit polytope $K$ (theory: nested limit)")
+    a.plot(run["S"][:, 0], run["S"][:, 1], "*", ms=10, color="k", label="limit points ($S$)")
     a.set_aspect("equal", adjustable="datalim")
-    a.set_xlabel("z_1")
-    a.set_ylabel("z_2")
-    a.set_title(f"(a) V = I: z = e^(-t) x, nested hulls (seed {sa})")
-    a.legend(fontsize="x-small")
+    a.set_xlabel("$z_1$")
+    a.set_ylabel("$z_2$")
+    a.set_title(f"(a) $V = I$: $z = e^{{-t}} x$, nested hulls (seed {sa})")
+    legend_outside(a, fontsize="x-small")
     # (a) hull area
     a = ax[1, 0]
-    a.plot(t, run["areas"], "-", label="area of conv z(t) (measured)")
-    a.axhline(ConvexHull(run["S"]).volume, ls="--", color="k", label="area of the limit polytope K")
-    a.set_xlabel("t")
+    a.plot(t, run["areas"], "-", label="area of conv $z(t)$ (measured)")
+    a.axhline(ConvexHull(run["S"]).volume, ls="--", color="k", label="area of the limit polytope $K$")
+    a.set_xlabel("$t$")
     a.set_ylabel("area")
-    a.set_title("(a) V = I: hull area, non-increasing (p:noninc)")
+    a.set_title("(a) $V = I$: hull area, non-increasing (p:noninc)")
     a.legend(fontsize="small")
     # (b) good triple in the plane and the values of phi_1^*
     a, run = ax[0, 1], runs["b", sb]
     t, z, psi = run["t"], run["z"], run["psi"]
     for i in range(z.shape[1]):
         a.plot(z[:, i, 0], z[:, i, 1], "-", color="0.7", lw=0.7)
-    a.plot(z[0, :, 0], z[0, :, 1], "o", ms=3, color="C0", label="z(0)")
-    a.plot(z[-1, :, 0], z[-1, :, 1], "o", ms=4, color="C3", label=f"z(T={t[-1]:g})")
+    a.plot(z[0, :, 0], z[0, :, 1], "o", ms=3, color="C0", label="$z(0)$")
+    a.plot(z[-1, :, 0], z[-1, :, 1], "o", ms=4, color="C3", label=f"$z(T={t[-1]:g})$")
     lim = np.array([z[..., 0].min(), z[..., 0].max()])
     for c in run["levels"]:
         # the line psi . z = c, parametrized by z_1
         a.plot(lim, (c - psi[0] * lim) / psi[1], "--", color="k", lw=1)
-    a.plot([], [], "--", color="k", label="hyperplanes phi_1^* z = level")
+    a.plot([], [], "--", color="k", label=r"hyperplanes $\varphi_1^* z$ = level")
     a.set_ylim(z[..., 1].min() - 1, z[..., 1].max() + 1)
-    a.set_xlabel("z_1")
-    a.set_ylabel("z_2")
-    a.set_title(f"(b) good triple: z = e^(-tV) x (seed {sb})")
-    a.legend(fontsize="x-small")
+    a.set_xlabel("$z_1$")
+    a.set_ylabel("$z_2$")
+    a.set_title(f"(b) good triple: $z = e^{{-tV}} x$ (seed {sb})")
+    legend_outside(a, fontsize="x-small")
     a = ax[1, 1]
     for i in range(z.shape[1]):
         a.plot(t, run["values"][:, i], "-", lw=0.8)
     for c in run["levels"]:
         a.axhline(c, ls="--", color="k", lw=1)
-    a.set_xlabel("t")
-    a.set_ylabel("phi_1^*(z_i(t))")
-    a.set_title(f"(b) phi_1^* values: {len(run['levels'])} hyperplanes at T (theory: <= 3, dashed)")
+    a.set_xlabel("$t$")
+    a.set_ylabel(r"$\varphi_1^*(z_i(t))$")
+    a.set_title(f"(b) $\\varphi_1^*$ values: {len(run['levels'])} hyperplanes at $T$ "
+                r"(theory: $\leq 3$, dashed)")
     # (c) Boolean distance and rank
     a, run = ax[0, 2], runs["c", sc]
-    a.semilogy(run["t"], np.maximum(run["dist"], 1e-17), "-o", ms=2, label="boolean_distance(P(t))")
+    a.semilogy(run["t"], np.maximum(run["dist"], 1e-17), "-o", ms=2, label="boolean_distance($P(t)$)")
     a.axhline(BOOL_TOL, ls=":", color="k", label="near-Boolean threshold")
-    a.set_xlabel("t")
-    a.set_ylabel("max_i (1 - max_j P_ij)  (floored at 1e-17)")
-    a.set_title(f"(c) d = 1, V = QK = 1: P(t) -> Boolean (seed {sc})")
+    a.set_xlabel("$t$")
+    a.set_ylabel(r"$\max_i\,(1 - \max_j P_{ij})$  (floored at $10^{-17}$)")
+    a.set_title(f"(c) $d = 1$, $V = QK = 1$: $P(t) \\to$ Boolean (seed {sc})")
     a2 = a.twinx()
-    a2.plot(run["t"], run["rank"], "-", color="C1", label="numerical rank of P(t)")
-    a2.axhline(2, ls="--", color="C1", lw=1, label="theory: rank <= 2")
+    a2.plot(run["t"], run["rank"], "-", color="C1", label="numerical rank of $P(t)$")
+    a2.axhline(2, ls="--", color="C1", lw=1, label=r"theory: rank $\leq 2$")
     a2.set_ylabel("rank")
     lines = a.get_legend_handles_labels()
     lines2 = a2.get_legend_handles_labels()
-    a.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize="small")
+    a.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize="small", loc="best")
     a = ax[1, 2]
     im = a.imshow(run["P"], cmap="viridis", vmin=0, vmax=1)
-    fig.colorbar(im, ax=a, label="P_ij(T)")
-    a.set_xlabel("j (tokens ordered by x_j(0))")
-    a.set_ylabel("i (tokens ordered by x_i(0))")
+    fig.colorbar(im, ax=a, label="$P_{ij}(T)$")
+    a.set_xlabel("$j$ (tokens ordered by $x_j(0)$)")
+    a.set_ylabel("$i$ (tokens ordered by $x_i(0)$)")
     a.set_title("(c) final P: columns of the extreme tokens (leaders)")
     return fig
 

@@ -289,55 +289,53 @@ def figure(results: dict):
 def _figure(betas, mean, se, t_form, at_form, se_form, ks):
     from matplotlib.figure import Figure
 
+    from ..plotting import legend_outside, plot_phase_diagram
+
     fig = Figure(figsize=(17, 5.2), layout="constrained")
     ax_map, ax_beta, ax_t = fig.subplots(1, 3)
-    db = betas[1] - betas[0]
-    edges_b = np.concatenate([betas - db / 2, [betas[-1] + db / 2]])
-    dt = T_EVAL[1] - T_EVAL[0]
-    edges_t = np.concatenate([T_EVAL - dt / 2, [T_EVAL[-1] + dt / 2]])
-    mesh = ax_map.pcolormesh(edges_t, edges_b, mean.T, vmin=0.0, vmax=1.0, cmap="viridis")
-    fig.colorbar(mesh, ax=ax_map, label="mean fraction of pairs with <x_i, x_j> > 0.999")
+    plot_phase_diagram(T_EVAL, betas, mean.T, ax=ax_map, vmin=0.0, vmax=1.0,
+                       label=r"mean fraction of pairs with $\langle x_i, x_j\rangle > 0.999$")
     fine = np.linspace(betas[0], betas[-1], 400)
     for b, k0, k1 in _k_changes(fine):
         ax_map.axhline(b, color="w", ls="--", lw=1)
-        ax_map.text(T * 0.98, b + 0.08, f"k* {k0} -> {k1}", color="w", ha="right", va="bottom", fontsize=8)
+        ax_map.text(T * 0.98, b + 0.08, f"$k^*$ {k0} $\\to$ {k1}", color="w", ha="right", va="bottom",
+                    fontsize=8)
     ax_map.plot([_formation_time(b) for b in fine], fine, "--", color="orange", lw=1.5,
-                label="t_f: growth of mode k* + contraction")
+                label=r"$t_f$: growth of mode $k^*$ + contraction")
     eq = np.array([float(theory.equiangular_time(PAIR_THRESHOLD, N, b, "SA")) for b in fine])
     keep = eq <= T
-    ax_map.plot(eq[keep], fine[keep], ":", color="r", lw=1.5, label="d -> inf equiangular rho = 0.999")
+    ax_map.plot(eq[keep], fine[keep], ":", color="r", lw=1.5,
+                label=r"$d \to \infty$ equiangular $\rho = 0.999$")
     ax_map.set_xlim(0, T)
-    ax_map.set_xlabel("t")
-    ax_map.set_ylabel("beta")
-    ax_map.set_title(f"SA on the circle, n={N}: pair fraction")
-    ax_map.legend(fontsize="x-small", loc="lower right")
+    ax_map.set_title(f"SA on the circle, $n={N}$: pair fraction")
+    legend_outside(ax_map, side="below", fontsize="x-small")
 
     lows = np.array([_band(k)[0] for k in ks])
     highs = np.array([_band(k)[1] for k in ks])
-    ax_beta.fill_between(betas, lows, highs, step="mid", color="C0", alpha=0.15, label="k* +- 1 band")
-    ax_beta.step(betas, 1.0 / ks, "--", where="mid", color="C0", label="1/k*(beta)")
+    ax_beta.fill_between(betas, lows, highs, step="mid", color="C0", alpha=0.15, label=r"$k^* \pm 1$ band")
+    ax_beta.step(betas, 1.0 / ks, "--", where="mid", color="C0", label=r"$1/k^*(\beta)$")
     ax_beta.errorbar(betas, at_form, yerr=3 * se_form, fmt="o", color="C1", ms=4, capsize=3,
-                     label="measured at t_f(beta) (3 s.e.)")
+                     label=r"measured at $t_f(\beta)$ (3 s.e.)")
     ax_beta.errorbar(betas, mean[-1], yerr=3 * se[-1], fmt="s", color="C2", ms=4, capsize=3,
-                     label=f"measured at T={T:g}")
+                     label=f"measured at $T={T:g}$")
     ax_beta.axvline(BETA_SMALL, color="0.5", lw=0.8)
-    ax_beta.set_xlabel("beta")
+    ax_beta.set_xlabel(r"$\beta$")
     ax_beta.set_ylabel("mean pair fraction")
-    ax_beta.set_title("pair fraction vs beta (theory dashed)")
-    ax_beta.legend(fontsize="x-small")
+    ax_beta.set_title(r"pair fraction vs $\beta$ (theory dashed)")
+    ax_beta.legend(fontsize="x-small", loc="best")
 
     picks = sorted({0, int(np.argmin(np.abs(betas - 2.0))), int(np.argmin(np.abs(betas - 5.0))),
                     len(betas) - 1})
     for c, i in enumerate(picks):
-        ax_t.plot(T_EVAL, mean[:, i], "-", color=f"C{c}", label=f"beta={betas[i]:.2f} (k*={ks[i]})")
+        ax_t.plot(T_EVAL, mean[:, i], "-", color=f"C{c}", label=f"$\\beta={betas[i]:.2f}$ ($k^*={ks[i]}$)")
         ax_t.fill_between(T_EVAL, mean[:, i] - 3 * se[:, i], mean[:, i] + 3 * se[:, i], color=f"C{c}",
                           alpha=0.2)
         ax_t.axhline(1.0 / ks[i], color=f"C{c}", ls="--", lw=1)
         ax_t.axvline(t_form[i], color=f"C{c}", ls=":", lw=1)
-    ax_t.set_xlabel("t")
+    ax_t.set_xlabel("$t$")
     ax_t.set_ylabel("mean pair fraction")
-    ax_t.set_title("fraction vs t (dashed: 1/k*, dotted: t_f)")
-    ax_t.legend(fontsize="x-small")
+    ax_t.set_title(r"fraction vs $t$ (dashed: $1/k^*$, dotted: $t_f$)")
+    ax_t.legend(fontsize="x-small", loc="best")
     return fig
 
 

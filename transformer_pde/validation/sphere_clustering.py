@@ -294,6 +294,9 @@ def figure(results: dict):
     return _figure(r["uniform_runs"], r["hemi_runs"], r["seeds"], r["hemi_seeds"])
 
 
+E_BETA = r"$e^\beta$"  # the USA rate, in legends
+
+
 def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
     from matplotlib.figure import Figure
 
@@ -307,21 +310,21 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
             for s in seeds:
                 t, energy, counts, _ = uniform_runs[model, beta, s]
                 a.semilogx(t[1:], energy[1:], "-", color=colors[beta], lw=1,
-                           label=f"beta={beta:g}" if s == seeds[0] else None)
+                           label=f"$\\beta={beta:g}$" if s == seeds[0] else None)
                 ax[2].semilogx(t[1:] * _rate(model, beta), counts[1:], "-" if model == "SA" else "--",
                                color=colors[beta], lw=1,
-                               label=f"{model} beta={beta:g}" if s == seeds[0] else None)
-        a.axhline(1.0, ls="--", color="k", label="max e^beta/(2 beta) (theory)")
-        a.set_xlabel("t")
-        a.set_ylabel("E_beta / (e^beta / 2 beta)")
-        a.set_title(f"{model}, uniform on S^2: normalized energy (seeds as lines)")
-        a.legend(fontsize="small")
+                               label=f"{model} $\\beta={beta:g}$" if s == seeds[0] else None)
+        a.axhline(1.0, ls="--", color="k", label=r"max $e^\beta/(2\beta)$ (theory)")
+        a.set_xlabel("$t$")
+        a.set_ylabel(r"$\mathsf{E}_\beta\,/\,(e^\beta/2\beta)$")
+        a.set_title(f"{model}, uniform on $\\mathbb{{S}}^2$: normalized energy (seeds as lines)")
+        a.legend(fontsize="small", loc="best")
     ax[2].axhline(1.0, ls=":", color="k", label="theory: 1 cluster")
     ax[2].set_yscale("log")
-    ax[2].set_xlabel("r t  (r = 1 SA, e^beta USA)")
-    ax[2].set_ylabel("cluster count (<x_i,x_j> > 0.9999)")
+    ax[2].set_xlabel(r"$r t$  ($r = 1$ SA, $e^\beta$ USA)")
+    ax[2].set_ylabel(r"cluster count ($\langle x_i,x_j\rangle > 0.9999$)")
     ax[2].set_title("cluster count vs time")
-    ax[2].legend(fontsize="small")
+    ax[2].legend(fontsize="small", loc="best")
     for col, model in enumerate(MODELS):
         a = ax[3 + col]
         for beta in BETAS:
@@ -330,7 +333,7 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
                 t, r = run["t"], _rate(model, beta)
                 first = s == hemi_seeds[0]
                 a.semilogy(r * t, run["diam"], "-", color=colors[beta], lw=1.5,
-                           label=f"beta={beta:g}: measured D" if first else None)
+                           label=f"$\\beta={beta:g}$: measured $D$" if first else None)
                 if first:
                     sel = (run["diam"] >= WINDOW[0]) & (run["diam"] <= WINDOW[1])
                     a.semilogy(r * t[sel], np.exp(run["icept"] - run["rate"] * t[sel]), "o", ms=2,
@@ -338,16 +341,16 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
                     anchor = run["diam"][np.argmax(run["diam"] <= WINDOW[1])]
                     t_a = t[np.argmax(run["diam"] <= WINDOW[1])]
                     a.semilogy(r * t, anchor * np.exp(-r * (t - t_a)), "--", color=colors[beta],
-                               label=f"theory rate {'1' if model == 'SA' else 'e^beta'} = {r:.7g}")
+                               label=f"theory rate {'1' if model == 'SA' else E_BETA} = {r:.7g}")
                     a.semilogy(r * t, run["diam_y"][0] * np.exp(-run["bound_rate"] * t), ":",
-                               color=colors[beta], label=f"bound 2 m r0 = {run['bound_rate']:.2g}")
+                               color=colors[beta], label=f"bound $2 m r_0$ = {run['bound_rate']:.2g}")
                     a.semilogy(r * t, run["diam_y"][0] * np.exp(-run["sharp_rate"] * t), "-.",
-                               color=colors[beta], lw=0.8, label=f"bound n m r0 = {run['sharp_rate']:.2g}")
+                               color=colors[beta], lw=0.8, label=f"bound $n m r_0$ = {run['sharp_rate']:.2g}")
         a.set_ylim(1e-16, 10)
-        a.set_xlabel("r t  (r = 1 SA, e^beta USA)")
-        a.set_ylabel("diameter max |x_i - x_j|")
-        a.set_title(f"{model}: cap of half-angle 60 deg, log diameter")
-        a.legend(fontsize="x-small")
+        a.set_xlabel(r"$r t$  ($r = 1$ SA, $e^\beta$ USA)")
+        a.set_ylabel(r"diameter $D = \max_{ij} \|x_i - x_j\|$")
+        a.set_title(f"{model}: cap of half-angle 60°, log diameter")
+        a.legend(fontsize="x-small", loc="best")
     run = hemi_runs["SA", 4.0, hemi_seeds[0]]
     t, _, _, xu = uniform_runs["SA", 4.0, seeds[0]]
     u = np.linspace(0, 2 * np.pi, 40)
@@ -356,13 +359,16 @@ def _figure(uniform_runs, hemi_runs, seeds, hemi_seeds):
                        np.outer(np.ones_like(u), np.cos(v)), color="0.85", lw=0.5)
     counts = uniform_runs["SA", 4.0, seeds[0]][2]
     mid = int(np.argmax(counts <= 4))  # a metastable few-cluster state
-    for xk, c, size, lab in ((xu[0], "0.5", 8, "uniform t=0"),
-                             (xu[mid], "C1", 25, f"t={t[mid]:.3g}: {counts[mid]} clusters"),
-                             (xu[-1], "C3", 60, f"t={t[-1]:.3g}: 1 cluster"),
-                             (run["x"][0], "C2", 8, "cap data t=0")):
+    for xk, c, size, lab in ((xu[0], "0.5", 8, "uniform $t=0$"),
+                             (xu[mid], "C1", 25, f"$t={t[mid]:.3g}$: {counts[mid]} clusters"),
+                             (xu[-1], "C3", 60, f"$t={t[-1]:.3g}$: 1 cluster"),
+                             (run["x"][0], "C2", 8, "cap data $t=0$")):
         ax3.scatter(xk[:, 0], xk[:, 1], xk[:, 2], color=c, s=size, label=lab, depthshade=False)
-    ax3.set_title(f"SA beta=4, uniform seed {seeds[0]}: tokens on S^2")
-    ax3.legend(fontsize="x-small")
+    ax3.set_xlabel("$x_1$")
+    ax3.set_ylabel("$x_2$")
+    ax3.set_zlabel("$x_3$")
+    ax3.set_title(f"SA $\\beta=4$, uniform seed {seeds[0]}: tokens on $\\mathbb{{S}}^2$")
+    ax3.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, 1.0), frameon=False)
     return fig
 
 

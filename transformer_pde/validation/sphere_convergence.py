@@ -132,14 +132,14 @@ def _figure(n_values, distance, fit, floor, n_lat):
     med = np.median(distance, axis=1)
     ax.loglog(n_values, med, "o", label="median over seeds")
     ax.loglog(n_values, np.exp(fit.intercept) * n_values ** fit.slope, "-",
-              label=f"fit: slope {fit.slope:+.2f}")
+              label=f"fit: slope ${fit.slope:+.2f}$")
     ax.loglog(n_values, med[0] * (n_values / n_values[0]) ** -0.5, "k--",
-              label="theory: slope -1/2 (up to log n)")
+              label=r"theory: slope $-1/2$ (up to $\log n$)")
     ax.axhline(floor, color="r", ls=":", label=f"grid floor (n_lat={n_lat} vs {2 * n_lat})")
-    ax.set_xlabel("tokens n")
-    ax.set_ylabel("$SSW_2$(particles, PDE) at t=1 [rad]")
-    ax.legend(fontsize="small")
-    ax.set_title("sphere $S^2$, SA post-LN beta=1: sliced $W_2$ vs n")
+    ax.set_xlabel("tokens $n$")
+    ax.set_ylabel("$SSW_2$(particles, PDE) at $t=1$ [rad]")
+    ax.legend(fontsize="small", loc="best")
+    ax.set_title(r"sphere $\mathbb{S}^2$, SA post-LN $\beta=1$: sliced $W_2$ vs $n$")
     return fig
 
 
