@@ -198,7 +198,7 @@ def test_progress_bar_ends_exactly_at_the_final_time(rng, capsys):
 
 def test_status_values_are_strings():
     assert {s.value for s in _engine.Status} == {"success", "stopped", "nonfinite", "negative_density",
-                                                "max_steps", "step_underflow"}
+                                                "max_steps", "step_underflow", "partial"}
     assert _engine.Status.STOPPED == "stopped"
 
 

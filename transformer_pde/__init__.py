@@ -69,15 +69,30 @@ _PLOTTING = (
 
 
 def __getattr__(name: str):
-    """Lazy names: ``tp.wasserstein`` (the only module importing POT) and ``tp.plotting``
-    with its figure functions (the only module importing matplotlib) load on first use."""
+    """Lazy names: ``tp.wasserstein`` (the only module importing POT), ``tp.storage`` (the
+    only one importing h5py) and ``tp.plotting`` with its figure functions (the only module
+    importing matplotlib) load on first use."""
     import importlib
 
-    if name in ("wasserstein", "plotting"):
+    if name in ("wasserstein", "plotting", "storage"):
         return importlib.import_module(f".{name}", __name__)
     if name in _PLOTTING:
         return getattr(importlib.import_module(".plotting", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def load(path, *, group=None):
+    """Read a result file: :func:`transformer_pde.storage.load` (h5py imported on use)."""
+    from . import storage
+
+    return storage.load(path, group=group)
+
+
+def resume(path, *, trackers=None, progress=None):
+    """Continue a partial run file: :func:`transformer_pde.storage.resume`."""
+    from . import storage
+
+    return storage.resume(path, trackers=trackers, progress=progress)
+
 
 __all__ = [
     "Attention",
@@ -113,6 +128,9 @@ __all__ = [
     "GaussianTrajectory",
     "GaussianBlowUpError",
     "wasserstein",
+    "storage",
+    "load",
+    "resume",
     "plotting",
     *_PLOTTING,
     "theory",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,8 @@ __all__ = [
     "check_times",
     "check_trackers",
     "run",
+    "RunView",
+    "restore",
 ]
 
 
@@ -66,6 +68,8 @@ class Status(enum.StrEnum):
     MAX_STEPS = "max_steps"
     #: the adaptive step size shrank to round-off
     STEP_UNDERFLOW = "step_underflow"
+    #: read back from a file whose run did not finish (killed): the saves up to then
+    PARTIAL = "partial"
 
 
 #: the exception each failure raises with ``throw=True``
@@ -104,7 +108,11 @@ class RunInfo:
     dt_min, dt_max : float
         Range of the accepted step sizes.
     wall_time : float
-        Seconds.
+        Seconds (not compared by ``==``: timings differ from run to run).
+    params : dict
+        The run's parameters (``t_span``, the stepper's settings, the seed when one was
+        given): what :mod:`transformer_pde.storage` records and :func:`transformer_pde.resume`
+        needs; not compared by ``==``.
     """
 
     method: str
@@ -115,7 +123,8 @@ class RunInfo:
     n_evals: int = 0
     dt_min: float = np.inf
     dt_max: float = 0.0
-    wall_time: float = 0.0
+    wall_time: float = field(default=0.0, compare=False)
+    params: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def success(self) -> bool:
@@ -179,6 +188,17 @@ class Problem:
         """What observers see of the state y."""
         return y
 
+    def snapshot(self) -> dict:
+        """What a resumed run needs of the problem besides the state (JSON-able or arrays)."""
+        return {}
+
+    def restore(self, snap: dict) -> None:
+        """Undo :meth:`snapshot`: continue a run from a saved time."""
+
+    def snapshot_floats(self, y0) -> int:
+        """An upper bound on the floats in the arrays of all snapshots of a run from y0."""
+        return int(np.size(y0))  # the FSAL evaluation
+
 
 class Stepper:
     """One step of a one-step method, ``order`` declared."""
@@ -190,6 +210,13 @@ class Stepper:
 
     def step(self, problem: Problem, t: float, y, h: float, f0) -> Step:  # pragma: no cover
         raise NotImplementedError
+
+    def snapshot(self) -> dict:
+        """The stepper's own state at a saved time (the noise generator's)."""
+        return {}
+
+    def restore(self, snap: dict) -> None:
+        """Undo :meth:`snapshot`."""
 
 
 class FixedSteps:
@@ -215,6 +242,14 @@ class FixedSteps:
 
     def accepted(self, h: float, f0) -> None:
         self._left -= 1
+
+    def snapshot(self) -> dict:
+        """At a saved time only ``dt`` matters: each interval is planned afresh."""
+        return {"dt": self.dt}
+
+    def restore(self, snap: dict) -> None:
+        self.dt = self._h = float(snap["dt"])
+        self._left = 0
 
 
 class PIController:
@@ -280,6 +315,14 @@ class PIController:
         self._err_prev = max(err, 1e-10)
         # a step shortened to land on a stop does not shrink the next one
         self.h = max(self.h, h * factor) if self._shortened and h < self.h else h * factor
+
+    def snapshot(self) -> dict:
+        """The proposed step and the error memory: a resumed run takes the same steps."""
+        return {"h": self.h, "err_prev": self._err_prev, "err": self._err, "shortened": self._shortened}
+
+    def restore(self, snap: dict) -> None:
+        self.h, self._err_prev, self._err = float(snap["h"]), float(snap["err_prev"]), float(snap["err"])
+        self._shortened = bool(snap["shortened"])
 
 
 def check_times(t_span, t_eval, default_count: int = 101):
@@ -359,7 +402,7 @@ def _stops(t_eval, k, breakpoints, t):
 
 def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: float,
         t_eval: np.ndarray, *, breakpoints=(), max_steps: int, trackers=(), throw: bool = True,
-        progress: str | None = None, f0=None, fsal: bool = False):
+        progress: str | None = None, f0=None, fsal: bool = False, done: int = 0):
     """Advance ``y0`` from ``t0`` over the saved times ``t_eval``.
 
     Returns ``(t, ys)``: the saved times reached and the states there,
@@ -368,23 +411,30 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
     the stepper's ``Step.f_end`` is reused as the next step's first stage.
     ``progress`` is the description of a tqdm bar (None: no bar), or ``(description,
     delay)`` for a bar that shows after ``delay`` seconds.
+
+    Trackers with an ``_attach(run)`` method (:class:`transformer_pde.trackers.Save`) see
+    the run itself (:class:`RunView`: problem, stepper, controller, the evaluation carried
+    to the next step), so they can record what a resumed run needs; ``done`` is the number
+    of saved times before ``t_eval[0]`` already recorded (a resumed run), and their
+    ``_finish(info, complete)`` is called when the run ends.
     """
     info = problem.info
     ys = np.empty((len(t_eval),) + y0.shape)
-    start = time.perf_counter()
+    start, wall0 = time.perf_counter(), info.wall_time
     if isinstance(progress, tuple):
         bar = time_bar(float(t_eval[-1] - t0), *progress)
     else:
         bar = time_bar(float(t_eval[-1] - t0), progress) if progress else None
     y, t = y0, t0
-    observe = _Observers(trackers, problem)
+    observe = _Observers(trackers, problem, RunView(problem, stepper, controller, y0, t0, t_eval, done))
+    complete = False
     k = int(np.searchsorted(t_eval, t0, side="right"))  # saved times at t0 are y0 itself
     ys[:k] = y0
     n_saved = 0
     try:
         for i in range(k):
             n_saved = i + 1
-            if observe(float(t_eval[i]), y0):
+            if observe(float(t_eval[i]), y0, i, f0):
                 raise _Stop
         f = f0
         problem.start_at(t)
@@ -428,12 +478,15 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
                 if save >= 0:
                     ys[save] = y
                     n_saved = save + 1
-                    if observe(target, y):
+                    if observe(target, y, save, f):
                         raise _Stop
+        complete = True
     except _Stop:
+        complete = True
         info.status = Status.STOPPED.value
         info.message = f"stopped by a tracker at t={t_eval[n_saved - 1]:.9g}"
     except RunFailure as failure:
+        complete = True
         info.status, info.message = failure.status.value, f"{problem.who} stopped: {failure.message}"
         if throw:
             raise _RAISES[failure.status](info.message) from None
@@ -442,12 +495,47 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
             if info.status == Status.SUCCESS.value:
                 bar.n = bar.total  # a finished run ends at 100%
             bar.close()
-        info.wall_time = time.perf_counter() - start
+        info.wall_time = wall0 + (time.perf_counter() - start)
+        observe.finish(info, complete)
     return t_eval[:n_saved].copy(), ys[:n_saved]
 
 
 class _Stop(Exception):
     """A tracker asked to stop."""
+
+
+class RunView:
+    """What a tracker with ``_attach`` sees of a run: the pieces, and at each saved time
+    the index of that time, the state and the evaluation carried into the next step.
+
+    :meth:`snapshot` is everything a resumed run needs besides the state.
+    """
+
+    def __init__(self, problem, stepper, controller, y0, t0, t_eval, done):
+        self.problem, self.stepper, self.controller = problem, stepper, controller
+        self.y0, self.t0, self.t_eval, self.done = y0, t0, t_eval, done
+        self.index, self.y, self.f = -1, None, None
+        # a resumed run starts from the wall time of the part before it
+        self._wall0, self._start = problem.info.wall_time, time.perf_counter()
+
+    def snapshot(self) -> dict:
+        """The state of the run at the latest saved time, but the state itself."""
+        info = self.problem.info
+        counters = {k: getattr(info, k) for k in info.__dataclass_fields__ if k != "params"}
+        counters["wall_time"] = self._wall0 + (time.perf_counter() - self._start)
+        return {"info": counters, "problem": self.problem.snapshot(),
+                "stepper": self.stepper.snapshot(), "controller": self.controller.snapshot(),
+                "f": self.f if isinstance(self.f, np.ndarray) else None}
+
+
+def restore(problem, stepper, controller, snap: dict) -> None:
+    """Put a run's pieces back in the state :meth:`RunView.snapshot` recorded."""
+    info = problem.info
+    for k, v in snap["info"].items():
+        setattr(info, k, v)
+    problem.restore(snap["problem"])
+    stepper.restore(snap["stepper"])
+    controller.restore(snap["controller"])
 
 
 class _Observers:
@@ -457,13 +545,23 @@ class _Observers:
     engine's (which ignores overflow inside steps to report it with time and place).
     """
 
-    def __init__(self, trackers, problem: Problem):
+    def __init__(self, trackers, problem: Problem, view: RunView):
         self.trackers, self.problem = trackers, problem
         self.errstate = np.geterr()
+        self.view = view
+        self.watchers = [tr for tr in trackers if hasattr(tr, "_attach")]
+        for tr in self.watchers:
+            tr._attach(view)
 
-    def __call__(self, t: float, y) -> bool:
+    def finish(self, info, complete: bool) -> None:
+        for tr in self.watchers:
+            tr._finish(info, complete)
+
+    def __call__(self, t: float, y, index: int = -1, f=None) -> bool:
         if not self.trackers:
             return False
+        if self.watchers:
+            self.view.index, self.view.y, self.view.f = index, y, f
         state = self.problem.state(y)
         stop = False
         with np.errstate(**self.errstate):

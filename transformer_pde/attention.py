@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
-from . import _fastsum, _threads
+from . import _fastsum, _spec, _threads
 from . import _validation as _v
 from ._fastsum import SummationReport
 from ._kernels import attention as _k
@@ -303,6 +303,14 @@ class Attention:
     # -- shared helpers -------------------------------------------------------------
     def _params(self) -> str:
         return f"beta={self.beta:g}"
+
+    def __eq__(self, other) -> bool:
+        """Same variant with equal parameters (arrays elementwise)."""
+        if not isinstance(other, (Attention, MultiHeadAttention)):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # parameters are mutable arrays
 
     def __repr__(self) -> str:
         one = self._system(0)
@@ -875,6 +883,14 @@ class MultiHeadAttention:
         self.causal = any(head.causal for head in heads)
         #: number of systems B when a head has per-system parameters, else None
         self.batch: int | None = batches.pop() if batches else None
+
+    def __eq__(self, other) -> bool:
+        """Same variant with equal parameters (arrays elementwise)."""
+        if not isinstance(other, (Attention, MultiHeadAttention)):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # parameters are mutable arrays
 
     def __repr__(self) -> str:
         return f"MultiHeadAttention([{', '.join(map(repr, self.heads))}])"

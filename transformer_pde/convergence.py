@@ -25,6 +25,7 @@ from scipy import stats
 
 from . import _progress
 from . import _validation as _v
+from ._spec import Result
 from .dynamics import TokenDynamics
 from .integrate import simulate
 from .meanfield import Density, solve_meanfield
@@ -51,8 +52,8 @@ class RateFit:
         return self.low <= value <= self.high
 
 
-@dataclass
-class ConvergenceStudy:
+@dataclass(eq=False)
+class ConvergenceStudy(Result):
     r"""Distances between particle runs and a reference solution.
 
     Attributes

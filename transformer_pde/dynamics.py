@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import _spec
 from . import _validation as _v
 from .attention import Attention, MultiHeadAttention, check_batch, check_finite_output
 from .geometry import Euclidean, Sphere, as_geometry
@@ -134,6 +135,14 @@ class TokenDynamics:
     def autonomous(self) -> bool:
         """Whether the velocity does not depend on t."""
         return self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
+
+    def __eq__(self, other) -> bool:
+        """Same attention, geometry, normalization, alpha, tau and kappa."""
+        if not isinstance(other, TokenDynamics):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # the attention's parameters are mutable arrays
 
     def __repr__(self) -> str:
         noise = "" if self.kappa is None else f", kappa={self.kappa:g}"

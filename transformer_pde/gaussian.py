@@ -66,6 +66,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from . import _validation as _v
+from ._spec import Result
 from .attention import (
     L2Attention,
     MultiHeadAttention,
@@ -116,11 +117,11 @@ class GaussianInfo:
     rtol: float | None = None
     atol: float | None = None
     n_evals: int = 0
-    wall_time: float = 0.0
+    wall_time: float = field(default=0.0, compare=False)
 
 
-@dataclass
-class GaussianTrajectory:
+@dataclass(eq=False)
+class GaussianTrajectory(Result):
     r"""Mean and covariance of the Gaussian solution at the saved times.
 
     Attributes

@@ -26,6 +26,7 @@ import numpy as np
 from . import _engine
 from . import _validation as _v
 from ._engine import RunInfo, Status, Step
+from ._spec import Result
 from .dynamics import TokenDynamics
 
 __all__ = ["simulate", "Trajectory", "RunInfo", "Tableau", "METHODS"]
@@ -81,8 +82,8 @@ _DOPRI5 = Tableau(
 METHODS = {tab.name: tab for tab in (_EULER, _HEUN, _RK4, _DOPRI5)}
 
 
-@dataclass
-class Trajectory:
+@dataclass(eq=False)
+class Trajectory(Result):
     """Tokens at the saved times.
 
     Attributes
@@ -183,6 +184,9 @@ class _Particles(_engine.Problem):
             "reduce dt or use method='dopri5'"
         )
 
+    #: the result a run of this problem makes (what :mod:`transformer_pde.storage` writes)
+    kind = "Trajectory"
+
     def state(self, x):
         view = x.view()
         view.flags.writeable = False
@@ -256,6 +260,16 @@ class _EulerMaruyama(_engine.Stepper):
         noise = self.space.project(x, self.rng.standard_normal(x.shape))
         return Step(self.space.retract(x + h * f0 + self.sigma * np.sqrt(h) * noise))
 
+    def snapshot(self) -> dict:
+        """The generator's state: a resumed run draws the same increments."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def restore(self, snap: dict) -> None:
+        state = snap["rng"]
+        if type(self.rng.bit_generator).__name__ != state["bit_generator"]:
+            self.rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        self.rng.bit_generator.state = state
+
 
 def _default_dt(problem: _Particles, x0, t0, t1) -> float:
     """The default fixed step; for a batch the smallest of the systems' default steps."""
@@ -292,7 +306,7 @@ def _initial_step(problem: _Particles, x0, t0, f0, rtol, atol, order) -> float:
 def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None = None,
              dt: float | None = None, rtol: float = 1e-6, atol: float = 1e-9, rng=None,
              progress: bool | None = None, max_steps: int = 10_000_000, trackers=None,
-             throw: bool = True) -> Trajectory:
+             throw: bool = True, _resume=None) -> Trajectory:
     r"""Integrate the token system :math:`\dot x = F(x, t)` of ``dyn`` from ``x0``.
 
     .. math::
@@ -357,6 +371,8 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
         Observers called as ``tracker(t, x)`` at every saved time, ``x`` the tokens
         (n, d) or the batch (B, n, d) (read-only); one returning True stops the run there, and the result then
         ends at that time with ``info.status == "stopped"`` (:mod:`transformer_pde.trackers`).
+        :class:`transformer_pde.trackers.Save` writes each saved time to an HDF5 file as
+        it is reached; :func:`transformer_pde.resume` continues such a run after a crash.
     throw : bool
         If False, a run that fails (non-finite state, ``max_steps``, step-size underflow)
         returns the states saved up to the failure, with the failure in
@@ -422,7 +438,10 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     """
     if not isinstance(dyn, TokenDynamics):
         raise TypeError(f"dyn must be a TokenDynamics, got {type(dyn).__name__}")
-    x0 = dyn.state_space.snap(dyn.check_state(x0, "x0"))
+    if _resume is None:
+        x0 = dyn.state_space.snap(dyn.check_state(x0, "x0"))
+    else:  # the state at a saved time of a run being resumed, as it was (no snapping)
+        x0 = np.array(_resume[1], dtype=np.float64)
     noisy = dyn.kappa is not None
     if method is None:
         method = "euler-maruyama" if noisy else "rk4"
@@ -440,6 +459,7 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
         dt = _v.as_positive(dt, "dt")
     rtol, atol = _v.as_positive(rtol, "rtol"), _v.as_positive(atol, "atol")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
+    seed = int(rng) if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) else None
     rng = _v.as_rng(rng)
     trackers = _engine.check_trackers(trackers)
 
@@ -452,13 +472,27 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     else:
         stepper = _RungeKutta(METHODS[method])
     if stepper.adaptive:
-        f0 = problem(x0, t0)
-        first = dt if dt is not None else _initial_step(problem, x0, t0, f0, rtol, atol, stepper.order)
+        if _resume is None:
+            f0 = problem(x0, t0)
+            first = dt if dt is not None else _initial_step(problem, x0, t0, f0, rtol, atol, stepper.order)
+        else:
+            first = 1.0  # the controller's state is restored below
         controller = _engine.PIController(rtol, atol, stepper.order, first, norm_axes=_system_axes(x0))
     else:
-        controller = _engine.FixedSteps(dt if dt is not None else _default_dt(problem, x0, t0, t1))
+        if dt is None:
+            dt = _default_dt(problem, x0, t0, t1)
+        controller = _engine.FixedSteps(dt)
+    info.params = {"t_span": [t0, t1], "method": method, "dt": dt, "rtol": rtol, "atol": atol,
+                   "max_steps": max_steps, "throw": bool(throw), "seed": seed}
+    done = 0
+    if _resume is not None:  # transformer_pde.resume: continue from saved time k
+        done, _, snap = _resume
+        _engine.restore(problem, stepper, controller, snap)
+        t0, t_eval = float(t_eval[done]), t_eval[done:]
+        problem.start_at(t0)
+        f0 = None if snap.get("f") is None else np.array(snap["f"], dtype=np.float64)
     t, x = _engine.run(problem, stepper, controller, x0, t0, t_eval, breakpoints=problem.breakpoints,
                        max_steps=max_steps, trackers=trackers, throw=throw,
                        progress=_engine.progress_spec(f"simulate[{method}]", progress), f0=f0,
-                       fsal=stepper.adaptive)
+                       fsal=stepper.adaptive, done=done)
     return Trajectory(t=t, x=x, dynamics=dyn, info=info)

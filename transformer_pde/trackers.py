@@ -9,7 +9,10 @@ nothing about what a tracker does; these are the ones users ask for most:
 
 - :class:`StopAtClusters`: stop at the first saved time with at most k clusters;
 - :class:`StopAtDensityPeak`: stop when the density exceeds a bound somewhere;
-- :class:`Record`: record a diagnostic :math:`f(x(t))` at every saved time.
+- :class:`Record`: record a diagnostic :math:`f(x(t))` at every saved time;
+- :class:`Save`: write every saved time to an HDF5 file as soon as it is reached, so a
+  run killed at any moment keeps its completed saves, and :func:`transformer_pde.resume`
+  continues it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from . import _validation as _v
 from . import clustering
 from .meanfield import Density
 
-__all__ = ["StopAtClusters", "StopAtDensityPeak", "Record"]
+__all__ = ["StopAtClusters", "StopAtDensityPeak", "Record", "Save"]
 
 
 class StopAtClusters:
@@ -208,3 +211,103 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record({getattr(self.f, '__name__', self.f)!r})"
+
+
+class Save:
+    r"""Write each saved time to the HDF5 file ``path`` as soon as the run reaches it.
+
+    A run killed at any moment (SIGKILL included) leaves a valid file that
+    :func:`transformer_pde.load` reads with every completed saved time
+    (``info.status == "partial"``) and :func:`transformer_pde.resume` continues to the
+    same result as an uninterrupted run; a run that ends (done, stopped by a tracker, or
+    failed) leaves the file :func:`transformer_pde.storage.save` would write. Never stops
+    the run.
+
+    How: the file is made complete, with room for every saved time, before the first step
+    (under a temporary name, then renamed); each saved time writes the state's bytes into
+    its row and then a checksummed record of the run's state into the one of two record
+    slots not holding the previous record, so HDF5's own structures are never written
+    while the run goes on (:mod:`transformer_pde.storage` explains the choice). Writing
+    costs one ``pwrite`` of the state and one of a small record per saved time.
+
+    .. math::
+
+        \text{file} = \{x(t_0), \dots, x(t_k)\} \cup \{\text{record}_k\},
+        \qquad k = \text{the last saved time reached}.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (replaced when the run starts).
+    fsync : bool
+        Also ``fsync`` the row and the record at each saved time, so the saves survive a
+        power loss, not only a killed process (slower).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
+    >>> x0 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> traj = tp.simulate(tp.TokenDynamics(tp.SoftmaxAttention(1.0)), x0, (0.0, 2.0),
+    ...                    t_eval=[0.0, 1.0, 2.0], trackers=[tp.trackers.Save(path)])
+    >>> tp.load(path) == traj
+    True
+    """
+
+    def __init__(self, path, *, fsync: bool = False, _append: bool = False):
+        import os
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}")
+        from . import storage  # lazily: h5py only when a run saves
+
+        self.path = path
+        self._journal = storage._Journal(path, fsync)
+        self._append = _append
+        self._view = None
+
+    def _attach(self, view) -> None:
+        """Called by the engine before the run: make the file (or reopen it to continue)."""
+        if not hasattr(view.problem, "kind"):
+            raise TypeError(f"Save writes runs of simulate and solve_meanfield, not of {view.problem.who}")
+        self._view = view
+        if self._append:
+            self._journal.open()
+        else:
+            self._journal.create(view)
+
+    def __call__(self, t: float, state) -> bool:
+        """Write the state at the saved time ``t`` (its row, then the record counting it).
+
+        Parameters
+        ----------
+        t : float
+            The saved time.
+        state : ndarray or Density
+            What the run observes (the engine hands the tracker the raw state as well).
+
+        Returns
+        -------
+        bool
+            False: saving never stops the run.
+        """
+        view = self._view
+        if view is None:
+            raise RuntimeError("Save is a tracker of simulate/solve_meanfield (trackers=[Save(path)]), "
+                               "not a function to call")
+        index = view.done + view.index
+        if not (self._append and view.index == 0):  # a resumed run starts at a saved row
+            self._journal.write(index, view.y, view.snapshot())
+        return False
+
+    def _finish(self, info, complete: bool) -> None:
+        """Called by the engine when the run ends: the plain file, or the journal kept."""
+        if complete:
+            self._journal.finish(info)
+        else:  # interrupted (KeyboardInterrupt, a failing tracker): keep it resumable
+            self._journal.close()
+
+    def __repr__(self) -> str:
+        return f"Save({str(self.path)!r})"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _spec
 from .. import _validation as _v
 
 __all__ = ["Faces", "Grid", "CircleGrid", "CausalCircleGrid", "CartesianGrid", "mc_slopes"]
@@ -118,6 +119,14 @@ class Grid:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={self.shape})"
+
+    def __eq__(self, other) -> bool:
+        """Same grid class with the same constructor arguments."""
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # grids carry caches and arrays; compare them with ==
 
 
 def _circle_points(theta: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from .. import _engine
 from .. import _validation as _v
 from .._engine import RunFailure, RunInfo, Status, Step
 from .._kernels import finite_volume as _fv
+from .._spec import Result
 from ..dynamics import TokenDynamics
 from .density import Density
 from .field import (
@@ -91,8 +92,8 @@ class MeanFieldInfo(RunInfo):
     field: str = "auto"
 
 
-@dataclass
-class DensityTrajectory:
+@dataclass(eq=False)
+class DensityTrajectory(Result):
     """Densities at the saved times.
 
     Attributes
@@ -272,8 +273,20 @@ class _FiniteVolume(_engine.Problem):
         info.min_density = min(info.min_density, float(lowest))
         info.mass_drift = max(info.mass_drift, abs(float(mass) - self.mass0) / self.mass0)
 
+    #: the result a run of this problem makes (what :mod:`transformer_pde.storage` writes)
+    kind = "DensityTrajectory"
+
     def state(self, rho_flat) -> Density:
         return Density(self.grid, rho_flat.reshape(self.grid.shape))
+
+    def snapshot(self) -> dict:
+        return {"mass0": self.mass0}
+
+    def restore(self, snap: dict) -> None:
+        self.mass0 = float(snap["mass0"])
+
+    def snapshot_floats(self, y0) -> int:
+        return int(np.size(y0)) + len(self.areas)  # the face velocities of the controller
 
 
 def _periodic_rows(grid):
@@ -342,6 +355,16 @@ class _CFLController:
     def accepted(self, h: float, f0: _Rate) -> None:
         self.u_prev, self.dt_prev = f0.u, h
 
+    def snapshot(self) -> dict:
+        """The previous face velocities and steps: a resumed run takes the same steps."""
+        return {"u_prev": self.u_prev, "dt_prev": self.dt_prev, "dt_free": self.dt_free}
+
+    def restore(self, snap: dict) -> None:
+        u = snap["u_prev"]
+        self.u_prev = None if u is None else np.asarray(u, dtype=float)
+        self.dt_prev = snap["dt_prev"]
+        self.dt_free = snap["dt_free"]
+
 
 def _distance(grid, a, b):
     if grid.geometry == "euclidean":
@@ -352,7 +375,8 @@ def _distance(grid, a, b):
 
 def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, cfl: float = 0.45,
                     field: str = "auto", method: str = "ssprk3", progress: bool | None = None,
-                    max_steps: int = 10_000_000, trackers=None, throw: bool = True) -> DensityTrajectory:
+                    max_steps: int = 10_000_000, trackers=None, throw: bool = True,
+                    _resume=None) -> DensityTrajectory:
     r"""Solve the Transformer PDE for the model ``dyn`` from the density ``rho0``.
 
     .. math::
@@ -453,13 +477,20 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     trackers = _engine.check_trackers(trackers)
 
     info = MeanFieldInfo(method=method, field=field)
+    info.params = {"t_span": [t0, t1], "method": method, "cfl": cfl, "field": field,
+                   "max_steps": max_steps, "throw": bool(throw)}
     rho = rho0.values.ravel().copy()
     problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
     controller = _CFLController(cfl, rate_bound(dyn, grid))
-    t, out = _engine.run(problem, _SSPRK3(), controller, rho, t0, t_eval, max_steps=max_steps,
+    stepper, done = _SSPRK3(), 0
+    if _resume is not None:  # transformer_pde.resume: continue from saved time k
+        done, _, snap = _resume
+        _engine.restore(problem, stepper, controller, snap)
+        t0, t_eval = float(t_eval[done]), t_eval[done:]
+    t, out = _engine.run(problem, stepper, controller, rho, t0, t_eval, max_steps=max_steps,
                          trackers=trackers, throw=throw,
-                         progress=_engine.progress_spec("solve_meanfield", progress))
+                         progress=_engine.progress_spec("solve_meanfield", progress), done=done)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
             f"solve_meanfield: {info.mass_drift:.3g} of the mass left the box {list(grid.bounds)} "
