@@ -34,19 +34,24 @@ def test_defaults_are_filled_in():
 
 @pytest.mark.parametrize(("text", "match"), [
     (BASE + "[plots]\nx = 1\n", r"unknown section \[plots\]; allowed: \[model\]"),
-    (BASE.replace("beta = 4", "beta = 4\nbetta = 2"), r"unknown key model\.betta in section \[model\]; allowed: attention, beta"),
+    (BASE.replace("beta = 4", "beta = 4\nbetta = 2"),
+     r"unknown key model\.betta in section \[model\]; allowed: attention, beta"),
     (BASE.replace("beta = 4", 'beta = "4"'), r"model\.beta must be a number, got '4' \(str\)"),
     (BASE.replace("beta = 4", "beta = true"), r"model\.beta must be a number, got True \(bool\)"),
     (BASE.replace("n = 16", "n = 16.0"), r"initial\.n must be an integer, got 16\.0 \(float\)"),
     (BASE.replace('"softmax"', '"soft"'), r"model\.attention must be one of 'softmax', 'unnormalized'"),
     (BASE.replace("dim = 2\n", ""), r"missing key model\.dim \(required in \[model\]\)"),
-    (BASE.replace("seed = 3", "seed = 3\nrho = 0.5"), r"initial\.rho is used only with kind = 'equiangular', not 'uniform'"),
-    (BASE.replace("beta = 4", "beta = 4\nbias = 1.0"), r"model\.bias is used only with attention = 'sigmoid'"),
+    (BASE.replace("seed = 3", "seed = 3\nrho = 0.5"),
+     r"initial\.rho is used only with kind = 'equiangular', not 'uniform'"),
+    (BASE.replace("beta = 4", "beta = 4\nbias = 1.0"),
+     r"model\.bias is used only with attention = 'sigmoid'"),
     (BASE.split("[particles]")[0], r"no task: add at least one of \[particles\]"),
     (BASE.replace("[initial]", "[initial\n"), "not valid TOML"),
     (BASE.replace("beta = 4", "V = [[1.0, 0.0], [0.0]]"), r"model\.V must be a matrix"),
-    (BASE.replace("beta = 4", 'V = {ensemble = "wishart"}'), r"model\.V\.ensemble must be one of 'gaussian-product'"),
-    (BASE.replace("beta = 4", 'weights = {ensemble = "kq"}\nV = [[1.0, 0.0], [0.0, 1.0]]'), "draws Q, K and V together"),
+    (BASE.replace("beta = 4", 'V = {ensemble = "wishart"}'),
+     r"model\.V\.ensemble must be one of 'gaussian-product'"),
+    (BASE.replace("beta = 4", 'weights = {ensemble = "kq"}\nV = [[1.0, 0.0], [0.0, 1.0]]'),
+     "draws Q, K and V together"),
 ])
 def test_bad_run_files_name_the_key(text, match):
     with pytest.raises(runfile.RunFileError, match=match):
@@ -100,10 +105,10 @@ def test_initial_kinds(lines, check):
 def test_initial_from_a_npy_file(tmp_path):
     x = initial.uniform_tokens(16, 2, 9)
     np.save(tmp_path / "x0.npy", x)
-    spec = runfile.parse(BASE.replace('kind = "uniform"', 'kind = "file"\npath = "x0.npy"'), base=tmp_path)
+    text = BASE.replace('kind = "uniform"', 'kind = "file"\npath = "x0.npy"')
+    spec = runfile.parse(text, base=tmp_path)
     np.testing.assert_array_equal(runfile.build_tokens(spec), x)
-    spec = runfile.parse(BASE.replace('kind = "uniform"', 'kind = "file"\npath = "x0.npy"').replace("n = 16", "n = 8"),
-                         base=tmp_path)
+    spec = runfile.parse(text.replace("n = 16", "n = 8"), base=tmp_path)
     with pytest.raises(runfile.RunFileError, match=r"tokens of shape \(16, 2\), expected"):
         runfile.build_tokens(spec)
 
