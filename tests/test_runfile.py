@@ -130,3 +130,121 @@ def test_meanfield_density_matches_the_initial_law():
     # exp(2 sin(theta)) / (2 pi I_0(2)), sampled at the centres then renormalised (midpoint rule)
     ref = np.exp(2 * np.sin(th))
     np.testing.assert_allclose(rho.values, ref / (ref.sum() * 2 * np.pi / 64), rtol=1e-12)
+
+
+# -- running a run file into files -------------------------------------------------------
+TWO_TASKS = """
+[model]
+beta = 4
+dim = 2
+[initial]
+kind = "von-mises-fisher"
+n = 24
+seed = 1
+mean_direction = [1.0, 0.0]
+concentration = 1.0
+[particles]
+T = 2.0
+dt = 0.05
+n_saved = 21
+[meanfield]
+n_cells = 64
+T = 0.5
+n_saved = 6
+"""
+
+
+def _datasets(path) -> dict:
+    import h5py
+
+    out = {}
+
+    def take(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj[()]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(take)
+    return out
+
+
+def test_a_run_file_twice_gives_bit_identical_datasets(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(TWO_TASKS)
+    a = runfile.run(study, tmp_path / "a", progress=False)
+    runfile.run(study, tmp_path / "b", progress=False)
+    for task in ("particles", "meanfield"):
+        da, db = _datasets(tmp_path / "a" / f"{task}.h5"), _datasets(tmp_path / "b" / f"{task}.h5")
+        assert da.keys() == db.keys() and da
+        for name in da:
+            assert da[name].tobytes() == db[name].tobytes(), (task, name)
+        assert tp.load(tmp_path / "a" / f"{task}.h5") == a[task]
+    record = __import__("json").loads((tmp_path / "a" / "run.json").read_text())
+    assert record["tasks"] == ["particles", "meanfield"] and record["run_file"]["model"]["beta"] == 4.0
+
+
+def test_resume_keeps_complete_results(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(TWO_TASKS)
+    first = runfile.run(study, tmp_path / "out", progress=False)
+    stamp = (tmp_path / "out" / "particles.h5").stat().st_mtime_ns
+    again = runfile.run(study, tmp_path / "out", resume=True, progress=False)
+    assert again == first
+    assert (tmp_path / "out" / "particles.h5").stat().st_mtime_ns == stamp  # not rewritten
+
+
+@pytest.mark.slow
+def test_cli_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path):
+    """SIGKILL a ``transformer-pde run`` mid-way; ``--resume`` finishes it to the same result."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study = tmp_path / "study.toml"
+    study.write_text(TWO_TASKS.replace("T = 2.0", "T = 40.0").replace("n_saved = 21", "n_saved = 401")
+                     .replace("n = 24", "n = 400"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "transformer_pde", "run", str(study), "--output", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = out / "particles.h5"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once some saved times are on disk
+        if path.exists():
+            try:
+                part = tp.load(path)
+            except Exception:
+                part = None
+            if part is not None and part.info.status == "partial" and len(part.t) >= 20:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    part = tp.load(path)
+    assert part.info.status == "partial" and 20 <= len(part.t) < 401
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ref = runfile.run(study, tmp_path / "ref", progress=False)
+    assert tp.load(path) == ref["particles"]
+    assert tp.load(out / "meanfield.h5") == ref["meanfield"]
+
+
+def test_cli_run_reports_a_bad_key(tmp_path, capsys):
+    from transformer_pde.cli import main
+
+    study = tmp_path / "study.toml"
+    study.write_text(BASE.replace("beta = 4", "beta = 4\ntemperature = 2"))
+    assert main(["run", str(study), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown key model.temperature" in err and "allowed: attention, beta" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["circle_clusters.toml", "beta_sweep.toml", "gaussian_moments.toml"])
+def test_example_run_files_are_valid(name):
+    from pathlib import Path
+
+    spec = runfile.read(Path(__file__).resolve().parents[1] / "examples" / name)
+    runfile.build_dynamics(spec)
+    assert runfile.build_tokens(spec).shape == (spec["initial"]["n"], spec["model"]["dim"])

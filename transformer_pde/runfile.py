@@ -783,7 +783,7 @@ def run(spec, output: str | os.PathLike | None = None, *, resume: bool = False,
     """
     import sys
 
-    from . import __version__, storage
+    from . import __version__
     from ._io import write_json
 
     if not isinstance(spec, RunSpec):
@@ -795,11 +795,38 @@ def run(spec, output: str | os.PathLike | None = None, *, resume: bool = False,
     results = {}
     for task in spec.tasks:
         path = out / f"{task}.h5"
-        results[task] = storage.run_saved(lambda trackers, task=task: run_task(
-            spec, task, progress=progress, trackers=trackers), path, resume=resume,
-            incremental=task in ("particles", "meanfield"))
+        results[task] = _run_saved(spec, task, path, resume=resume, progress=progress)
     write_json(out / "run.json", {"version": __version__, "source": spec.source,
                                   "tasks": list(spec.tasks),
                                   "files": [f"{t}.h5" for t in spec.tasks],
                                   "run_file": spec.to_dict()})
     return results
+
+
+def _run_saved(spec: RunSpec, task: str, path: Path, *, resume: bool, progress):
+    """Run a task into ``path``; with ``resume``, keep a complete file, continue a partial one.
+
+    Particle and grid runs are written as they go (:class:`~transformer_pde.trackers.Save`):
+    a killed run keeps its saved times and :func:`~transformer_pde.resume` continues it to
+    the result of an uninterrupted run. The other tasks write their file when done.
+    """
+    from . import storage
+    from .trackers import Save
+
+    if resume and path.exists():
+        try:
+            done = storage.load(path)
+        except (OSError, ValueError, KeyError):
+            done = None  # not a readable result file: run the task again
+        if done is not None:
+            if getattr(getattr(done, "info", None), "status", None) != "partial":
+                return done
+            try:
+                return storage.resume(path, progress=progress)
+            except ValueError:
+                pass  # killed before its first save: nothing to continue from
+    if task in ("particles", "meanfield"):
+        return run_task(spec, task, progress=progress, trackers=[Save(path)])
+    result = run_task(spec, task, progress=progress)
+    result.save(path)
+    return result

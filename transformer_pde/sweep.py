@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import time
 import traceback
@@ -38,6 +39,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import _spec
 
 __all__ = ["sweep", "SweepResult", "points_of"]
 
@@ -63,14 +66,16 @@ def points_of(grid: Mapping[str, Sequence]) -> list[dict]:
         if not isinstance(name, str):
             raise TypeError(f"grid keys must be parameter names (str), got {name!r}")
         v = grid[name]
+        if hasattr(v, "tolist") and getattr(v, "ndim", 0) >= 1:  # a NumPy array of values
+            v = list(v)
         if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(v) == 0:
             raise ValueError(f"grid[{name!r}] must be a nonempty list of values, got {v!r}")
         values.append(list(v))
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 
 
-@dataclass
-class SweepResult:
+@dataclass(eq=False)
+class SweepResult(_spec.Result):
     """The points of a sweep with what each gave.
 
     Attributes
@@ -87,7 +92,11 @@ class SweepResult:
     errors : list of str or None
         The error (type, message and traceback) of each failed point.
     wall_time_s : list of float
-        Time each point took in its worker.
+        Time each point took in its worker (not compared by ``==``).
+
+    ``==`` compares the points, statuses, values and errors exactly; ``save(path)``
+    writes the sweep file (:func:`transformer_pde.storage.write_sweep_point`) and
+    ``tp.load`` reads it back.
     """
 
     names: list
@@ -95,7 +104,7 @@ class SweepResult:
     status: list
     values: list
     errors: list
-    wall_time_s: list = field(default_factory=list)
+    wall_time_s: list = field(default_factory=list, compare=False)
 
     @property
     def failed(self) -> list[dict]:
@@ -206,7 +215,8 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
     >>> res.errors[1].splitlines()[-1]
     'ZeroDivisionError: float division by zero'
     """
-    points = points_of(grid)
+    # the points as plain values (NumPy scalars as Python numbers): what the file holds
+    points = json.loads(json.dumps(points_of(grid), default=_plain))
     names = list(grid)
     if not (callable(target) or isinstance(target, (str, os.PathLike)) or _is_spec(target)):
         raise TypeError(f"target must be a function or a run file (path or RunSpec), "
@@ -230,14 +240,20 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
     values: list = [None] * len(points)
     errors: list = [None] * len(points)
     times = [0.0] * len(points)
-    store = None
     if output is not None:
         from . import storage
 
-        store = storage.SweepFile(Path(output), names, points, resume=resume)
-        for i, (s, v, e, w) in store.completed().items():
-            status[i], values[i], errors[i], times[i] = s, v, e, w
-    todo = [i for i, s in enumerate(status) if s == "missing"]
+        output = Path(output)
+        if resume and output.exists():
+            old = storage.load(output)
+            if not isinstance(old, SweepResult) or old.names != names or old.points != points:
+                raise ValueError(f"{output} holds a different sweep: resume needs the same grid")
+            for i, st in enumerate(old.status):
+                if st == "done":  # failed points are computed again
+                    status[i], values[i], errors[i], times[i] = st, old.values[i], None, old.wall_time_s[i]
+        elif output.exists():
+            output.unlink()  # a new sweep replaces the file
+    todo = [i for i, s in enumerate(status) if s != "done"]
     own = executor is None and bool(todo)
     env = _environment(_WORKER_ENV) if own else contextlib.nullcontext()
     if own:
@@ -254,8 +270,8 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
         for fut in as_completed(futures):
             i = futures[fut]
             status[i], values[i], errors[i], times[i] = fut.result()
-            if store is not None:
-                store.write(i, status[i], values[i], errors[i], times[i])
+            if output is not None:
+                _store(output, names, points, i, status, values, errors, times)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -264,6 +280,29 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
     return SweepResult(names, points, status, values, errors, times)
+
+
+def _plain(value):
+    """NumPy scalars and arrays as JSON gives them back (the points as a file holds them)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a sweep parameter value must be a number, string or array, got {value!r}")
+
+
+def _store(output, names, points, i, status, values, errors, times) -> None:
+    """Write point i to the sweep file; a value the format cannot store fails the point."""
+    from . import storage
+
+    try:
+        storage.write_sweep_point(output, names, points, i, status[i], values[i], errors[i], times[i])
+    except TypeError as exc:
+        status[i], values[i] = "failed", None
+        errors[i] = f"the point's value cannot be stored: {exc}"
+        storage.write_sweep_point(output, names, points, i, status[i], None, errors[i], times[i])
 
 
 def _bar(total: int, progress: bool | None):
