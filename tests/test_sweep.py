@@ -147,3 +147,30 @@ def test_local_processes_and_a_dask_cluster_give_the_same_sweep(tmp_path):
     for a, b in zip(local.values, remote.values, strict=True):  # the same numbers on both
         assert a == b
     assert tp.load(tmp_path / "local.h5") == local and tp.load(tmp_path / "dask.h5") == remote
+
+
+def test_sweep_plot_draws_one_line_per_other_setting():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with ThreadPoolExecutor(2) as ex:
+        res = tp.sweep(quotient, {"a": [1.0, 2.0, 4.0], "b": [1, 2, 0]}, executor=ex)
+    ax = res.plot(lambda v: v["q"], x="a")
+    lines = {line.get_label(): line.get_xydata().tolist() for line in ax.lines}
+    # b = 0 fails at every a: no line for it, and the title says how many were left out
+    assert lines == {"b=1": [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]], "b=2": [[1.0, 0.5], [2.0, 1.0], [4.0, 2.0]]}
+    assert "3 of 9 points failed" in ax.get_title()
+    assert ax.get_xlabel() == "a" and ax.get_legend() is not None
+    table = res.plot()  # without a value: the points and their status
+    assert table.tables[0][1, 0].get_text().get_text() == "a=1.0, b=1"
+    assert table.tables[0][3, 1].get_text().get_text() == "failed"
+
+
+def test_cli_plot_draws_saved_results(tmp_path):
+    from transformer_pde.cli import main
+
+    with ThreadPoolExecutor(1) as ex:
+        tp.sweep(quotient, {"a": [1.0], "b": [1, 0]}, executor=ex, output=tmp_path / "s.h5")
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["plot", str(tmp_path / "missing.h5")]) == 1

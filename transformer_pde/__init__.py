@@ -65,6 +65,7 @@ _PLOTTING = (
     "plot_phase_diagram",
     "plot_attention_matrix",
     "plot_table",
+    "plot_sweep",
     "movie",
 )
 

@@ -8,6 +8,7 @@ Usage::
     transformer-pde run STUDY.toml [--output DIR] [--resume] [--[no-]progress]
     transformer-pde sweep STUDY.toml [--output FILE] [--resume] [--workers N]
                                      [--scheduler ADDRESS] [--[no-]progress]
+    transformer-pde plot RESULT.h5|DIR ... [--out DIR]
     transformer-pde --version
 
 ``python -m transformer_pde`` is the same command.
@@ -56,7 +57,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``transformer-pde`` (sub-commands demo, validate, run, sweep)."""
+    """The argument parser of ``transformer-pde`` (sub-commands demo, validate, run, sweep, plot)."""
     parser = argparse.ArgumentParser(
         prog="transformer-pde",
         description="Mean-field dynamics of self-attention: token particles, the "
@@ -146,7 +147,46 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar over the points on stderr (default: when stderr is a "
                           "terminal)")
+    plot = sub.add_parser(
+        "plot",
+        help="draw the standard figure of saved results (RESULT.png beside each file)",
+        description="Load each result file (or every *.h5 in a folder, e.g. the output of "
+                    "'transformer-pde run') and draw its standard figure: tokens for particle "
+                    "runs, a density map for grid runs, covariance ellipses for Gaussian moments, "
+                    "W against n for convergence studies, the points for sweeps.",
+    )
+    plot.add_argument("paths", metavar="RESULT.h5|DIR", nargs="+", help="result files or folders")
+    plot.add_argument("--out", metavar="DIR", default=None,
+                      help="folder for the PNG files (default: beside each result file)")
     return parser
+
+
+def _plot_command(args) -> int:
+    from . import storage
+
+    files = []
+    for name in args.paths:
+        p = Path(name).expanduser()
+        files.extend(sorted(p.glob("*.h5")) if p.is_dir() else [p])
+    if not files:
+        print("transformer-pde plot: error: no .h5 result files found in "
+              + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    status = 0
+    for path in files:
+        try:
+            ax = storage.load(path).plot()
+            png = (Path(args.out).expanduser() if args.out else path.parent) / f"{path.stem}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            from ._io import atomic_path
+
+            with atomic_path(png) as tmp:
+                ax.figure.savefig(tmp, dpi=120)
+            print(f"transformer-pde plot: {path} -> {png}")
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            print(f"transformer-pde plot: error: {path}: {exc}", file=sys.stderr)
+            status = 1
+    return status
 
 
 def _run_command(args) -> int:
@@ -274,5 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_command(args)
     if args.command == "sweep":
         return _sweep_command(args)
+    if args.command == "plot":
+        return _plot_command(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     return 2  # pragma: no cover

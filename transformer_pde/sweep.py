@@ -120,6 +120,16 @@ class SweepResult(_spec.Result):
                              for v, s in zip(self.values, self.status, strict=True)]
         return cols
 
+    def plot(self, value=None, *, x: str | None = None, ax=None, **kwargs):
+        """Draw ``value`` of each point against parameter ``x``; returns the Axes.
+
+        :func:`transformer_pde.plotting.plot_sweep`; without ``value``, a table of the
+        points and their status.
+        """
+        from . import plotting  # lazily: matplotlib only when a figure is made
+
+        return plotting.plot_sweep(self, value, x=x, ax=ax, **kwargs)
+
     def __repr__(self) -> str:
         done = self.status.count("done")
         return (f"SweepResult({len(self.points)} points over {self.names}: {done} done, "
