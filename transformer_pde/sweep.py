@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from . import _spec
+from . import _validation as _v
 
 __all__ = ["sweep", "SweepResult", "points_of"]
 
-#: environment of the local worker processes: one kernel thread, one BLAS thread
-_WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "OMP_NUM_THREADS": "1"}
+#: the thread counts set in the environment of the local worker processes
+_WORKER_ENV = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def points_of(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -180,7 +180,8 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = None,
-          max_workers: int | None = None, output: str | os.PathLike | None = None,
+          max_workers: int | None = None, threads_per_worker: int = 1,
+          output: str | os.PathLike | None = None,
           resume: bool = False, progress: bool | None = None) -> SweepResult:
     r"""Evaluate ``target`` at every point of ``grid``, in parallel.
 
@@ -202,6 +203,9 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
     max_workers : int, optional
         Size of the default local pool (default: the number of cores, at most the number
         of points). Ignored with ``executor``.
+    threads_per_worker : int
+        Kernel and BLAS threads of each local worker (default 1: processes times threads
+        stay within the cores). Ignored with ``executor``.
     output : str or path-like, optional
         HDF5 file the points are written to as they complete (one group per point).
     resume : bool
@@ -265,7 +269,9 @@ def sweep(target, grid: Mapping[str, Sequence], *, executor: Executor | None = N
             output.unlink()  # a new sweep replaces the file
     todo = [i for i, s in enumerate(status) if s != "done"]
     own = executor is None and bool(todo)
-    env = _environment(_WORKER_ENV) if own else contextlib.nullcontext()
+    threads = _v.as_positive_int(threads_per_worker, "threads_per_worker")
+    env = (_environment({k: str(threads) for k in _WORKER_ENV}) if own
+           else contextlib.nullcontext())
     if own:
         import multiprocessing
 
