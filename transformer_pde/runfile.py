@@ -64,7 +64,8 @@ from .dynamics import NORMS, TokenDynamics
 from .ensembles import WEIGHT_KINDS, random_weights
 from .integrate import METHODS
 
-__all__ = ["RunFileError", "RunSpec", "read", "parse", "override", "run_task", "build_dynamics",
+__all__ = ["RunFileError", "RunSpec", "read", "parse", "override", "run", "run_task", "builtin",
+           "default_output", "build_dynamics",
            "build_tokens", "build_grid", "build_density", "TASKS", "ATTENTIONS", "INITIAL_KINDS", "GRIDS"]
 
 #: the task sections a run file may have, in the order they run
@@ -165,6 +166,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "boundary": _Key("str", "outflow", ("outflow", "periodic")),
         "cfl": _Key("float", 0.45),
         "field": _Key("str", "auto", ("auto", "fast", "quadrature")),
+        "initial_density": _Key("str", "law", ("law", "tokens")),
+        "bandwidth": _REAL,
     },
     "gaussian": {
         "T": _Key("float", required=True),
@@ -486,6 +489,10 @@ def _check_kinds(where: str, s: dict) -> None:
     _check_used(where, "initial", s["initial"], s["initial"]["kind"], INITIAL_KINDS, "kind")
     if "meanfield" in s:
         _check_used(where, "meanfield", s["meanfield"], s["meanfield"]["grid"], GRIDS, "grid")
+    mf = s.get("meanfield")
+    if mf is not None and mf["bandwidth"] is not None and mf["initial_density"] != "tokens":
+        raise RunFileError(f"{where}meanfield.bandwidth smooths the initial tokens: it is used only "
+                           "with meanfield.initial_density = 'tokens'")
     model = s["model"]
     for key, used_by in (("causal", ("softmax",)), ("bias", ("sigmoid",)),
                          ("summation", ("softmax", "unnormalized", "sigmoid")),
@@ -649,14 +656,26 @@ def build_grid(spec: RunSpec):
 def build_density(spec: RunSpec, grid):
     r"""The initial density on ``grid`` matching ``[initial]``.
 
-    ``uniform``: the uniform density; ``von-mises-fisher``: :math:`\propto
-    e^{\kappa\langle\mu, x\rangle}` at the cell centres; ``gaussian``: the Gaussian density
-    at the cell centres; other kinds: the histogram of the initial tokens.
+    With ``meanfield.initial_density = "law"`` (default), ``uniform``: the uniform
+    density; ``von-mises-fisher``: :math:`\propto e^{\kappa\langle\mu, x\rangle}` at the
+    cell centres; ``gaussian``: the Gaussian density at the cell centres; other kinds: the
+    histogram of the initial tokens. With ``"tokens"``: the histogram of the particles'
+    own initial sample, smoothed by ``meanfield.bandwidth`` (radians, circle grid) if
+    given, so that particles and PDE start from the same perturbation of the law.
     """
     from .meanfield import CausalCircleGrid, CircleGrid, Density
 
     s = spec["initial"]
     kind = s["kind"]
+    m = spec.sections.get("meanfield", {})
+    if m.get("initial_density") == "tokens":
+        if isinstance(grid, CausalCircleGrid):
+            raise RunFileError(f"{spec.source}: meanfield.initial_density = 'tokens' is not "
+                               "available on the causal-circle grid")
+        if m.get("bandwidth") is not None and not isinstance(grid, CircleGrid):
+            raise RunFileError(f"{spec.source}: meanfield.bandwidth (a kernel estimate) is "
+                               "available on the circle grid only")
+        return Density.from_samples(grid, build_tokens(spec), bandwidth=m.get("bandwidth"))
     if isinstance(grid, CausalCircleGrid):
         if kind != "uniform":
             raise RunFileError(f"{spec.source}: on the causal-circle grid the initial density "
@@ -830,3 +849,20 @@ def _run_saved(spec: RunSpec, task: str, path: Path, *, resume: bool, progress):
     result = run_task(spec, task, progress=progress)
     result.save(path)
     return result
+
+
+def builtin(name: str) -> RunSpec:
+    """A run file shipped with the package (``transformer_pde/runfiles/<name>.toml``).
+
+    Examples
+    --------
+    >>> builtin("demo_circle")["model"]["beta"]
+    9.0
+    """
+    from importlib import resources
+
+    files = resources.files("transformer_pde") / "runfiles"
+    names = sorted(p.name.removesuffix(".toml") for p in files.iterdir() if p.name.endswith(".toml"))
+    if name not in names:
+        raise ValueError(f"name must be one of the built-in run files {names}, got {name!r}")
+    return parse((files / f"{name}.toml").read_text(encoding="utf-8"), source=f"<built-in {name}>")
