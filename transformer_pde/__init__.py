@@ -9,7 +9,7 @@ closed forms. The equations and their sources are in ``docs/math.md`` of the pro
 
 from __future__ import annotations
 
-from . import clustering, theory, trackers
+from . import clustering, initial, runfile, theory, trackers
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
     Attention,
@@ -43,6 +43,7 @@ from .meanfield import (
     solve_axisymmetric,
     solve_meanfield,
 )
+from .sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ _PLOTTING = (
     "plot_phase_diagram",
     "plot_attention_matrix",
     "plot_table",
+    "plot_sweep",
     "movie",
 )
 
@@ -136,6 +138,10 @@ __all__ = [
     "theory",
     "clustering",
     "trackers",
+    "initial",
+    "runfile",
+    "sweep",
+    "SweepResult",
     "set_num_threads",
     "get_num_threads",
     "num_threads",

@@ -5,6 +5,10 @@ Usage::
     transformer-pde demo [--out DIR] [--quick] [--seed S] [--n N] [--T T]
                          [--beta-circle B] [--beta-sphere B] [--[no-]progress]
     transformer-pde validate [--quick] [--out DIR] [--dir DIR] [--only NAME ...] [--[no-]progress]
+    transformer-pde run STUDY.toml [--output DIR] [--resume] [--[no-]progress]
+    transformer-pde sweep STUDY.toml [--output FILE] [--resume] [--workers N]
+                                     [--scheduler ADDRESS] [--[no-]progress]
+    transformer-pde plot RESULT.h5|DIR ... [--out DIR]
     transformer-pde --version
 
 ``python -m transformer_pde`` is the same command.
@@ -53,7 +57,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``transformer-pde`` (sub-commands ``demo`` and ``validate``)."""
+    """The argument parser of ``transformer-pde`` (sub-commands demo, validate, run, sweep, plot)."""
     parser = argparse.ArgumentParser(
         prog="transformer-pde",
         description="Mean-field dynamics of self-attention: token particles, the "
@@ -107,7 +111,135 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="a progress bar over the validations on stderr (default: when stderr is a "
                           "terminal)")
+    run = sub.add_parser(
+        "run",
+        help="run the tasks of a TOML run file; write one HDF5 file per task",
+        description="Read a TOML run file (model, initial condition, and the tasks [particles], "
+                    "[meanfield], [gaussian], [convergence]), check every key, run the tasks and "
+                    "write DIR/<task>.h5 (read back with transformer_pde.load) and DIR/run.json. "
+                    "Run files are data, never executed.",
+    )
+    run.add_argument("runfile", metavar="STUDY.toml", help="the run file")
+    run.add_argument("--output", metavar="DIR", default=None,
+                     help="folder to write into (default: output.dir of the run file, else "
+                          "./STUDY_results)")
+    run.add_argument("--resume", action="store_true",
+                     help="keep complete results in DIR, continue partial ones, run the rest")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars on stderr (default: when stderr is a terminal)")
+    swp = sub.add_parser(
+        "sweep",
+        help="run a run file over the parameter grid of its [sweep] section",
+        description="Run a TOML run file at every point of its [sweep] grid (\"section.key\" = "
+                    "[values]), in local processes or on a Dask cluster, gathering the results "
+                    "into one HDF5 file with one group per point. A point that fails is "
+                    "recorded with its error; the others finish.",
+    )
+    swp.add_argument("runfile", metavar="STUDY.toml", help="the run file, with a [sweep] section")
+    swp.add_argument("--output", metavar="FILE", default=None,
+                     help="HDF5 file of the sweep (default: ./STUDY_sweep.h5)")
+    swp.add_argument("--resume", action="store_true", help="compute only the points FILE lacks")
+    swp.add_argument("--workers", metavar="N", type=_int_at_least(1), default=None,
+                     help="local worker processes (default: the number of cores)")
+    swp.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="address of a Dask distributed scheduler to run the points on "
+                          "(needs the extra: pip install \"transformer_pde[dask]\")")
+    swp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar over the points on stderr (default: when stderr is a "
+                          "terminal)")
+    plot = sub.add_parser(
+        "plot",
+        help="draw the standard figure of saved results (RESULT.png beside each file)",
+        description="Load each result file (or every *.h5 in a folder, e.g. the output of "
+                    "'transformer-pde run') and draw its standard figure: tokens for particle "
+                    "runs, a density map for grid runs, covariance ellipses for Gaussian moments, "
+                    "W against n for convergence studies, the points for sweeps.",
+    )
+    plot.add_argument("paths", metavar="RESULT.h5|DIR", nargs="+", help="result files or folders")
+    plot.add_argument("--out", metavar="DIR", default=None,
+                      help="folder for the PNG files (default: beside each result file)")
     return parser
+
+
+def _plot_command(args) -> int:
+    from . import storage
+
+    files = []
+    for name in args.paths:
+        p = Path(name).expanduser()
+        files.extend(sorted(p.glob("*.h5")) if p.is_dir() else [p])
+    if not files:
+        print("transformer-pde plot: error: no .h5 result files found in "
+              + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    status = 0
+    for path in files:
+        try:
+            ax = storage.load(path).plot()
+            png = (Path(args.out).expanduser() if args.out else path.parent) / f"{path.stem}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            from ._io import atomic_path
+
+            with atomic_path(png) as tmp:
+                ax.figure.savefig(tmp, dpi=120)
+            print(f"transformer-pde plot: {path} -> {png}")
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            print(f"transformer-pde plot: error: {path}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _run_command(args) -> int:
+    from . import runfile
+
+    try:
+        spec = runfile.read(args.runfile)
+        out = Path(args.output).expanduser() if args.output else runfile.default_output(spec)
+        results = runfile.run(spec, out, resume=args.resume, progress=args.progress)
+    except (OSError, ValueError, TypeError, FloatingPointError) as exc:
+        print(f"transformer-pde run: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"transformer-pde run: wrote {out}")
+    for task, result in results.items():
+        info = getattr(result, "info", None)
+        status = getattr(info, "status", "done")
+        print(f"  {task}: {out / (task + '.h5')} ({status})")
+    return 0
+
+
+def _sweep_command(args) -> int:
+    from . import runfile
+    from .sweep import sweep
+
+    try:
+        spec = runfile.read(args.runfile)
+        grid = spec.sections.get("sweep") or {}
+        if not grid:
+            raise ValueError(f"{args.runfile}: no [sweep] section: add the keys to vary, e.g. "
+                             "[sweep] \"model.beta\" = [1.0, 4.0]")
+        out = Path(args.output or f"{Path(args.runfile).stem}_sweep.h5").expanduser()
+        executor = client = None
+        if args.scheduler:
+            try:
+                from distributed import Client
+            except ImportError:
+                raise ValueError("--scheduler needs Dask: pip install \"transformer_pde[dask]\"") from None
+            client = Client(args.scheduler)
+            executor = client.get_executor()
+        try:
+            result = sweep(spec, grid, executor=executor, max_workers=args.workers, output=out,
+                           resume=args.resume, progress=args.progress)
+        finally:
+            if client is not None:
+                client.close()
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"transformer-pde sweep: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"transformer-pde sweep: {result!r}; wrote {out}")
+    for point, err in zip(result.points, result.errors, strict=True):
+        if err is not None:
+            print(f"  failed {point}: {err.strip().splitlines()[-1]}")
+    return 0 if not result.failed else 1
 
 
 def _print_summary(summary: dict) -> None:
@@ -178,5 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"transformer-pde validate: {'all passed' if passed else 'FAILURES'}; report {report}")
         return 0 if passed else 1
+    if args.command == "run":
+        return _run_command(args)
+    if args.command == "sweep":
+        return _sweep_command(args)
+    if args.command == "plot":
+        return _plot_command(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     return 2  # pragma: no cover

@@ -32,12 +32,9 @@ from typing import Any
 import numpy as np
 
 from . import _validation as _v
+from . import runfile
 from ._io import atomic_write, write_json
-from .attention import SoftmaxAttention
 from .clustering import CLUSTER_THRESHOLD, cluster_count, density_peaks, interaction_energy
-from .dynamics import TokenDynamics
-from .integrate import simulate
-from .meanfield import CircleGrid, Density, solve_meanfield
 from .theory import fastest_circle_mode
 
 __all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
@@ -45,8 +42,6 @@ __all__ = ["run_demo", "FIGURE_NAME", "SUMMARY_NAME", "CLUSTER_THRESHOLD"]
 #: file names written into the demo folder
 FIGURE_NAME = "tokens.png"
 SUMMARY_NAME = "summary.json"
-#: number of saved times per run
-_N_SAVED = 301
 
 
 def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: float = 9.0,
@@ -54,11 +49,15 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
              quick: bool = False, progress: bool | None = None) -> dict[str, Any]:
     r"""Simulate SA tokens on the circle and the sphere; write a figure and a summary.
 
-    Two runs of :func:`transformer_pde.simulate` (method ``"rk4"``, step
-    ``dt = min(0.05, 0.5 / beta)``) of :class:`transformer_pde.SoftmaxAttention` with
-    ``Q = K = V = I`` and post-LN (:class:`transformer_pde.TokenDynamics` on the sphere),
-    from n tokens drawn uniformly on :math:`\mathbb S^1` (d = 2) and on
-    :math:`\mathbb S^2` (d = 3) with ``np.random.default_rng(seed)``.
+    The built-in run files ``demo_circle`` and ``demo_sphere``
+    (:func:`transformer_pde.runfile.builtin`; ``transformer_pde/runfiles/``) with the
+    given n, beta, T and seed: two runs of :func:`transformer_pde.simulate` (method
+    ``"rk4"``, step ``dt = min(0.05, 0.5 / beta)``) of
+    :class:`transformer_pde.SoftmaxAttention` with ``Q = K = V = I`` and post-LN, from n
+    tokens drawn uniformly on :math:`\mathbb S^1` (d = 2) and on :math:`\mathbb S^2`
+    (d = 3) (:func:`transformer_pde.initial.uniform_tokens` with ``seed``), and the
+    circle's mean field (:func:`transformer_pde.solve_meanfield`, 256 cells) from a kernel
+    estimate (bandwidth 0.1) of the circle tokens' initial sample.
 
     Writes into ``out_dir`` (created if missing; existing files of the same names are
     replaced atomically, so a crash never leaves a half-written file):
@@ -79,7 +78,7 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
     T : float, optional
         Final time, > 0; 30 by default (15 with ``quick``).
     seed : int
-        Seed of the initial tokens (``np.random.default_rng(seed)``), >= 0.
+        Seed of the initial tokens (``initial.seed`` of both run files), >= 0.
     quick : bool
         Smaller defaults for ``n`` and ``T`` (for tests; a second or two).
     progress : bool or None
@@ -124,12 +123,16 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
 
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(int(seed))
 
-    circle = _run(2, n, beta_circle, T, rng, progress)
-    sphere = _run(3, n, beta_sphere, T, rng, progress)
+    specs = {name: runfile.override(runfile.builtin(f"demo_{name}"), {
+        "model.beta": beta, "initial.n": n, "initial.seed": int(seed), "particles.T": T,
+        "particles.dt": min(0.05, 0.5 / beta),  # RK4 is accurate and stable for beta dt <= 0.5
+    } | ({"meanfield.T": T} if name == "circle" else {}))
+        for name, beta in (("circle", beta_circle), ("sphere", beta_sphere))}
+    circle = _run(specs["circle"], progress)
+    sphere = _run(specs["sphere"], progress)
     circle["summary"]["k_star"] = fastest_circle_mode(beta_circle)
-    pde = _run_pde(circle, beta_circle, T, progress)
+    pde = _run_pde(specs["circle"], circle, progress)
 
     from . import __version__
 
@@ -157,15 +160,11 @@ def run_demo(out_dir: str | os.PathLike, *, n: int | None = None, beta_circle: f
     return summary
 
 
-def _run(d: int, n: int, beta: float, T: float, rng: np.random.Generator,
-         progress: bool | None) -> dict[str, Any]:
-    """One simulation from uniform tokens on S^{d-1}, with its time series and summary."""
-    x0 = rng.normal(size=(n, d))
-    x0 /= np.linalg.norm(x0, axis=1, keepdims=True)  # normalised Gaussians are uniform
-    dyn = TokenDynamics(SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
-    dt = min(0.05, 0.5 / beta)  # RK4 is accurate and stable for beta * dt <= 0.5
-    traj = simulate(dyn, x0, (0.0, T), t_eval=np.linspace(0.0, T, _N_SAVED), method="rk4",
-                    dt=dt, progress=progress)
+def _run(spec: runfile.RunSpec, progress: bool | None) -> dict[str, Any]:
+    """The particle task of a demo run file, with its time series and summary."""
+    traj = runfile.run_task(spec, "particles", progress=progress)
+    d, n, beta, T = traj.dim, traj.n_tokens, spec["model"]["beta"], spec["particles"]["T"]
+    dt = spec["particles"]["dt"]
     clusters = cluster_count(traj)
     energy = interaction_energy(traj, beta)
     deviation = float(np.max(np.abs(np.linalg.norm(traj.x, axis=2) - 1.0)))
@@ -191,24 +190,20 @@ def _run(d: int, n: int, beta: float, T: float, rng: np.random.Generator,
             "summary": summary}
 
 
-#: cells of the demo's circle grid and bandwidth (radians) of its initial kernel estimate
-_PDE_CELLS = 256
-_PDE_BANDWIDTH = 0.1
+def _run_pde(spec: runfile.RunSpec, circle: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+    """The mean-field task of the circle run file, saved at the particles' times.
 
-
-def _run_pde(circle: dict[str, Any], beta: float, T: float, progress: bool | None) -> dict[str, Any]:
-    """The circle's mean-field PDE from a kernel estimate of the particles' initial density."""
-    grid = CircleGrid(_PDE_CELLS)
-    rho0 = Density.from_samples(grid, circle["x"][0], bandwidth=_PDE_BANDWIDTH)
-    dyn = TokenDynamics(SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
-    sol = solve_meanfield(dyn, rho0, (0.0, T), t_eval=circle["t"], progress=progress)
+    The PDE starts from a kernel estimate of the particles' own initial sample.
+    """
+    sol = runfile.run_task(spec, "meanfield", progress=progress)
+    grid = sol.grid
     peaks = density_peaks(sol)
     from . import wasserstein  # the only module importing POT
 
     w2 = [wasserstein.to_density(circle["x"][k], sol.at(k), p=2) for k in (0, len(sol.t) - 1)]
     summary = {
         "n_cells": grid.n_cells,
-        "bandwidth": _PDE_BANDWIDTH,
+        "bandwidth": spec["meanfield"]["bandwidth"],
         "steps": sol.info.n_steps,
         "wall_time_s": round(sol.info.wall_time, 4),
         "mass_drift": sol.info.mass_drift,

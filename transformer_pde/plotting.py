@@ -56,6 +56,7 @@ __all__ = [
     "plot_phase_diagram",
     "plot_attention_matrix",
     "plot_table",
+    "plot_sweep",
     "plot_final_comparison",
     "legend_outside",
     "movie",
@@ -1182,6 +1183,84 @@ def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system:
     ax.set_ylabel("query token $i$" + which)
     ax.set_title("attention matrix" + when)
     return ax
+
+
+def plot_sweep(result, value=None, *, x: str | None = None, ax=None, ylabel: str | None = None):
+    r"""Draw a sweep: ``value`` of each point against one parameter, a line per other setting.
+
+    .. math::
+
+        y_p = \text{value}(\text{result}_p), \qquad p = (x, q_2, \dots) \in P_x \times Q,
+
+    one line over :math:`x \in P_x` for each setting q of the other parameters (in grid
+    order); failed and missing points are left out of the lines and listed in the title.
+    Without ``value`` the points and their status are drawn as a table.
+
+    Parameters
+    ----------
+    result : SweepResult
+    value : callable, optional
+        ``value(point_value) -> float`` (e.g. a cluster count of the final state).
+    x : str, optional
+        The parameter on the horizontal axis (default: the first of the grid).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure when None.
+    ylabel : str, optional
+        Label of the vertical axis (default "value").
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> from transformer_pde import SweepResult
+    >>> res = SweepResult(["a", "b"], [{"a": 1, "b": 0}, {"a": 2, "b": 0}], ["done", "done"],
+    ...                   [1.0, 4.0], [None, None])
+    >>> ax = plot_sweep(res, lambda v: v)
+    >>> ax.lines[0].get_xydata().tolist()
+    [[1.0, 1.0], [2.0, 4.0]]
+    """
+    from .sweep import SweepResult
+
+    if not isinstance(result, SweepResult):
+        raise TypeError(f"result must be a SweepResult, got {type(result).__name__}")
+    if value is None:
+        rows = [(", ".join(f"{k}={v}" for k, v in p.items()), st)
+                for p, st in zip(result.points, result.status, strict=True)]
+        return plot_table(rows, ax=ax, columns=("point", "status"))
+    x = result.names[0] if x is None else x
+    if x not in result.names:
+        raise ValueError(f"x must be one of the sweep's parameters {result.names}, got {x!r}")
+    others = [n for n in result.names if n != x]
+    lines: dict[tuple, list] = {}
+    bad = 0
+    for p, st, v in zip(result.points, result.status, result.values, strict=True):
+        key = tuple(p[n] for n in others)
+        lines.setdefault(key, [])
+        if st == "done":
+            lines[key].append((p[x], float(value(v))))
+        else:
+            bad += 1
+    ax = _axes(ax)
+    for key, pts in lines.items():
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            label = ", ".join(f"{n}={k}" for n, k in zip(others, key, strict=True)) or None
+            ax.plot(xs, ys, "o-", label=label)
+    ax.set_xlabel(_param_label(x))
+    ax.set_ylabel(ylabel or "value")
+    if bad:
+        ax.set_title(f"{bad} of {len(result.points)} points failed or missing (not drawn)")
+    if others and len(lines) > 1:
+        ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def _param_label(name: str) -> str:
+    """A dotted run-file key as an axis label: model.beta -> beta in mathtext."""
+    key = name.rpartition(".")[2]
+    return {"beta": r"$\beta$", "kappa": r"$\kappa$", "n": "$n$", "seed": "seed"}.get(key, name)
 
 
 def plot_table(rows, *, ax=None, columns=("parameter", "value"), title: str | None = None):

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "save_table",
     "load_table",
     "resume",
+    "write_sweep_point",
     "to_spec",
     "from_spec",
 ]
@@ -334,12 +336,15 @@ def _kind_of(obj) -> str:
     from .gaussian import GaussianTrajectory
     from .integrate import Trajectory
     from .meanfield import DensityTrajectory
+    from .sweep import SweepResult
 
     for cls in (Trajectory, DensityTrajectory, GaussianTrajectory, ConvergenceStudy, Table):
         if type(obj) is cls:
             return cls.__name__
+    if type(obj) is SweepResult:
+        return "Sweep"
     raise TypeError(f"storage cannot save a {type(obj).__name__}: it saves Trajectory, "
-                    "DensityTrajectory, GaussianTrajectory, ConvergenceStudy and Table")
+                    "DensityTrajectory, GaussianTrajectory, ConvergenceStudy, Table and SweepResult")
 
 
 def _head(g, kind: str) -> None:
@@ -355,6 +360,13 @@ def _write(g, obj) -> None:
     """Write ``obj`` into the open group g (the plain, finished layout)."""
     kind = _kind_of(obj)
     _head(g, kind)
+    if kind == "Sweep":
+        g.attrs.update(_sweep_grid(obj.names, obj.points))
+        for i, st in enumerate(obj.status):
+            if st != "missing":
+                _check_value(obj.values[i], f"values[{i}]")
+                _write_point(g, obj.points, i, st, obj.values[i], obj.errors[i], obj.wall_time_s[i])
+        return
     if kind == "Table":
         g.attrs["columns"] = _dumps(list(obj))
         g.attrs["attrs"] = _dumps(obj.attrs)
@@ -411,6 +423,8 @@ def _version() -> str:
 def _read(g, path):
     """The result in the open group g (plain layout or a running run's journal)."""
     kind = _check_version(g, path)
+    if kind == "Sweep":
+        return _read_sweep(g, path)
     if kind == "Table":
         columns = {}
         for name in json.loads(g.attrs["columns"]):
@@ -474,7 +488,8 @@ def save(result, path, *, group: str | None = None) -> None:
     Without ``group`` the file is replaced, atomically (a new file under a temporary
     name, then renamed: a reader sees the old file or the new one). With ``group`` the
     result becomes that group of the file (created if missing; a group of that name is
-    replaced), e.g. one group per point of a sweep.
+    replaced), e.g. one group per point of a sweep; the file is updated copy-on-write (a
+    copy with the new group, renamed onto it), so a killed writer loses nothing.
 
     Parameters
     ----------
@@ -504,11 +519,28 @@ def save(result, path, *, group: str | None = None) -> None:
     if group is None:
         _write_file(path, lambda f: _write(f, result))
         return
+    _update_file(path, lambda f: _replace_group(f, group, lambda g: _write(g, result)))
+
+
+def _replace_group(f, group: str, build) -> None:
+    if group in f:
+        del f[group]
+    build(f.create_group(group))
+
+
+def _update_file(path, change) -> None:
+    """Apply ``change(h5file)`` to a copy of ``path`` (or a new file), then rename it onto ``path``.
+
+    Copy-on-write, so a process killed while writing leaves the old file intact: the
+    groups written before (the points of a sweep) are never lost. Costs a copy of the
+    file per update.
+    """
     h5py = _h5py()
-    with h5py.File(path, "a") as f:
-        if group in f:
-            del f[group]
-        _write(f.create_group(group), result)
+    with _io.atomic_path(path) as tmp:
+        if Path(path).exists():
+            shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a", track_order=True) as f:
+            change(f)
 
 
 def load(path, *, group: str | None = None):
@@ -587,6 +619,109 @@ def save_table(path, columns, *, group: str | None = None, attrs: dict | None = 
         columns, attrs if attrs is not None else getattr(columns, "attrs", None))
     _dumps(table.attrs)  # JSON-able, or a clear TypeError before the file is touched
     save(table, path, group=group)
+
+
+def write_sweep_point(path, names, points, index: int, status: str, value, error, wall_time: float) -> None:
+    r"""Write one point of a sweep into the sweep file ``path`` (made on the first call).
+
+    The file holds the grid (``names``, ``points`` as JSON attributes) and one group
+    ``points/<index>`` per computed point with its parameters, ``status`` ("done" or
+    "failed"), ``error`` and ``wall_time`` as attributes and the point's value under
+    ``value``: a result (any kind :func:`save` writes), a dict of results, numbers or
+    arrays (one member each; a run file gives ``{task: result}``), a number or an array.
+    Written copy-on-write (:func:`save` with ``group``): a killed sweep keeps every
+    point written before. :func:`load` reads the file as a
+    :class:`~transformer_pde.SweepResult`.
+
+    .. math::
+
+        \text{file} = \{(p_i, \text{status}_i, \text{value}_i) : i \text{ computed}\}.
+
+    Raises
+    ------
+    TypeError
+        If the value (or a member of it) is of a type the format does not store; nothing
+        is written then.
+    ValueError
+        If the file holds a different grid.
+    """
+    _check_value(value, "value")
+    grid = _sweep_grid(names, points)
+
+    def change(f):
+        if "kind" not in f.attrs:
+            _head(f, "Sweep")
+            f.attrs.update(grid)
+        elif f.attrs["kind"] != "Sweep" or any(f.attrs[k] != v for k, v in grid.items()):
+            raise ValueError(f"{path} holds a different sweep (another grid): write to a new file")
+        _write_point(f, points, index, status, value, error, wall_time)
+
+    _update_file(path, change)
+
+
+def _sweep_grid(names, points) -> dict:
+    return {"names": _dumps(list(names)), "points": _dumps(list(points))}
+
+
+def _write_point(f, points, index, status, value, error, wall_time) -> None:
+    def build(g):
+        g.attrs["point"] = _dumps(points[index])
+        g.attrs["status"] = status
+        g.attrs["error"] = "" if error is None else str(error)
+        g.attrs["wall_time"] = float(wall_time)
+        if value is not None:
+            _write_value(g, "value", value)
+
+    _replace_group(f, f"points/{index:05d}", build)
+
+
+def _check_value(value, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, float, np.generic, np.ndarray)):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"storage cannot store {where}: dict keys must be str, got {k!r}")
+            _check_value(v, f"{where}[{k!r}]")
+        return
+    _kind_of(value)
+
+
+def _write_value(g, name: str, value) -> None:
+    if isinstance(value, dict):
+        sub = g.create_group(name)
+        sub.attrs["members"] = _dumps(list(value))
+        for k, v in value.items():
+            _write_value(sub, k, v)
+    elif isinstance(value, (bool, int, float, np.generic, np.ndarray)):
+        g.create_dataset(name, data=np.asarray(value))
+    else:
+        _write(g.create_group(name), value)
+
+
+def _read_value(g, path):
+    if isinstance(g, _h5py().Dataset):
+        v = g[()]
+        return v.item() if isinstance(v, np.generic) else np.array(v)
+    if "members" in g.attrs:
+        return {k: _read_value(g[k], path) for k in json.loads(g.attrs["members"])}
+    return _read(g, path)
+
+
+def _read_sweep(f, path):
+    from .sweep import SweepResult
+
+    names, points = json.loads(f.attrs["names"]), json.loads(f.attrs["points"])
+    n = len(points)
+    status, values, errors, times = ["missing"] * n, [None] * n, [None] * n, [0.0] * n
+    for key, g in f.get("points", {}).items():
+        i = int(key)
+        status[i] = str(g.attrs["status"])
+        errors[i] = str(g.attrs["error"]) or None
+        times[i] = float(g.attrs["wall_time"])
+        if "value" in g:
+            values[i] = _read_value(g["value"], path)
+    return SweepResult(names, points, status, values, errors, times)
 
 
 def load_table(path, *, group: str | None = None) -> Table:
