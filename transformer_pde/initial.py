@@ -265,8 +265,10 @@ def cluster_tokens(n: int, centers, spread: float, rng, geometry: str = "sphere"
 
     for the tokens of group k; group sizes are :math:`\lfloor n/k\rfloor` or
     :math:`\lceil n/k\rceil`, the first groups taking the extra tokens. On the sphere
-    the centres are normalised and :math:`\sigma` is about the angular spread (radians)
-    of each group; ``spread = 0`` puts every token exactly on its centre.
+    the centres are normalised and, for small :math:`\sigma`, each tangent component of a
+    token about its centre has standard deviation about :math:`\sigma` (radians; the angle
+    to the centre is :math:`\sigma\sqrt{d-1}` in root mean square, docs/math.md §9.15);
+    ``spread = 0`` puts every token exactly on its centre.
 
     Parameters
     ----------
