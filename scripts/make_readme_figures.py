@@ -21,11 +21,6 @@ from transformer_pde.convergence import meanfield_convergence
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _uniform_sphere(rng, n: int, d: int) -> np.ndarray:
-    x = rng.normal(size=(n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -36,7 +31,8 @@ def particles(out: Path, rng) -> tp.Trajectory:
     beta = 9.0
     dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=beta), geometry="sphere", norm="post")
     t = np.linspace(0.0, 25.0, 251)
-    circle = tp.simulate(dyn, _uniform_sphere(rng, 64, 2), (0.0, t[-1]), t_eval=t, method="rk4", dt=0.05)
+    x0 = tp.initial.uniform_tokens(64, 2, rng)
+    circle = tp.simulate(dyn, x0, (0.0, t[-1]), t_eval=t, method="rk4", dt=0.05)
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     a, b, c = fig.subplots(1, 3)
     circle.plot(ax=a)
@@ -48,8 +44,8 @@ def particles(out: Path, rng) -> tp.Trajectory:
     _save(fig, out / "tokens_circle.png")
 
     dyn3 = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0), geometry="sphere", norm="post")
-    sphere = tp.simulate(dyn3, _uniform_sphere(rng, 48, 3), (0.0, 10.0), t_eval=np.linspace(0, 10, 101),
-                         method="rk4", dt=0.05)
+    sphere = tp.simulate(dyn3, tp.initial.uniform_tokens(48, 3, rng), (0.0, 10.0),
+                         t_eval=np.linspace(0, 10, 101), method="rk4", dt=0.05)
     fig = Figure(figsize=(10, 4.5), layout="constrained")
     ax3 = fig.add_subplot(1, 2, 1, projection="3d")
     sphere.plot(ax=ax3)
@@ -96,6 +92,19 @@ def gaussian_and_convergence(out: Path) -> None:
     _save(fig, out / "gaussian_convergence.png")
 
 
+def sweep(out: Path) -> None:
+    """The example sweep (examples/beta_sweep.toml): clusters at T against beta, per seed."""
+    spec = tp.runfile.read(ROOT / "examples" / "beta_sweep.toml")
+    res = tp.sweep(spec, spec["sweep"], progress=False)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    T = spec["particles"]["T"]
+    res.plot(lambda v: tp.clustering.cluster_count(v["particles"])[-1], x="model.beta", ax=ax,
+             ylabel=f"clusters at t = {T:g}")
+    ax.set_title(r"a $\beta \times$ seed sweep on $\mathbb{S}^2$ (n = 64)")
+    _save(fig, out / "sweep.png")
+
+
 def main() -> None:
     """Parse the arguments and write the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,6 +116,7 @@ def main() -> None:
     circle = particles(args.out, rng)
     mean_field(args.out)
     gaussian_and_convergence(args.out)
+    sweep(args.out)
     if args.movie:
         tp.movie(circle, args.out / "tokens_circle.gif", frames=60, fps=12, dpi=60)
         print(f"wrote {args.out / 'tokens_circle.gif'}")
