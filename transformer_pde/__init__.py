@@ -40,6 +40,7 @@ from .meanfield import (
     Density,
     DensityTrajectory,
     SphereGrid,
+    ZonalGrid,
     solve_axisymmetric,
     solve_meanfield,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "CausalCircleGrid",
     "CartesianGrid",
     "SphereGrid",
+    "ZonalGrid",
     "Density",
     "DensityTrajectory",
     "solve_meanfield",

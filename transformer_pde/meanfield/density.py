@@ -47,7 +47,14 @@ class Density:
     # -- constructors ------------------------------------------------------------
     @classmethod
     def uniform(cls, grid: Grid) -> Density:
-        """The uniform probability density on the grid (on a causal grid: uniform in s and theta)."""
+        """The uniform probability density on the grid (on a causal grid: uniform in s and theta).
+
+        On a :class:`~transformer_pde.meanfield.zonal.ZonalGrid` the uniform measure of the
+        sphere (its polar-angle density, :meth:`~transformer_pde.meanfield.zonal.ZonalGrid.uniform_values`).
+        """
+        uniform = getattr(grid, "uniform_values", None)
+        if uniform is not None:
+            return cls(grid, uniform())
         return cls(grid, np.full(grid.shape, 1.0 / grid.volumes.sum()))
 
     @classmethod
