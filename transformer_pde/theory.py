@@ -247,7 +247,7 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     >>> bool(np.isclose(sphere_growth_rate(1, 2.0, d=2), circle_growth_rate(1, 2.0), rtol=1e-13))
     True
     >>> round(float(sphere_growth_rate(1, 1.0, d=1024)), 4)   # about (d - 1) / d for beta << d
-    0.9995
+    0.999
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
     d = _dimension(d)

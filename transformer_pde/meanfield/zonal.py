@@ -402,6 +402,20 @@ class ZonalGrid(Grid):
         """
         return np.minimum((self.polar_angle(x) / self.h).astype(np.int64), self.n_cells - 1)
 
+    def moments_of(self, masses) -> tuple[np.ndarray, np.ndarray]:
+        r"""Mean (d,) and covariance (d, d) of :math:`\mu = \sum_j a_j\sigma_j` (``Density.moments``).
+
+        By symmetry the mean is :math:`\mathbb E[\cos\vartheta]\,e_d` and the second moment
+        :math:`\mathbb E[\sin^2\vartheta]/(d-1)` on :math:`e^\perp`, :math:`\mathbb E[\cos^2\vartheta]` on e.
+        """
+        a = np.asarray(masses, dtype=float)
+        c = np.cos(self.theta)
+        mean = np.zeros(self.dim)
+        mean[-1] = a @ c
+        second = np.full(self.dim, (a @ (1.0 - c * c)) / (self.dim - 1))
+        second[-1] = a @ (c * c)
+        return mean, np.diag(second) - np.outer(mean, mean)
+
     # -- the model -----------------------------------------------------------------------------
     def check_model(self, dyn) -> None:
         """Raise ValueError unless every head of ``dyn`` is rotation-invariant, unmasked and noiseless."""
