@@ -119,6 +119,30 @@ def test_kernel_quadrature_against_bessel(d):
         assert np.abs(T - T2).max() < 1e-13, (d, b)
 
 
+def test_sigmoid_kernel_against_quad():
+    """The sigmoid's zonal kernel (plain Gauss-Jacobi sums) equals adaptive quadrature in s."""
+    from scipy.special import beta as beta_fn
+    from scipy.special import expit
+
+    d, b, bias = 8, 6.0, -1.0
+    ri = RotationInvariant("sigmoid", b, 1.0, bias)
+    th, src = np.array([0.4, 1.3, 2.9]), np.array([0.2, 1.6, 2.5])
+    L, T = zonal_kernels(ri, d, th, src)
+    norm = beta_fn(0.5 * (d - 2), 0.5)  # integral of (1 - s^2)^{(d-4)/2} over [-1, 1]
+
+    def integrand(s, t, u, tangent):
+        c = np.cos(t) * np.cos(u) + np.sin(t) * np.sin(u) * s
+        dc = np.cos(t) * np.sin(u) * s - np.sin(t) * np.cos(u) if tangent else 1.0
+        return expit(b * c + bias) * dc * (1.0 - s * s) ** (0.5 * (d - 4)) / norm
+
+    for i, t in enumerate(th):
+        for j, u in enumerate(src):
+            kz = quad(integrand, -1, 1, args=(t, u, False), epsabs=0, epsrel=1e-13)[0]
+            kn = quad(integrand, -1, 1, args=(t, u, True), epsabs=1e-15, epsrel=1e-13)[0]
+            # 32 + 8 nodes integrate the smooth sigmoid (|b| = 6) to ~1e-15; quad to 1e-13
+            assert abs(np.exp(L[i, j]) - kz) < 1e-12 and abs(T[i, j] * kz - kn) < 1e-12, (t, u)
+
+
 @pytest.mark.parametrize("d", [4, 16, 64])
 def test_kernel_against_monte_carlo(d, rng):
     """The face velocity of the parallels' measure equals a Monte Carlo particle average.
@@ -211,11 +235,11 @@ def test_second_order_in_theta():
     assert orders.min() > 1.85
 
 
-def _measured_rate(d, beta, l, n, t1=2.0, eps=1e-4):
+def _measured_rate(d, beta, l, n, t1=2.0, eps=1e-4, att=tp.SoftmaxAttention):
     grid = ZonalGrid(n, dim=d)
     mode = _zonal_mode(grid, l)
     uni = grid.uniform_values()
-    sol = tp.solve_meanfield(_dyn(tp.SoftmaxAttention(beta)), tp.Density(grid, uni * (1.0 + eps * mode)),
+    sol = tp.solve_meanfield(_dyn(att(beta)), tp.Density(grid, uni * (1.0 + eps * mode)),
                              (0.0, t1), t_eval=np.linspace(0.0, t1, 41))
     c0, c1 = ((sol.density[k] - uni) @ mode for k in (0, -1))
     return np.log(c1 / c0) / t1
@@ -235,6 +259,13 @@ def test_growth_rates_of_the_uniform_state(d, l, beta, n):
     rate = _measured_rate(d, beta, l, n)
     exact = theory.sphere_growth_rate(l, beta, d=d)
     assert abs(rate / exact - 1.0) < 0.01, (rate, exact)
+
+
+def test_growth_rate_usa():
+    """USA (unnormalised weights) grows the l = 1 mode at the SA rate times E_sigma e^{beta t}."""
+    rate = _measured_rate(16, 2.0, 1, 128, att=tp.UnnormalizedAttention)
+    exact = theory.sphere_growth_rate(1, 2.0, "USA", d=16)
+    assert abs(rate / exact - 1.0) < 0.01, (rate, exact)  # as for SA: measured within 1e-4
 
 
 # ---------------------------------------------------------------------------------------

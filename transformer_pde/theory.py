@@ -251,9 +251,10 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
     d = _dimension(d)
-    l = np.asarray(l)
-    if not np.issubdtype(l.dtype, np.integer) or np.any(l < 0):
+    given = np.asarray(l, dtype=float)
+    if not np.all(np.isfinite(given)) or np.any(given != np.round(given)) or np.any(given < 0):
         raise ValueError(f"l must be integer degrees >= 0, got {l!r}")
+    l = given.astype(int)
     if d == 3:
         rate = l * (l + 1) * spherical_in(l, beta) / beta
         return rate / spherical_in(0, beta) if model == "SA" else rate

@@ -114,7 +114,7 @@ def zonal_kernels(ri: RotationInvariant, d: int, theta, theta_src):
     if ri.kind == "sigmoid":
         from .field import kernel_weights
 
-        for rows in _chunks(shape):
+        for rows in _chunks(shape, 1):
             c0, c1 = (ct * cs)[rows], (st * ss)[rows]
             a0, a1 = (ct * ss)[rows], (st * cs)[rows]
             kz = np.zeros(c0.shape)
@@ -128,7 +128,7 @@ def zonal_kernels(ri: RotationInvariant, d: int, theta, theta_src):
             T[rows] = np.where(kz > 0.0, (a0 * ks - a1 * kz) / np.where(kz > 0.0, kz, 1.0), 0.0)
         return L, T
     b = ri.b
-    for rows in _chunks(shape):
+    for rows in _chunks(shape, len(s)):
         z = (b * st * ss)[rows]
         az = np.abs(z)[..., None]
         # log E_s e^{zs} = |z| + log E_s e^{|z|(s - 1)}: every term <= 1, the largest ~ 1
@@ -142,9 +142,9 @@ def zonal_kernels(ri: RotationInvariant, d: int, theta, theta_src):
     return L, T
 
 
-def _chunks(shape, budget: int = 1 << 18):
-    """Row slices of an (F, N) array, each of about ``budget`` entries (bounds the (F, N, m) work)."""
-    step = max(1, budget // max(1, shape[1]))
+def _chunks(shape, nodes: int, budget: int = 1 << 22):
+    """Row slices of an (F, N) array so that each (rows, N, nodes) temporary has about ``budget`` entries."""
+    step = max(1, budget // max(1, shape[1] * nodes))
     return [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)]
 
 
