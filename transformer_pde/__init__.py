@@ -9,7 +9,7 @@ closed forms. The equations and their sources are in ``docs/math.md`` of the pro
 
 from __future__ import annotations
 
-from . import clustering, initial, runfile, theory, trackers
+from . import clustering, initial, metastability, runfile, theory, trackers
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
     Attention,
@@ -137,6 +137,7 @@ __all__ = [
     *_PLOTTING,
     "theory",
     "clustering",
+    "metastability",
     "trackers",
     "initial",
     "runfile",
