@@ -147,3 +147,19 @@ def test_bad_inputs_name_the_parameter():
         ms.energy_hessian(x, -1.0)
     with pytest.raises(ValueError, match="snap"):
         ms.normalized_ascent(x, 1.0, snap=-1.0)
+
+
+def test_gradient_over_weights_is_the_compiled_usa_velocity(rng):
+    # the ascent's field is USA's: grad_i E / w_i = P^perp sum_j w_j e^{beta <x_i, x_j>} x_j,
+    # the NumPy sums here against the package's compiled kernel (TokenDynamics.velocity):
+    # the same sums in another order, round-off relative to the largest speed
+    beta = 5.0
+    x = initial.uniform_tokens(40, 3, rng=rng)
+    w = rng.uniform(0.2, 1.0, 40)
+    w /= w.sum()
+    import transformer_pde as tp
+
+    dyn = tp.TokenDynamics(tp.UnnormalizedAttention(beta, summation="exact"), geometry="sphere")
+    compiled = dyn.velocity(x, weights=w)
+    ours = ms.energy_gradient(x, beta, w) / w[:, None]
+    np.testing.assert_allclose(ours, compiled, rtol=0, atol=1e-12 * np.abs(compiled).max())
