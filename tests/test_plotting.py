@@ -367,3 +367,20 @@ def test_covariance_cone_draws_the_psd_boundary_and_the_path():
     np.testing.assert_allclose(raw.lines[-1].get_data_3d()[2], g.cov[:, 2, 2], atol=1e-12)
     with pytest.raises(ValueError, match="dims"):
         plotting.plot_covariance_cone(g, dims=(1, 1))
+
+
+def test_staircase_shades_the_plateaus(rng):
+    from transformer_pde import metastability
+
+    theta = np.repeat(2 * np.pi * np.arange(3) / 3, 4) + rng.normal(0.0, 1e-2, 12)
+    run = metastability.normalized_ascent(np.stack([np.cos(theta), np.sin(theta)], 1), 6.0, ds=0.02)
+    ax = plotting.plot_staircase(run, min_length=0.05)
+    e_max = np.exp(6.0) / 12.0
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), run.s, atol=0)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), run.energy / e_max, rtol=1e-15)
+    stairs = run.staircase(min_length=0.05)
+    assert len(ax.patches) == len(stairs.levels) >= 1
+    for patch, start, length in zip(ax.patches, stairs.starts, stairs.lengths, strict=True):
+        # axvspan draws a Rectangle in data x (axes y)
+        assert (patch.get_x(), patch.get_width()) == pytest.approx((start, length), abs=1e-12)
+    assert [t.get_text() for t in ax.texts] == [str(c) for c in stairs.n_points]

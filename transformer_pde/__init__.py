@@ -68,6 +68,7 @@ _PLOTTING = (
     "plot_attention_ranks",
     "plot_convex_hulls",
     "plot_covariance_cone",
+    "plot_staircase",
     "plot_table",
     "plot_sweep",
     "movie",

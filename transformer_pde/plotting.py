@@ -59,6 +59,7 @@ __all__ = [
     "plot_attention_ranks",
     "plot_convex_hulls",
     "plot_covariance_cone",
+    "plot_staircase",
     "plot_table",
     "plot_sweep",
     "plot_final_comparison",
@@ -1965,4 +1966,58 @@ def plot_covariance_cone(result, *, dims=(0, 1), normalized: bool = True, ax=Non
     ax.set_zlabel(rf"$c = \Sigma_{{{j + 1}{j + 1}}}$")
     ax.set_title(r"cone $ac \geq b^2$ of $2\times2$ covariances")
     ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def plot_staircase(result, *, ax=None, rtol: float = 0.05, min_length: float = 0.0, normalized: bool = True):
+    r"""Draw the energy staircase of a normalised ascent: E against arc length, plateaus shaded.
+
+    .. math::
+
+        s \mapsto \mathsf E_\beta(s)\ \big/\ \tfrac{e^\beta}{2\beta}\quad(\text{normalized}),
+
+    with the plateaus of :func:`~transformer_pde.metastability.energy_staircase` (``rtol``,
+    ``min_length``) shaded and labelled by the number of points (clusters) on them.
+
+    Parameters
+    ----------
+    result : metastability.AscentResult
+        A run of :func:`~transformer_pde.metastability.normalized_ascent`.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure when None.
+    rtol, min_length : float
+        Passed to the staircase.
+    normalized : bool
+        Divide the energy by its maximum :math:`e^\beta/2\beta` (single cluster).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax.lines[0]`` is the curve (s, E); one shaded patch per plateau, in order.
+
+    Examples
+    --------
+    >>> from transformer_pde import metastability
+    >>> from transformer_pde.plotting import plot_staircase
+    >>> th = np.array([0.0, 0.3, 2.0])
+    >>> run = metastability.normalized_ascent(np.stack([np.cos(th), np.sin(th)], 1), 1.0, ds=0.05)
+    >>> float(plot_staircase(run).lines[0].get_ydata()[-1])
+    1.0
+    """
+    from .metastability import AscentResult
+
+    if not isinstance(result, AscentResult):
+        raise TypeError(f"result must be a metastability.AscentResult, got {type(result).__name__}")
+    scale = _energy_max(result.beta) if normalized else 1.0
+    stairs = result.staircase(rtol=rtol, min_length=min_length)
+    ax = _axes(ax)
+    ax.plot(result.s, result.energy / scale, color="k", linewidth=1.2)
+    for start, length, level, count in zip(stairs.starts, stairs.lengths, stairs.levels, stairs.n_points,
+                                           strict=True):
+        ax.axvspan(start, start + length, color="tab:blue", alpha=0.15, linewidth=0)
+        ax.annotate(f"{count}", (start + 0.5 * length, level / scale), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize="small")
+    ax.set_xlabel("arc length $s$")
+    ax.set_ylabel(r"$\mathsf{E}_\beta\,/\,(e^\beta/2\beta)$" if normalized else r"$\mathsf{E}_\beta$")
+    ax.set_title(rf"energy staircase, $\beta = {result.beta:g}$ (plateaus shaded, points on each)")
     return ax
