@@ -321,6 +321,14 @@ def _snap(x: np.ndarray, w: np.ndarray, snap: float) -> tuple[np.ndarray, np.nda
     return xk / norms[:, None], wk
 
 
+def _crossing_scale(x: np.ndarray, k: np.ndarray) -> float:
+    """The smallest |x_i - x_j| / |k_i - k_j| over pairs: the step at which some pair could meet."""
+    gap = np.sqrt(np.maximum(2.0 - 2.0 * (x @ x.T), 0.0))
+    rel = np.linalg.norm(k[:, None, :] - k[None, :, :], axis=2)
+    moving = rel > 0
+    return float(np.min(gap[moving] / rel[moving])) if np.any(moving) else np.inf
+
+
 def normalized_ascent(x, beta: float, *, s_end: float = 10.0, ds: float = 0.01, weights=None,
                       snap: float = 1e-3, tol: float = 1e-10, max_steps: int = 100_000) -> AscentResult:
     r"""Arc-length normalised gradient ascent of the interaction energy, with cluster snapping.
@@ -347,10 +355,10 @@ def normalized_ascent(x, beta: float, *, s_end: float = 10.0, ds: float = 0.01, 
     :math:`\mathsf E_\beta\,(e^{\beta\,\text{snap}^2/2}-1)` at a snap (docs/math.md §5.4).
 
     Steps: classical RK4 in ``s`` with the directions renormalised at each stage, then
-    retraction :math:`x_i \leftarrow x_i/\|x_i\|`; the step is ``ds``, shortened so that no
-    point moves by more than a quarter of the smallest distance between points (at unit
-    speed two points about to merge would otherwise jump over each other), which costs a few
-    steps per merge.
+    retraction :math:`x_i \leftarrow x_i/\|x_i\|`; the step is ``ds``, shortened so that
+    the distance of no pair changes by more than a quarter, :math:`h \le \frac14\min_{i\ne j}
+    \|x_i - x_j\|/\|k_i - k_j\|` for the first stage's directions k (at unit speed two
+    points about to merge would otherwise jump over each other), a few steps per merge.
 
     Parameters
     ----------
@@ -403,10 +411,9 @@ def normalized_ascent(x, beta: float, *, s_end: float = 10.0, ds: float = 0.01, 
         if len(x) == 1 or speed <= tol or s >= s_end * (1 - 1e-12):
             stopped = "one point" if len(x) == 1 else "critical" if speed <= tol else "s_end"
             break
-        # no point may cross a neighbour in one step: move at most a quarter of the
-        # smallest distance (unit speed in the weighted norm lets light points move fast)
-        gap = np.sqrt(np.min(np.maximum(2.0 - 2.0 * (x @ x.T), 0.0) + 4.0 * np.eye(len(x))))
-        h = min(ds, s_end - s, 0.25 * gap / float(np.max(np.linalg.norm(k1, axis=1))))
+        # no pair may cross in one step: each pair's distance changes by at most a quarter
+        # (unit speed in the weighted norm lets light points move fast)
+        h = min(ds, s_end - s, 0.25 * _crossing_scale(x, k1))
 
         def stage(y, w=w):
             y = y / np.linalg.norm(y, axis=1, keepdims=True)
