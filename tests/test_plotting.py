@@ -314,6 +314,9 @@ def test_convex_hulls_are_those_of_the_rescaled_tokens(rng):
     np.testing.assert_allclose(plain.lines[0].get_xydata()[:-1], x0[ConvexHull(x0).vertices], atol=1e-12)
     with pytest.raises(TypeError, match="rescale"):
         plotting.plot_convex_hulls(run.t, run.x)
+    line = np.stack([np.linspace(0, 1, 4), np.zeros(4)], 1)[None]
+    with pytest.raises(ValueError, match="collinear"):
+        plotting.plot_convex_hulls([0.0], line, rescale=False)
 
 
 def test_attention_links_carry_the_weights(circle_run):

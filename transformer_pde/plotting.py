@@ -1707,7 +1707,7 @@ def plot_convex_hulls(result, x=None, *, frames=None, rescale: bool = True, dims
     [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
     """
     from matplotlib import colormaps
-    from scipy.spatial import ConvexHull
+    from scipy.spatial import ConvexHull, QhullError
 
     t, xs = _path(result, x, None, "plot_convex_hulls", system)
     d = xs.shape[2]
@@ -1732,7 +1732,11 @@ def plot_convex_hulls(result, x=None, *, frames=None, rescale: bool = True, dims
     span = (t[frames[-1]] - t[frames[0]]) or 1.0
     for k in frames:
         plane = pts[k][:, [i, j]]
-        hull = ConvexHull(plane)
+        try:
+            hull = ConvexHull(plane)
+        except QhullError as err:
+            raise ValueError(f"plot_convex_hulls: the tokens of saved time {k} span no area in the "
+                             f"plane dims={dims} (fewer than 3 or collinear points)") from err
         ring = plane[np.append(hull.vertices, hull.vertices[0])]
         ax.plot(ring[:, 0], ring[:, 1], color=colours((t[k] - t[frames[0]]) / span), linewidth=1.2,
                 label=f"$t = {t[k]:g}$")
