@@ -150,6 +150,12 @@ class _FiniteVolume(_engine.Problem):
     def __init__(self, dyn, grid, field, info: MeanFieldInfo, mass0: float):
         super().__init__(info)
         self.dyn, self.grid, self.field = dyn, grid, field
+        #: the whole model; ``dyn`` is the model of the current layer (tp.Layers), selected by start_at
+        self.model = dyn
+        self.layer = 0
+        self._built: dict = {}
+        dyn = dyn._layer(0)
+        self.dyn = dyn
         faces = grid.faces
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
@@ -166,7 +172,6 @@ class _FiniteVolume(_engine.Problem):
             self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
             coef = np.zeros(len(self.areas))
             coef[self.interior] = self.diff[2]
-        self.velocity = make_face_velocity(dyn, grid, field)
         self._coef = np.ascontiguousarray(coef, dtype=float)
         self._areas = np.ascontiguousarray(self.areas, dtype=float)
         self._left = np.ascontiguousarray(self.left, dtype=np.int64)
@@ -176,13 +181,33 @@ class _FiniteVolume(_engine.Problem):
             m = self._rows[1]
             self._scratch = (np.empty(m), np.empty(m))
         self._checked = None
-        # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
-        # its handover test and the finite-volume pass are then one compiled call
-        self._lane = None
-        single = getattr(self.velocity, "single", None)
-        fast = getattr(single, "fast", None)
-        if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
-            self._lane = (single, fast, np.empty(self.n, dtype=bool))
+        self.velocity, self._lane, self.rate_model = self._build(0)
+
+    def _build(self, layer: int):
+        """The face velocity, the circle lane and the rate bound of one layer, built once."""
+        if layer not in self._built:
+            dyn = self.model._layer(layer)
+            velocity = make_face_velocity(dyn, self.grid, self.field)
+            # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
+            # its handover test and the finite-volume pass are then one compiled call
+            lane = None
+            single = getattr(velocity, "single", None)
+            fast = getattr(single, "fast", None)
+            if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
+                lane = (single, fast, np.empty(self.n, dtype=bool))
+            self._built[layer] = (velocity, lane, rate_bound(dyn, self.grid))
+        return self._built[layer]
+
+    def start_at(self, t: float) -> bool:
+        """Select the layer of a depth-dependent model for steps starting at t."""
+        if self.model.layers is None:
+            return False
+        layer = self.model.layers.index(t)
+        if layer == self.layer:
+            return False
+        self.layer, self.dyn = layer, self.model._layer(layer)
+        self.velocity, self._lane, self.rate_model = self._build(layer)
+        return True
 
     def evaluate(self, rho_flat, t) -> _Rate:
         if self._lane is not None:
@@ -331,6 +356,11 @@ class _CFLController:
         self.cfl, self.rate_model = cfl, rate_model
         self.u_prev = self.dt_prev = self.dt_free = None
 
+    def switched(self, problem) -> None:
+        """A new layer: start afresh from its rate bound, as a run of that layer alone would."""
+        self.rate_model = problem.rate_model
+        self.u_prev = self.dt_prev = self.dt_free = None
+
     def begin(self, t, target) -> int:
         return 0
 
@@ -474,6 +504,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                          f"the field algorithm is field= {FIELDS}")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
+    dyn._check_span(t0, t1)
     trackers = _engine.check_trackers(trackers)
 
     info = MeanFieldInfo(method=method, field=field)
@@ -482,14 +513,17 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     rho = rho0.values.ravel().copy()
     problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
-    controller = _CFLController(cfl, rate_bound(dyn, grid))
+    problem.start_at(t0)
+    controller = _CFLController(cfl, problem.rate_model)
     stepper, done = _SSPRK3(), 0
     if _resume is not None:  # transformer_pde.resume: continue from saved time k
         done, _, snap = _resume
         _engine.restore(problem, stepper, controller, snap)
         t0, t_eval = float(t_eval[done]), t_eval[done:]
+        problem.start_at(t0)
+        controller.rate_model = problem.rate_model
     t, out = _engine.run(problem, stepper, controller, rho, t0, t_eval, max_steps=max_steps,
-                         trackers=trackers, throw=throw,
+                         breakpoints=dyn.breakpoints, trackers=trackers, throw=throw,
                          progress=_engine.progress_spec("solve_meanfield", progress), done=done)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
