@@ -150,12 +150,10 @@ class _FiniteVolume(_engine.Problem):
     def __init__(self, dyn, grid, field, info: MeanFieldInfo, mass0: float):
         super().__init__(info)
         self.dyn, self.grid, self.field = dyn, grid, field
-        #: the whole model; ``dyn`` is the model of the current layer (tp.Layers), selected by start_at
-        self.model = dyn
-        self.layer = 0
+        #: the model of the current layer of a depth-dependent model (tp.Layers), selected by
+        #: start_at; ``dyn`` itself otherwise
+        self.layer, self.current = 0, dyn._layer(0)
         self._built: dict = {}
-        dyn = dyn._layer(0)
-        self.dyn = dyn
         faces = grid.faces
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
@@ -186,7 +184,7 @@ class _FiniteVolume(_engine.Problem):
     def _build(self, layer: int):
         """The face velocity, the circle lane and the rate bound of one layer, built once."""
         if layer not in self._built:
-            dyn = self.model._layer(layer)
+            dyn = self.dyn._layer(layer)
             velocity = make_face_velocity(dyn, self.grid, self.field)
             # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
             # its handover test and the finite-volume pass are then one compiled call
@@ -200,12 +198,12 @@ class _FiniteVolume(_engine.Problem):
 
     def start_at(self, t: float) -> bool:
         """Select the layer of a depth-dependent model for steps starting at t."""
-        if self.model.layers is None:
+        if self.dyn.layers is None:
             return False
-        layer = self.model.layers.index(t)
+        layer = self.dyn.layers.index(t)
         if layer == self.layer:
             return False
-        self.layer, self.dyn = layer, self.model._layer(layer)
+        self.layer, self.current = layer, self.dyn._layer(layer)
         self.velocity, self._lane, self.rate_model = self._build(layer)
         return True
 
@@ -249,7 +247,7 @@ class _FiniteVolume(_engine.Problem):
     def evaluate_reference(self, rho_flat, t) -> _Rate:
         """:meth:`evaluate` in NumPy: face velocity, reconstruction, fluxes, update, outflow rate."""
         rho = rho_flat.reshape(self.grid.shape)
-        u = face_velocity(self.dyn, self.grid, rho, self.field)
+        u = face_velocity(self.current, self.grid, rho, self.field)
         lo, hi = self.grid.reconstruct(rho)
         flux = self.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
         outflow = np.bincount(self.left, weights=self.areas * np.maximum(u, 0.0), minlength=self.n)
