@@ -217,3 +217,19 @@ def test_resume_across_a_boundary_bit_identical(tmp_path, rng, kind):
         run(trackers=[tp.trackers.Save(path), _Interrupt(5)])  # the 5th save lies in layer 2
     assert tp.load(path).info.status == "partial"
     assert tp.resume(path) == ref
+
+
+def test_readme_layers_example_runs():
+    """The README's Layers block runs, and its run is the two runs of its layers."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "tp.Layers(" in b]
+    space: dict = {}
+    exec(compile(block, "README.md", "exec"), space)
+    traj, (a1, a2) = space["traj"], space["att"].attentions
+    run1 = tp.simulate(tp.TokenDynamics(a1), space["x0"], (0.0, 2.0), t_eval=[0.0, 2.0], dt=0.05)
+    run2 = tp.simulate(tp.TokenDynamics(a2), run1.x[-1], (2.0, 5.0), t_eval=[2.0, 5.0], dt=0.05)
+    assert traj.x.shape == (3, 32, 3)
+    assert np.max(np.abs(traj.x[-1] - run2.x[-1])) <= 1e-12  # round-off (re-normalised start)
