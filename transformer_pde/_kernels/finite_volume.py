@@ -128,24 +128,45 @@ def _row_fluxes(r, u, areas, coef, slope, flux):
 
 
 @numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _row_update(u, areas, vol, coef, flux, change, outflow):
-    """change from the fluxes; returns max outflow rate, NaN if a face velocity is not finite."""
+def _row_update(u, areas, inv_vol, coef, flux, change, outflow):
+    """change from the fluxes; returns max outflow rate, NaN if a face velocity is not finite.
+
+    ``inv_vol``: the reciprocal cell volumes (a multiplication vectorises at a fraction of
+    the cost of a division; the result differs from dividing by at most one rounding).
+    """
     m = u.shape[0]
     for c in range(m - 1):
-        change[c] = (flux[c] - flux[c + 1]) / vol[c]
-        outflow[c] = (areas[c + 1] * max(u[c + 1], 0.0) + areas[c] * max(-u[c], 0.0)) / vol[c]
-    change[m - 1] = (flux[m - 1] - flux[0]) / vol[m - 1]
-    outflow[m - 1] = (areas[0] * max(u[0], 0.0) + areas[m - 1] * max(-u[m - 1], 0.0)) / vol[m - 1]
+        change[c] = (flux[c] - flux[c + 1]) * inv_vol[c]
+        outflow[c] = (areas[c + 1] * max(u[c + 1], 0.0) + areas[c] * max(-u[c], 0.0)) * inv_vol[c]
+    change[m - 1] = (flux[m - 1] - flux[0]) * inv_vol[m - 1]
+    outflow[m - 1] = (areas[0] * max(u[0], 0.0) + areas[m - 1] * max(-u[m - 1], 0.0)) * inv_vol[m - 1]
     if coef.shape[0] > 0:
         for c in range(m - 1):
-            outflow[c] += (coef[c] + coef[c + 1]) / vol[c]
-        outflow[m - 1] += (coef[m - 1] + coef[0]) / vol[m - 1]
+            outflow[c] += (coef[c] + coef[c + 1]) * inv_vol[c]
+        outflow[m - 1] += (coef[m - 1] + coef[0]) * inv_vol[m - 1]
     probe = 0.0  # sum of u * 0: NaN as soon as one face velocity is not finite
     for c in range(m):
         probe += u[c] * 0.0
     if probe != 0.0:
         return np.nan
     return _max_nonnegative(outflow)  # the outflow rates are >= 0
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def _periodic(rho, u, areas, inv_vol, coef, change, slope, flux):
+    """:func:`periodic_rhs` with the reciprocal cell volumes."""
+    n_rows, m = rho.shape
+    rate = 0.0
+    finite = True
+    for s in range(n_rows):
+        b, e = s * m, (s + 1) * m
+        row_coef = coef[b:e] if coef.shape[0] > 0 else coef
+        _row_slopes(rho[s], slope)
+        _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
+        r = _row_update(u[b:e], areas[b:e], inv_vol[b:e], row_coef, flux, change[b:e], slope)
+        finite = finite and r == r
+        rate = max(rate, r)
+    return rate if finite else np.nan
 
 
 @numba.njit(**_JIT)
@@ -160,18 +181,7 @@ def periodic_rhs(rho, u, areas, vol, coef, change, slope, flux):
     (slopes, fluxes, update) is a loop over the interior of a row without index
     arithmetic, so that it vectorises; the wrap-around cells are done apart.
     """
-    n_rows, m = rho.shape
-    rate = 0.0
-    finite = True
-    for s in range(n_rows):
-        b, e = s * m, (s + 1) * m
-        row_coef = coef[b:e] if coef.shape[0] > 0 else coef
-        _row_slopes(rho[s], slope)
-        _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
-        r = _row_update(u[b:e], areas[b:e], vol[b:e], row_coef, flux, change[b:e], slope)
-        finite = finite and r == r
-        rate = max(rate, r)
-    return rate if finite else np.nan
+    return _periodic(rho, u, areas, 1.0 / vol, coef, change, slope, flux)
 
 
 @numba.njit(**_JIT)
@@ -244,21 +254,34 @@ def packed_spectrum(fa, spectra, out):
 def softmax_quotient(zn, a, factor, u, bad):
     """u = N / Z per face where Z >= factor * sum(a of the row) and the quotient is finite;
     else u = 0 and ``bad`` set. ``zn`` (R, M) complex: Z + iN of each row; ``a`` (R, M) the
-    row masses; ``u``, ``bad`` (R * M,). Returns the number of bad faces."""
-    count = 0
+    row masses; ``u``, ``bad`` (R * M,). Returns the number of bad faces.
+
+    ``bad`` is written only when a face is bad (its second pass repeats the same test); the
+    complex values are read as pairs of doubles, which vectorises.
+    """
     m = zn.shape[1]
-    for r in range(zn.shape[0]):
+    z = zn.view(np.float64)  # (R, 2M): Z, N, Z, N, ...
+    n_rows = zn.shape[0]
+    tau = np.empty(n_rows)
+    count = 0
+    for r in range(n_rows):
         total = 0.0
         for c in range(a.shape[1]):
             total += a[r, c]
-        tau = factor * total
+        tau[r] = factor * total
+        t = tau[r]
         for c in range(m):  # branch-free, so that it vectorises
-            zc = zn[r, c].real
-            q = zn[r, c].imag / zc
-            ok = (zc >= tau) & (abs(q) < np.inf)
+            zc = z[r, 2 * c]
+            q = z[r, 2 * c + 1] / zc
+            ok = (zc >= t) & (abs(q) < np.inf)
             u[r * m + c] = q if ok else 0.0
-            bad[r * m + c] = not ok
             count += 0 if ok else 1
+    if count:
+        for r in range(n_rows):
+            for c in range(m):
+                zc = z[r, 2 * c]
+                q = z[r, 2 * c + 1] / zc
+                bad[r * m + c] = not ((zc >= tau[r]) & (abs(q) < np.inf))
     return count
 
 
@@ -336,52 +359,67 @@ def decay_rows(c, step, out):
     return out
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_JIT_SUMS)
 def decimated_spectra(b, twiddle, spectra, modes, out):
     r"""The spectra of the P decimated subsequences of Z + iN, from those of the masses.
 
     ``b`` (S, L/2 + 1, P): DFTs of length L of the P decimated subsequences
-    ``a[s, q P + r]`` (r fixed) of each row of masses; ``twiddle[k, r] = exp(-2 pi i k r / M)``
-    (K, P); ``spectra`` (2, K): the K lowest DFT coefficients of the two kernel samples
-    (Z, N), divided by M. First the K lowest DFT coefficients of the rows,
-    ``modes[s, k] = sum_r twiddle[k, r] b[s, k, r]``, then with
+    ``a[s, q P + r]`` (r fixed) of each row of masses; ``twiddle`` (2, K, P): the real and
+    imaginary parts of :math:`e^{-2\pi i k r / M}`; ``spectra`` (2, K): the K lowest DFT
+    coefficients of the two kernel samples (Z, N), divided by M. First the K lowest DFT
+    coefficients of the rows, ``modes[s, k] = sum_r twiddle[k, r] b[s, k, r]``, then with
     :math:`z = \hat a_k \hat w^Z_k e^{2\pi ikr/M}` and n likewise,
     ``out[s, k, r] = z + i n`` and ``out[s, L - k, r] = conj(z) + i conj(n)`` (k < K; the
     real parts alone at k = 0), whose inverse DFTs of length L along k are Z + iN at the
     faces ``q P + r``. The rows K .. L - K of ``out`` are not written: the caller keeps them 0
-    (L >= 2K - 1).
+    (L >= 2K - 1). Complex arrays are read and written as pairs of doubles (it vectorises).
     """
-    n_k, n_r = twiddle.shape
+    n_k, n_r = twiddle.shape[1], twiddle.shape[2]
     length = out.shape[1]
+    o = out.view(np.float64)  # (S, L, 2P)
+    bb = b.view(np.float64)  # (S, L/2 + 1, 2P)
+    tr, ti = twiddle[0], twiddle[1]
     for s in range(b.shape[0]):
         for k in range(n_k):
-            acc = 0.0 + 0.0j
+            ar = 0.0
+            ai = 0.0
             for r in range(n_r):
-                acc += twiddle[k, r] * b[s, k, r]
-            modes[s, k] = acc
+                xr = bb[s, k, 2 * r]
+                xi = bb[s, k, 2 * r + 1]
+                ar += tr[k, r] * xr - ti[k, r] * xi
+                ai += tr[k, r] * xi + ti[k, r] * xr
+            modes[s, k] = complex(ar, ai)
         z0 = modes[s, 0] * spectra[0, 0]
         n0 = modes[s, 0] * spectra[1, 0]
         for r in range(n_r):
-            out[s, 0, r] = complex(z0.real, n0.real)
+            o[s, 0, 2 * r] = z0.real
+            o[s, 0, 2 * r + 1] = n0.real
         for k in range(1, n_k):
             zk = modes[s, k] * spectra[0, k]
             nk = modes[s, k] * spectra[1, k]
+            zr, zi, nr, ni = zk.real, zk.imag, nk.real, nk.imag
             for r in range(n_r):
-                t = np.conj(twiddle[k, r])
-                z = zk * t
-                n = nk * t
-                out[s, k, r] = complex(z.real - n.imag, z.imag + n.real)
-                out[s, length - k, r] = complex(z.real + n.imag, n.real - z.imag)
+                cr = tr[k, r]  # conj(twiddle): e^{+2 pi i k r / M}
+                ci = -ti[k, r]
+                z_re = zr * cr - zi * ci
+                z_im = zr * ci + zi * cr
+                n_re = nr * cr - ni * ci
+                n_im = nr * ci + ni * cr
+                o[s, k, 2 * r] = z_re - n_im
+                o[s, k, 2 * r + 1] = z_im + n_re
+                o[s, length - k, 2 * r] = z_re + n_im
+                o[s, length - k, 2 * r + 1] = n_re - z_im
     return out
 
 
 @numba.njit(**_JIT)
-def periodic_softmax_stage(zn, a, factor, rho, areas, vol, coef, change, slope, flux, u, bad,
+def periodic_softmax_stage(zn, a, factor, rho, areas, vol, inv_vol, coef, change, slope, flux, u, bad,
                            ca, x, cb, h, out):
     """:func:`softmax_quotient`, then if no face is bad :func:`periodic_rhs` and the Runge-Kutta
     stage :func:`ssp_combine_checked` ``out = ca * x + cb * (rho + h * change)``, in one call.
 
-    Returns ``(n_bad, rate, min out, sum out * vol, out finite)``; with ``n_bad > 0`` the
+    ``inv_vol`` is ``1 / vol``. Returns ``(n_bad, rate, min out, sum out * vol, out finite)``;
+    with ``n_bad > 0`` the
     rate is NaN and neither ``change`` nor ``out`` is written (the caller hands the bad faces
     over, calls :func:`periodic_rhs` and combines). With ``cb = 0`` it is the right-hand side
     alone: ``out`` is not written and the last three values are (NaN, NaN, False).
@@ -389,7 +427,7 @@ def periodic_softmax_stage(zn, a, factor, rho, areas, vol, coef, change, slope, 
     n_bad = softmax_quotient(zn, a, factor, u, bad)
     if n_bad:
         return n_bad, np.nan, np.nan, np.nan, False
-    rate = periodic_rhs(rho, u, areas, vol, coef, change, slope, flux)
+    rate = _periodic(rho, u, areas, inv_vol, coef, change, slope, flux)
     if cb == 0.0:
         return 0, rate, np.nan, np.nan, False
     lowest, mass, finite = ssp_combine_checked(ca, x, cb, rho.ravel(), h, change, out, vol)

@@ -532,7 +532,8 @@ class _CircleFFT:
         self.length, self.stride = length, m // length
         k = np.arange(n_modes)[:, None]
         r = np.arange(self.stride)[None, :]
-        self.twiddle = np.exp(-2j * np.pi * k * r / m)  # (K, P)
+        twiddle = np.exp(-2j * np.pi * k * r / m)  # (K, P)
+        self.twiddle = np.ascontiguousarray(np.stack([twiddle.real, twiddle.imag]))  # (2, K, P)
         self.spectra_low = np.ascontiguousarray(self.spectra[:, :n_modes] / m)
         self.modes = np.empty((self.rows, n_modes), dtype=complex)
         # the modes K .. L - K stay 0: decimated_spectra writes the others

@@ -154,6 +154,7 @@ class _FiniteVolume(_engine.Problem):
         self.interior = self.right >= 0
         self.areas = faces.areas
         self.vol = np.asarray(grid.volumes, dtype=float).ravel()
+        self._inv_vol = 1.0 / self.vol
         self.n = len(self.vol)
         self.mass0 = mass0
         self.diff = None
@@ -242,8 +243,8 @@ class _FiniteVolume(_engine.Problem):
         slope, flux = self._scratch
         rho2 = rho_flat.reshape(self._rows)
         n_bad, rate, lowest, mass, finite = _fv.periodic_softmax_stage(
-            zn, fast.source, fast.factor, rho2, self._areas, self.vol, self._coef, change, slope, flux,
-            u, bad, ca, x, cb, h, out)
+            zn, fast.source, fast.factor, rho2, self._areas, self.vol, self._inv_vol, self._coef, change,
+            slope, flux, u, bad, ca, x, cb, h, out)
         if n_bad:
             u[bad] = _quadrature(head.head, self.grid, masses, bad)
             rate = _fv.periodic_rhs(rho2, u, self._areas, self.vol, self._coef, change, slope, flux)
