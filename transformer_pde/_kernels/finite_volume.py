@@ -371,8 +371,9 @@ def decimated_spectra(b, twiddle, spectra, modes, out):
     :math:`z = \hat a_k \hat w^Z_k e^{2\pi ikr/M}` and n likewise,
     ``out[s, k, r] = z + i n`` and ``out[s, L - k, r] = conj(z) + i conj(n)`` (k < K; the
     real parts alone at k = 0), whose inverse DFTs of length L along k are Z + iN at the
-    faces ``q P + r``. The rows K .. L - K of ``out`` are not written: the caller keeps them 0
-    (L >= 2K - 1). Complex arrays are read and written as pairs of doubles (it vectorises).
+    faces ``q P + r``; the rows K .. L - K of ``out`` are set to 0 (L >= 2K - 1), so that the
+    inverse transform may run in place. Complex arrays are read and written as pairs of
+    doubles (it vectorises).
     """
     n_k, n_r = twiddle.shape[1], twiddle.shape[2]
     length = out.shape[1]
@@ -380,6 +381,9 @@ def decimated_spectra(b, twiddle, spectra, modes, out):
     bb = b.view(np.float64)  # (S, L/2 + 1, 2P)
     tr, ti = twiddle[0], twiddle[1]
     for s in range(b.shape[0]):
+        for k in range(n_k, length - n_k + 1):
+            for j in range(2 * n_r):
+                o[s, k, j] = 0.0
         for k in range(n_k):
             ar = 0.0
             ai = 0.0

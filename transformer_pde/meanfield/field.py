@@ -489,8 +489,9 @@ class _CircleFFT:
         self.masses = np.zeros((rows, self.m))
         #: what the rows attend to: the masses, or their sums over the fibres up to each
         self.source = np.zeros((rows, self.m)) if causal else self.masses
-        self.zn = np.empty((rows, self.m), dtype=complex)  # Z + iN at the faces of each row
         self.decimated = self._band_limit()
+        # Z + iN at the faces of each row (the band-limited path transforms in place)
+        self.zn = self.g.reshape(rows, self.m) if self.decimated else np.empty((rows, self.m), dtype=complex)
         if not self.decimated:
             self.fa = np.empty((rows, self.m // 2 + 1), dtype=complex)
             self.product = np.empty((rows, self.m), dtype=complex)
@@ -536,7 +537,6 @@ class _CircleFFT:
         self.twiddle = np.ascontiguousarray(np.stack([twiddle.real, twiddle.imag]))  # (2, K, P)
         self.spectra_low = np.ascontiguousarray(self.spectra[:, :n_modes] / m)
         self.modes = np.empty((self.rows, n_modes), dtype=complex)
-        # the modes K .. L - K stay 0: decimated_spectra writes the others
         self.g = np.zeros((self.rows, length, self.stride), dtype=complex)
         self.b = np.empty((self.rows, length // 2 + 1, self.stride), dtype=complex)
         return True
@@ -555,7 +555,7 @@ class _CircleFFT:
         if self.decimated:
             # r2c(a, axes, forward, inorm, out, nthreads); c2c(a, axes, forward, inorm, out, nthreads)
             shape = (rows, self.length, self.stride)
-            src, b, g, out = source.reshape(shape), self.b, self.g, zn.reshape(shape)
+            src, b, g = source.reshape(shape), self.b, self.g
             twiddle, spectra, modes = self.twiddle, self.spectra_low, self.modes
             spectra_of = _fv.decimated_spectra
 
@@ -565,7 +565,7 @@ class _CircleFFT:
                     np.cumsum(masses, axis=0, out=source)
                 r2c(src, (1,), True, 0, b, threads)
                 spectra_of(b, twiddle, spectra, modes, g)
-                c2c(g, (1,), False, 0, out, threads)
+                c2c(g, (1,), False, 0, g, threads)  # in place: zn is g
                 return zn
         else:
             fa, product, spectra, packed = self.fa, self.product, self.spectra, _fv.packed_spectrum
