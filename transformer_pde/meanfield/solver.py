@@ -30,8 +30,10 @@ between neighbouring cell values); the step is redone with a smaller :math:`\Del
 when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
 
 The right-hand side is one compiled pass per evaluation (fused on the circle grids;
-docs/math.md §9.13), with the face velocity built once per run; its readable NumPy
-version, :meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
+docs/math.md §9.13), with the face velocity built once per run; for one softmax head on a
+circle grid the Runge-Kutta stage combination and the check of its result join that pass
+(:meth:`_FiniteVolume.stage`). Its readable NumPy version,
+:meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
 
 The run is one loop of the package's time-stepping engine: the finite-volume operator
 (:class:`_FiniteVolume`, which returns the rate of change together with its outflow rate
