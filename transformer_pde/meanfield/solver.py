@@ -187,6 +187,8 @@ class _FiniteVolume(_engine.Problem):
         if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
             self._lane = (single, fast, np.empty(self.n, dtype=bool), fast.masses.reshape(-1),
                           np.empty(self.n), np.empty(self.n))  # head, transforms, bad, masses, u, change
+        #: the state whose masses rho * vol the transform buffer holds (None: none known)
+        self._masses_of = None
 
     def stage(self, rho_flat, t, combine) -> _Rate:
         """The evaluation at (rho, t) with the Runge-Kutta stage ``combine = (ca, x, cb, h)``.
@@ -240,13 +242,15 @@ class _FiniteVolume(_engine.Problem):
         else:
             ca, x, cb, h = combine
             out = np.empty(self.n)
-        np.multiply(rho_flat, self.vol, out=masses)
+        if rho_flat is not self._masses_of:  # the previous stage left them there
+            np.multiply(rho_flat, self.vol, out=masses)
+        self._masses_of = rho_flat
         zn = fast.run()
         slope, flux = self._scratch
         rho2 = rho_flat.reshape(self._rows)
         n_bad, rate, lowest, mass, finite = _fv.periodic_softmax_stage(
             zn, fast.source, fast.factor, rho2, self._areas, self.vol, self._inv_vol, self._coef, change,
-            slope, flux, u, bad, ca, x, cb, h, out)
+            slope, flux, u, bad, ca, x, cb, h, out, masses)
         if n_bad:
             u[bad] = _quadrature(head.head, self.grid, masses, bad)
             rate = _fv.periodic_rhs(rho2, u, self._areas, self.vol, self._coef, change, slope, flux)
@@ -260,6 +264,7 @@ class _FiniteVolume(_engine.Problem):
         if combine is None:
             return _Rate(change, rate, u)
         self._checked = (out, lowest, mass, finite)
+        self._masses_of = out  # the kernel wrote the masses of the stage
         return _Rate(change, rate, u, out)
 
     def evaluate_reference(self, rho_flat, t, combine=None) -> _Rate:
@@ -330,6 +335,7 @@ class _FiniteVolume(_engine.Problem):
         info.mass_drift = max(info.mass_drift, abs(float(mass) - self.mass0) / self.mass0)
 
     def state(self, rho_flat) -> Density:
+        self._masses_of = None  # observers see the state itself: nothing kept about it is trusted after
         return Density(self.grid, rho_flat.reshape(self.grid.shape))
 
 
