@@ -127,32 +127,6 @@ def _row_fluxes(r, u, areas, coef, slope, flux):
             flux[c] += coef[c] * (r[c - 1] - r[c])
 
 
-@numba.njit(inline="always")
-def _face_flux(area, uf, r2, r1, r0, rp):
-    """The upwind flux through the face between cells r1 and r0 of the row r2, r1, r0, rp:
-    the MC-limited face values from both sides, as _row_slopes and _row_fluxes form them."""
-    lo = r1 + 0.5 * _mc_slope(r1 - r2, r0 - r1)
-    hi = r0 - 0.5 * _mc_slope(r0 - r1, rp - r0)
-    return _upwind(area, uf, lo, hi)
-
-
-@numba.njit(nogil=True, error_model="numpy")
-def _row_fluxes_fused(r, u, areas, coef, flux):
-    """:func:`_row_slopes` then :func:`_row_fluxes` in one pass (m >= 4): each face forms the
-    two slopes it needs (the same numbers, each slope formed twice), which saves the pass
-    over a slope array and still vectorises."""
-    m = r.shape[0]
-    flux[0] = _face_flux(areas[0], u[0], r[m - 2], r[m - 1], r[0], r[1])
-    flux[1] = _face_flux(areas[1], u[1], r[m - 1], r[0], r[1], r[2])
-    for c in range(2, m - 1):
-        flux[c] = _face_flux(areas[c], u[c], r[c - 2], r[c - 1], r[c], r[c + 1])
-    flux[m - 1] = _face_flux(areas[m - 1], u[m - 1], r[m - 3], r[m - 2], r[m - 1], r[0])
-    if coef.shape[0] > 0:
-        flux[0] += coef[0] * (r[m - 1] - r[0])
-        for c in range(1, m):
-            flux[c] += coef[c] * (r[c - 1] - r[c])
-
-
 @numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
 def _row_update(u, areas, inv_vol, coef, flux, change, outflow):
     """change from the fluxes; returns max outflow rate, NaN if a face velocity is not finite.
@@ -187,11 +161,8 @@ def _periodic(rho, u, areas, inv_vol, coef, change, slope, flux):
     for s in range(n_rows):
         b, e = s * m, (s + 1) * m
         row_coef = coef[b:e] if coef.shape[0] > 0 else coef
-        if m >= 4:
-            _row_fluxes_fused(rho[s], u[b:e], areas[b:e], row_coef, flux)
-        else:
-            _row_slopes(rho[s], slope)
-            _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
+        _row_slopes(rho[s], slope)
+        _row_fluxes(rho[s], u[b:e], areas[b:e], row_coef, slope, flux)
         r = _row_update(u[b:e], areas[b:e], inv_vol[b:e], row_coef, flux, change[b:e], slope)
         finite = finite and r == r
         rate = max(rate, r)
