@@ -32,8 +32,10 @@ noise), and the outflow rate per cell
   :func:`ssp_combine_checked` is both in one pass, and :func:`periodic_softmax_stage` the
   whole circle stage (quotient, right-hand side, combination and check) in one call.
 
-A non-finite face velocity makes the returned rate NaN (the solver then stops and says
-where). Kernels trust their inputs: the solver validates.
+The circle lane's kernels that fill an output array return nothing (boxing a returned
+array calls back into Python, ~1 us a call). A non-finite face velocity makes the returned
+rate NaN (the solver then stops and says where). Kernels trust their inputs: the solver
+validates.
 """
 
 from __future__ import annotations
@@ -247,7 +249,6 @@ def packed_spectrum(fa, spectra, out):
             else:
                 out[r, k] = complex(z.real - n.imag, z.imag + n.real)
                 out[r, m - k] = complex(z.real + n.imag, n.real - z.imag)
-    return out
 
 
 @numba.njit(**_JIT_SUMS)
@@ -287,10 +288,12 @@ def softmax_quotient(zn, a, factor, u, bad):
 
 @numba.njit(**_JIT)
 def ssp_combine(ca, x, cb, y, h, dy, out):
-    """out = ca * x + cb * (y + h * dy), elementwise (a stage of SSP Runge-Kutta)."""
+    """out = ca * x + cb * (y + h * dy), elementwise (a stage of SSP Runge-Kutta).
+
+    Returns nothing: returning an array costs a call back into Python to box it (~1 us).
+    """
     for k in range(x.shape[0]):
         out[k] = ca * x[k] + cb * (y[k] + h * dy[k])
-    return out
 
 
 @numba.njit(**_JIT_SUMS)
@@ -413,7 +416,6 @@ def decimated_spectra(b, twiddle, spectra, modes, out):
                 o[s, k, 2 * r + 1] = z_im + n_re
                 o[s, length - k, 2 * r] = z_re + n_im
                 o[s, length - k, 2 * r + 1] = n_re - z_im
-    return out
 
 
 @numba.njit(**_JIT)

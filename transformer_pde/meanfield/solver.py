@@ -367,7 +367,8 @@ class _SSPRK3(_engine.Stepper):
     def step(self, problem, t, rho, h, f0: _Rate) -> Step:
         # out = a * rho + b * (stage + h * change): one compiled pass, and on the circle part of
         # the stage's own evaluation (_FiniteVolume.stage)
-        rho1 = _fv.ssp_combine(0.0, rho, 1.0, rho, h, f0.change, np.empty_like(rho))
+        rho1 = np.empty_like(rho)
+        _fv.ssp_combine(0.0, rho, 1.0, rho, h, f0.change, rho1)
         f1 = problem.stage(rho1, t + h, (0.75, rho, 0.25, h))
         f2 = problem.stage(f1.combined, t + 0.5 * h, (1.0 / 3.0, rho, 2.0 / 3.0, h))
         return Step(f2.combined, stages=(f0, f1, f2))
