@@ -220,10 +220,10 @@ def test_one_pass_rows_agree_with_online_rows_at_the_gap_limit(dtype, gap, side,
     qx, kyT = (beta * x).astype(dtype), np.ascontiguousarray(y.T)
     colw = np.log(rng.uniform(0.5, 1.0, size=n)).astype(dtype)
     colw -= colw.max()
-    knorm, cmax, jtop = K._source_stats(kyT, colw)
+    stats = K._source_stats(kyT, colw, False)
     buf, acc, acc_online = np.empty(K.BLOCK, dtype=dtype), np.empty(3), np.empty(3)
     for i in (0, n // 2, n - 1):
-        m, total = K._row_sums(qx, i, kyT, kyT, colw, n, buf, acc, knorm, cmax, jtop, np.inf)
+        m, total = K._row_sums(qx, i, kyT, kyT, colw, n, buf, acc, stats, np.inf)
         m_on, total_on = K._online_row(qx, i, kyT, kyT, colw, n, buf, acc_online, np.inf)
         # the attained gap: one pass iff below the limit (this is the path under test)
         assert (m != m_on) == (side < 1.0)
@@ -244,13 +244,12 @@ def test_one_pass_usa_rows_keep_exp_of_the_shift_finite(rng):
     _, y = _anti_aligned(rng, n, np.float64)
     yT = np.ascontiguousarray(y.T)
     colw = np.zeros(n)
-    knorm, cmax, jtop = K._source_stats(yT, colw)
+    stats = K._source_stats(yT, colw, False)
     buf, acc = np.empty(K.BLOCK), np.empty(3)
     north = np.array([[0.0, 0.0, 1.0]])
     for beta, one_pass in ((0.99 * K._EXP_TOP, True), (1.01 * K._EXP_TOP, False)):
-        bound = cmax[-1] + beta * knorm[-1]
-        m, _ = K._row_sums(beta * north, 0, yT, yT, colw, n, buf, acc, knorm, cmax, jtop,
-                           K._EXP_TOP)
+        bound = stats[1, 0] + beta * stats[0, 0]
+        m, _ = K._row_sums(beta * north, 0, yT, yT, colw, n, buf, acc, stats, K._EXP_TOP)
         assert (m == bound) == one_pass  # one pass: the shift is the bound itself
         assert m <= K._EXP_TOP or not one_pass
         assert m < bound or one_pass  # online: the attained maximum

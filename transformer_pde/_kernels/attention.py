@@ -17,24 +17,42 @@ Each row kernel exists twice: ``name`` processes the targets in parallel
 (``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
 no barrier at which threads spin for a busy core; ``nogil``); both call the same
 compiled row function, so they give the same numbers. :mod:`transformer_pde._threads`
-chooses between them per call. The shared per-row core (``_online_row``, and
-``_sigmoid_row``) is a jitted function of its own, called once per target row, with the
-block helpers inlined into it once: the kernels do not each inline the whole tree into
-their Numba IR, so compiling takes a third of the time (measured cold: 8.4 s against
+chooses between them per call. The shared per-row core (``_row_sums`` with
+``_online_row`` and ``_fused_row``, and ``_sigmoid_row``) are jitted functions of their
+own, called once per target row, with the block helpers inlined into them once: the
+kernels do not each inline the whole tree into their Numba IR, so compiling takes a
+third of the time (measured cold: 8.4 s against
 24.8 s for the four SA and USA kernels; every fresh installation and CI run pays it) at
 the same speed for large n. The price is one call per row: about 35 % more time at
 n = 32 (the batched kernels of many small systems), nothing measurable at n = 4096.
 
 A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
-per thread, in L1 cache; never an n x n array). Per block: the logits, their exact
-maximum, the shifted exponentials and the block's weighted sums, each a loop that LLVM
-vectorises. Softmax-type weights use an *online* log-sum-exp shift: the running shift
-m is the largest logit seen so far; when a block raises it, the accumulated sums are
-multiplied by exp(m_old - m_new) <= 1. Every weight is thus exp(s - m) <= 1 with m an
-attained logit, so logits of size 1e3 and more stay finite, and a weight below about
-exp(-708.4) (float32: exp(-87.7)) relative to an attained one is exactly 0. Block sums are added to float64
+per thread, in L1 cache; never an n x n array); block sums are added to float64
 accumulators, so the rounding error of the sums does not grow with n beyond that of
-one block.
+one block. Softmax-type weights exp(s_j - shift) need a shift near the row maximum,
+chosen one of two ways per row (:func:`_row_sums`):
+
+- *one pass* (most rows): the shift is the Cauchy-Schwarz bound
+  b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j, taken when the gap b_i - m_i
+  (bounded by b_i minus two attained logits) is at most :data:`_GAP64` = 600
+  (float32: :data:`_GAP32` = 40), and for USA b_i <= :data:`_EXP_TOP` (exp(b_i) finite).
+  No maximum to find, nothing to rescale: for k, d <= 3 (the circle, S^2) one loop per
+  block computes the logit, its weight and the weighted sums, never storing the weight
+  (:func:`_fused_row`; a function of its own, so that LLVM keeps its sums in registers:
+  inlined into the larger row function the loop spilled, ~20 % slower); for larger k
+  or d the logits pass and the weights-and-sums pass of the online row. The largest
+  weight is >= exp(-600), a normal float, and a term is lost only below exp(-108)
+  (float32: exp(-47)) of the largest; the shift cancels in softmax, and USA multiplies
+  by exp(b_i) instead of exp(m_i). Causal rows take the bound over their own sources
+  j <= i (prefix maxima, :func:`_source_stats`), so a row never depends on later tokens.
+- *online* (large beta): the running shift m is the largest logit seen so far (a
+  maximum pass per block); when a block raises it, the accumulated sums are multiplied
+  by exp(m_old - m_new) <= 1. Every weight is thus exp(s - m) <= 1 with m an attained
+  logit, so logits of size 1e3 and more stay finite, and a weight below about
+  exp(-708.4) (float32: exp(-87.7)) relative to an attained one is exactly 0.
+
+Measured at n = 4096 on S^2 (one thread, CPU time, interleaved with the previous
+online-only kernels): 1.21x float64, 1.28x float32.
 
 The exponential is branch-free and libm-free (the scalar libm call does not
 vectorise): z = k ln2 + r with |r| <= ln2 / 2, a polynomial for exp(r) (float64:
@@ -50,7 +68,8 @@ infinities and NaNs.
 
 For larger k + d the logits are better computed by BLAS: :func:`weight_rows` turns a
 (B, n) tile of logits into weights in place, and the caller multiplies tiles of B
-targets at a time (memory O(B n)).
+targets at a time (memory O(B n)); the caller runs the tiles on one or several Python
+threads (:func:`weight_rows` releases the GIL, as BLAS does).
 
 Kernels trust their inputs: validation happens in :mod:`transformer_pde.attention`.
 """
@@ -398,14 +417,12 @@ def _gap_overload(buf):
 
 
 @numba.njit(cache=True, nogil=True)
-def _source_stats(kyT, colw):
-    """Prefix bounds of :func:`_row_sums`: for each j, max_{l <= j} |ky_l|, max_{l <= j}
-    colw_l and its first index (prefixes, so that a causal row i depends on the
-    sources l <= i only)."""
+def _source_stats(kyT, colw, causal):
+    """The bounds of :func:`_row_sums`, a (3, p) array: max_l |ky_l|, max_l colw_l and
+    its first index, over l <= j for each j (p = n) if ``causal`` (a causal row i then
+    depends on the sources l <= i only), else over all sources (p = 1)."""
     n = kyT.shape[1]
-    knorm = np.empty(n)
-    cmax = np.empty(n)
-    jtop = np.empty(n, dtype=np.int64)
+    stats = np.empty((3, n if causal else 1))
     k2 = 0.0
     c = -np.inf
     t = 0
@@ -417,10 +434,15 @@ def _source_stats(kyT, colw):
         if colw[j] > c:
             c = np.float64(colw[j])
             t = j
-        knorm[j] = np.sqrt(k2)
-        cmax[j] = c
-        jtop[j] = t
-    return knorm, cmax, jtop
+        if causal:
+            stats[0, j] = np.sqrt(k2)
+            stats[1, j] = c
+            stats[2, j] = t
+    if not causal:
+        stats[0, 0] = np.sqrt(k2)
+        stats[1, 0] = c
+        stats[2, 0] = t
+    return stats
 
 
 @numba.njit(inline="always")
@@ -508,15 +530,15 @@ def _online_row(qx, i, kyT, vyT, colw, nj, buf, acc, shift):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
-def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, knorm, cmax, jtop, top):
+def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
     """``(m, total)`` and ``acc`` as :func:`_online_row` returns them, for target i over
     the sources j < nj, in one pass where that is safe.
 
     The one-pass shift is the bound b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j
-    (Cauchy-Schwarz; prefix maxima ``knorm``, ``cmax``, ``jtop`` from
-    :func:`_source_stats`), taken when the gap b_i - m_i <= b_i - (an attained logit:
-    of the last source and of the source of largest colw) is at most :data:`_GAP64`
-    (float32: :data:`_GAP32`) and b_i <= ``top``; otherwise the online row.
+    (Cauchy-Schwarz; the maxima ``stats`` of :func:`_source_stats`), taken when the
+    gap b_i - m_i <= b_i - (an attained logit: of the last source and of the source of
+    largest colw) is at most :data:`_GAP64` (float32: :data:`_GAP32`) and b_i <= ``top``;
+    otherwise the online row.
     """
     shift = np.inf
     if nj >= 1:
@@ -524,8 +546,10 @@ def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, knorm, cmax, jtop, top):
         qn = 0.0
         for c in range(qx.shape[1]):
             qn += np.float64(qx[i, c]) ** 2
-        b = cmax[last] + np.sqrt(qn) * knorm[last]
-        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, jtop[last]))
+        p = min(last, stats.shape[1] - 1)
+        b = stats[1, p] + np.sqrt(qn) * stats[0, p]
+        top_j = int(stats[2, p])
+        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
         if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
             shift = b
     if shift < np.inf and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
@@ -548,8 +572,7 @@ def _scratch_overload(like, nd):
 @numba.njit(inline="always")
 def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    knorm, cmax, jtop = stats
-    _, total = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, knorm, cmax, jtop, np.inf)
+    _, total = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
     inv = 1.0 / total
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * inv
@@ -569,7 +592,7 @@ def _n_chunks(m):
 def softmax_field(qx, kyT, vyT, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, ky_j> + colw_j) vy_j, with j <= i if causal."""
     m = qx.shape[0]
-    stats = _source_stats(kyT, colw)
+    stats = _source_stats(kyT, colw, causal)
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
@@ -581,7 +604,7 @@ def softmax_field(qx, kyT, vyT, colw, causal, out):
 @numba.njit(**_SERIAL)
 def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`softmax_field` on the calling thread only (releases the GIL)."""
-    stats = _source_stats(kyT, colw)
+    stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
         _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
@@ -592,8 +615,7 @@ def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
 @numba.njit(inline="always")
 def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats):
     nj = kyT.shape[1]
-    knorm, cmax, jtop = stats
-    m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, knorm, cmax, jtop, _EXP_TOP)
+    m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * scale
@@ -606,7 +628,7 @@ def exp_field(qx, kyT, vyT, colw, out):
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
     m = qx.shape[0]
-    stats = _source_stats(kyT, colw)
+    stats = _source_stats(kyT, colw, False)
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
@@ -618,7 +640,7 @@ def exp_field(qx, kyT, vyT, colw, out):
 @numba.njit(**_SERIAL)
 def exp_field_serial(qx, kyT, vyT, colw, out):
     """:func:`exp_field` on the calling thread only (releases the GIL)."""
-    stats = _source_stats(kyT, colw)
+    stats = _source_stats(kyT, colw, False)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
         _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats)
