@@ -59,14 +59,15 @@ def _sphere(n: int, d: int, seed: int = 0) -> np.ndarray:
 def _interleaved(fns: list, repeats: int) -> list[float]:
     """Median wall time of each callable, called in turn ``repeats`` times after a warm-up.
 
-    The warm-up calls a fast callable (< 0.1 s) 8 times: the kernels' thread chooser
+    The warm-up calls a callable of < 0.5 s 8 times: the kernels' thread chooser
     (transformer_pde._threads) times the serial and the parallel version 3 times each before
-    it settles, and those exploratory calls would otherwise be among the timed ones.
+    it settles, and those exploratory calls would otherwise be among the timed ones (the
+    BLAS-tile path at d = 64 goes through the chooser too).
     """
     for f in fns:
         t0 = time.perf_counter()
         f()
-        if time.perf_counter() - t0 < 0.1:
+        if time.perf_counter() - t0 < 0.5:
             for _ in range(7):
                 f()
     times = [[] for _ in fns]

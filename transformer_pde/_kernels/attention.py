@@ -17,14 +17,16 @@ Each row kernel exists twice: ``name`` processes the targets in parallel
 (``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
 no barrier at which threads spin for a busy core; ``nogil``); both call the same
 compiled row function, so they give the same numbers. :mod:`transformer_pde._threads`
-chooses between them per call. The shared per-row core (``_row_sums`` with
-``_online_row`` and ``_fused_row``, and ``_sigmoid_row``) are jitted functions of their
-own, called once per target row, with the block helpers inlined into them once: the
-kernels do not each inline the whole tree into their Numba IR, so compiling takes a
-third of the time (measured cold: 8.4 s against
-24.8 s for the four SA and USA kernels; every fresh installation and CI run pays it) at
-the same speed for large n. The price is one call per row: about 35 % more time at
-n = 32 (the batched kernels of many small systems), nothing measurable at n = 4096.
+chooses between them per call. The shared per-row core (``_row_sums``, which calls
+``_fused_row``, and ``_sigmoid_row``) are jitted functions of their own, called once per
+target row, with the block helpers inlined into them once: the kernels do not each
+inline the whole tree into their Numba IR, so compiling takes a third of the time
+(measured cold: 8.4 s against 24.8 s for the four SA and USA kernels; every fresh
+installation and CI run pays it) at the same speed for large n. One level of calls
+only: a jitted caller links in and optimises again the code of its callees, so a row
+core called through a second jitted function compiled ~1.7x longer. The price is one
+call per row: about 35 % more time at n = 32 (the batched kernels of many small
+systems), nothing measurable at n = 4096.
 
 A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
 per thread, in L1 cache; never an n x n array); block sums are added to float64
@@ -462,7 +464,7 @@ def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
 
     k or d below 3 repeat the first component with a zero factor (resp. a discarded
     sum): one loop for all, at a few FMAs more than a loop of their own. A function of
-    its own, with its sums in local variables: inlined into :func:`_online_row`, or
+    its own, with its sums in local variables: inlined into :func:`_row_sums`, or
     summing into ``acc`` per block, LLVM spilled registers in the loop (~20 % slower).
     """
     k = qx.shape[1]
@@ -499,17 +501,36 @@ def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
-def _online_row(qx, i, kyT, vyT, colw, nj, buf, acc, shift):
-    """Sums over the sources j < nj of target i, block by block.
+def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
+    """Sums over the sources j < nj of target i, block by block, in one pass where safe.
 
     Returns ``(m, total)`` (float64) with ``total = sum_j exp(s_j - m)`` and
-    ``acc[c] = sum_j exp(s_j - m) vyT[c, j]``, s_j = colw_j + <qx_i, ky_j>. With
-    ``shift = inf``, m = max_j s_j by the online log-sum-exp; with a finite ``shift``
-    (:func:`_row_sums`) m = shift, in one pass per block (no maximum, no rescaling).
+    ``acc[c] = sum_j exp(s_j - m) vyT[c, j]``, s_j = colw_j + <qx_i, ky_j>.
+
+    One pass: m is the bound b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j
+    (Cauchy-Schwarz; the maxima ``stats`` of :func:`_source_stats`), taken when the
+    gap b_i - m_i <= b_i - (an attained logit: of the last source and of the source of
+    largest colw) is at most :data:`_GAP64` (float32: :data:`_GAP32`) and b_i <= ``top``
+    (``top = -inf``: never); no maximum, no rescaling, and for k, d <= 3 the fused loop
+    of :func:`_fused_row`. Otherwise online: m = max_j s_j by the online log-sum-exp.
     """
+    shift = np.inf
+    if nj >= 1 and top > -np.inf:
+        last = nj - 1
+        qn = 0.0
+        for c in range(qx.shape[1]):
+            qn += np.float64(qx[i, c]) ** 2
+        p = min(last, stats.shape[1] - 1)
+        b = stats[1, p] + np.sqrt(qn) * stats[0, p]
+        top_j = int(stats[2, p])
+        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
+        if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
+            shift = b
+    online = shift == np.inf
+    if not online and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
+        return shift, _fused_row(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
     for c in range(vyT.shape[0]):
         acc[c] = 0.0
-    online = shift == np.inf
     m = -np.inf if online else shift
     total = 0.0
     for j0 in range(0, nj, BLOCK):
@@ -527,34 +548,6 @@ def _online_row(qx, i, kyT, vyT, colw, nj, buf, acc, shift):
                 continue
         total = _exp_sums_block(buf, _typed(buf, m), vyT, j0, nb, total, acc)
     return m, total
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
-def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
-    """``(m, total)`` and ``acc`` as :func:`_online_row` returns them, for target i over
-    the sources j < nj, in one pass where that is safe.
-
-    The one-pass shift is the bound b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j
-    (Cauchy-Schwarz; the maxima ``stats`` of :func:`_source_stats`), taken when the
-    gap b_i - m_i <= b_i - (an attained logit: of the last source and of the source of
-    largest colw) is at most :data:`_GAP64` (float32: :data:`_GAP32`) and b_i <= ``top``;
-    otherwise the online row.
-    """
-    shift = np.inf
-    if nj >= 1:
-        last = nj - 1
-        qn = 0.0
-        for c in range(qx.shape[1]):
-            qn += np.float64(qx[i, c]) ** 2
-        p = min(last, stats.shape[1] - 1)
-        b = stats[1, p] + np.sqrt(qn) * stats[0, p]
-        top_j = int(stats[2, p])
-        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
-        if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
-            shift = b
-    if shift < np.inf and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
-        return shift, _fused_row(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
-    return _online_row(qx, i, kyT, vyT, colw, nj, buf, acc, shift)
 
 
 def _scratch(like, nd):
@@ -767,8 +760,8 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
 
 # -- Sinkhorn ---------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
-    m, total = _online_row(qx, i, kyT, novals, colw, kyT.shape[1], buf, acc, np.inf)
+def _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc):
+    m, total = _row_sums(qx, i, kyT, novals, colw, kyT.shape[1], buf, acc, nostats, -np.inf)
     out[i] = m + np.log(total)
 
 
@@ -776,12 +769,13 @@ def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
 def _lse_rows(qx, kyT, colw, out):
     """out_i = log sum_j exp(<qx_i, ky_j> + colw_j)."""
     novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
+    nostats = np.empty((3, 1))  # online rows only (Sinkhorn potentials take any beta)
     m = qx.shape[0]
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, 0)
         for i in range(c, m, chunks):
-            _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
+            _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc)
     return out
 
 
@@ -789,9 +783,10 @@ def _lse_rows(qx, kyT, colw, out):
 def _lse_rows_serial(qx, kyT, colw, out):
     """:func:`_lse_rows` on the calling thread only."""
     novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
+    nostats = np.empty((3, 1))  # online rows only (Sinkhorn potentials take any beta)
     buf, acc = _scratch(qx, 0)
     for i in range(qx.shape[0]):
-        _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
+        _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc)
     return out
 @numba.njit(cache=True, nogil=True)
 def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol, serial):
