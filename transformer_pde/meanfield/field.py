@@ -89,6 +89,7 @@ from .._kernels import finite_volume as _fv
 from ..attention import (
     Attention,
     L2Attention,
+    Layers,
     MultiHeadAttention,
     SigmoidAttention,
     SoftmaxAttention,
@@ -151,6 +152,11 @@ def rotation_invariant(head: Attention, d: int) -> RotationInvariant | None:
 
 
 def _heads(att) -> tuple[Attention, ...]:
+    if isinstance(att, Layers):
+        raise ValueError(
+            f"{att!r} is depth-dependent: this function takes the model of one layer; "
+            "solve_meanfield takes the whole Layers model"
+        )
     return att.heads if isinstance(att, MultiHeadAttention) else (att,)
 
 
@@ -161,6 +167,13 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
     dyn._check_single("the mean-field solvers")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a grid, got {type(grid).__name__}")
+    if dyn.layers is not None:  # a depth-dependent model: every layer must have the equation
+        for k in range(len(dyn.layers)):
+            try:
+                check_model(dyn._layer(k), grid)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"layer {k} of {dyn.layers!r}: {err}") from None
+        return
     if grid.geometry == "sphere":
         if dyn.geometry.name != "sphere" or dyn.norm != "post":
             raise ValueError(

@@ -158,6 +158,10 @@ class _FiniteVolume(_engine.Problem):
     def __init__(self, dyn, grid, field, info: MeanFieldInfo, mass0: float):
         super().__init__(info)
         self.dyn, self.grid, self.field = dyn, grid, field
+        #: the model of the current layer of a depth-dependent model (tp.Layers), selected by
+        #: start_at; ``dyn`` itself otherwise
+        self.layer, self.current = 0, dyn._layer(0)
+        self._built: dict = {}
         faces = grid.faces
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
@@ -175,7 +179,6 @@ class _FiniteVolume(_engine.Problem):
             self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
             coef = np.zeros(len(self.areas))
             coef[self.interior] = self.diff[2]
-        self.velocity = make_face_velocity(dyn, grid, field)
         self._coef = np.ascontiguousarray(coef, dtype=float)
         self._areas = np.ascontiguousarray(self.areas, dtype=float)
         self._left = np.ascontiguousarray(self.left, dtype=np.int64)
@@ -185,17 +188,38 @@ class _FiniteVolume(_engine.Problem):
             m = self._rows[1]
             self._scratch = (np.empty(m), np.empty(m))
         self._checked = None
-        # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
-        # its handover test, the finite-volume pass and the Runge-Kutta stage are then one
-        # compiled call, on buffers allocated here
-        self._lane = None
-        single = getattr(self.velocity, "single", None)
-        fast = getattr(single, "fast", None)
-        if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
-            self._lane = (single, fast, np.empty(self.n, dtype=bool), fast.masses.reshape(-1),
-                          np.empty(self.n), np.empty(self.n))  # head, transforms, bad, masses, u, change
         #: the state whose masses rho * vol the transform buffer holds (None: none known)
         self._masses_of = None
+        self.velocity, self._lane, self.rate_model = self._build(0)
+
+    def _build(self, layer: int):
+        """The face velocity, the circle lane and the rate bound of one layer, built once."""
+        if layer not in self._built:
+            dyn = self.dyn._layer(layer)
+            velocity = make_face_velocity(dyn, self.grid, self.field)
+            # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
+            # its handover test, the finite-volume pass and the Runge-Kutta stage are then one
+            # compiled call, on buffers allocated here
+            lane = None
+            single = getattr(velocity, "single", None)
+            fast = getattr(single, "fast", None)
+            if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
+                lane = (single, fast, np.empty(self.n, dtype=bool), fast.masses.reshape(-1),
+                        np.empty(self.n), np.empty(self.n))  # head, transforms, bad, masses, u, change
+            self._built[layer] = (velocity, lane, rate_bound(dyn, self.grid))
+        return self._built[layer]
+
+    def start_at(self, t: float) -> bool:
+        """Select the layer of a depth-dependent model for steps starting at t."""
+        if self.dyn.layers is None:
+            return False
+        layer = self.dyn.layers.index(t)
+        if layer == self.layer:
+            return False
+        self.layer, self.current = layer, self.dyn._layer(layer)
+        self.velocity, self._lane, self.rate_model = self._build(layer)
+        self._masses_of = None  # the next layer's transform buffer holds nothing known
+        return True
 
     def stage(self, rho_flat, t, combine) -> _Rate:
         """The evaluation at (rho, t) with the Runge-Kutta stage ``combine = (ca, x, cb, h)``.
@@ -280,7 +304,7 @@ class _FiniteVolume(_engine.Problem):
         With ``combine = (ca, x, cb, h)`` also the Runge-Kutta stage, as :meth:`stage`.
         """
         rho = rho_flat.reshape(self.grid.shape)
-        u = face_velocity(self.dyn, self.grid, rho, self.field)
+        u = face_velocity(self.current, self.grid, rho, self.field)
         lo, hi = self.grid.reconstruct(rho)
         flux = self.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
         outflow = np.bincount(self.left, weights=self.areas * np.maximum(u, 0.0), minlength=self.n)
@@ -398,6 +422,11 @@ class _CFLController:
 
     def __init__(self, cfl: float, rate_model: float):
         self.cfl, self.rate_model = cfl, rate_model
+        self.u_prev = self.dt_prev = self.dt_free = None
+
+    def switched(self, problem) -> None:
+        """A new layer: start afresh from its rate bound, as a run of that layer alone would."""
+        self.rate_model = problem.rate_model
         self.u_prev = self.dt_prev = self.dt_free = None
 
     def begin(self, t, target) -> int:
@@ -544,6 +573,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                          f"the field algorithm is field= {FIELDS}")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
+    dyn._check_span(t0, t1)
     trackers = _engine.check_trackers(trackers)
 
     info = MeanFieldInfo(method=method, field=field)
@@ -552,14 +582,17 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     rho = rho0.values.ravel().copy()
     problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
-    controller = _CFLController(cfl, rate_bound(dyn, grid))
+    problem.start_at(t0)
+    controller = _CFLController(cfl, problem.rate_model)
     stepper, done = _SSPRK3(), 0
     if _resume is not None:  # transformer_pde.resume: continue from saved time k
         done, _, snap = _resume
         _engine.restore(problem, stepper, controller, snap)
         t0, t_eval = float(t_eval[done]), t_eval[done:]
+        problem.start_at(t0)
+        controller.rate_model = problem.rate_model
     t, out = _engine.run(problem, stepper, controller, rho, t0, t_eval, max_steps=max_steps,
-                         trackers=trackers, throw=throw,
+                         breakpoints=dyn.breakpoints, trackers=trackers, throw=throw,
                          progress=_engine.progress_spec("solve_meanfield", progress), done=done)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(
