@@ -314,6 +314,9 @@ def test_convex_hulls_are_those_of_the_rescaled_tokens(rng):
     np.testing.assert_allclose(plain.lines[0].get_xydata()[:-1], x0[ConvexHull(x0).vertices], atol=1e-12)
     with pytest.raises(TypeError, match="rescale"):
         plotting.plot_convex_hulls(run.t, run.x)
+    two = tp.TokenDynamics(tp.MultiHeadAttention([tp.SoftmaxAttention(1.0)] * 2), geometry="euclidean")
+    with pytest.raises(TypeError, match="one value matrix"):
+        plotting.plot_convex_hulls(tp.simulate(two, x0, (0.0, 0.1), dt=0.05))
     line = np.stack([np.linspace(0, 1, 4), np.zeros(4)], 1)[None]
     with pytest.raises(ValueError, match="collinear"):
         plotting.plot_convex_hulls([0.0], line, rescale=False)

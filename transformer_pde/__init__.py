@@ -14,6 +14,7 @@ from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
     Attention,
     L2Attention,
+    Layers,
     MultiHeadAttention,
     SigmoidAttention,
     SinkhornAttention,
@@ -110,6 +111,7 @@ __all__ = [
     "SigmoidAttention",
     "SinkhornAttention",
     "MultiHeadAttention",
+    "Layers",
     "SinkhornConvergenceWarning",
     "TokenDynamics",
     "NORMS",

@@ -34,7 +34,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
@@ -52,6 +54,7 @@ __all__ = [
     "SigmoidAttention",
     "SinkhornAttention",
     "MultiHeadAttention",
+    "Layers",
     "SinkhornConvergenceWarning",
     "SummationReport",
 ]
@@ -129,17 +132,67 @@ def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
 def _tiled(qx, kx, vx, colw, kind, bias, causal, out):
     """out_i = scale_i sum_j W_ij vx_j over tiles of rows: BLAS logits, Numba weights.
 
-    Memory O(B n) with B = _TILE_ENTRIES // n rows per tile; never an n x n array.
+    Memory O(B n) per thread with B <= _TILE_ENTRIES // n rows per tile; never an n x n
+    array. The tiles run on the calling thread or on :func:`_threads.get_num_threads`
+    Python threads at once (BLAS and :func:`~transformer_pde._kernels.attention.weight_rows`
+    release the GIL), chosen per call by :mod:`transformer_pde._threads` like the row
+    kernels: the timings also decide against the threads when BLAS itself runs on
+    several (``OPENBLAS_NUM_THREADS``) and they would compete for the cores.
     """
+    _threads.run(_name(f"tiles{kind}", qx), len(qx) * len(kx), _tiles_serial, _tiles_parallel,
+                 qx, kx, vx, colw, kind, bias, causal, out)
+
+
+def _tile_rows(m: int, n: int) -> int:
+    """Rows per tile: at most _TILE_ENTRIES // n, and a tile for each Numba thread.
+
+    The same tiles serial and parallel: the same BLAS calls, the same numbers.
+    """
+    return max(1, min(_TILE_ENTRIES // n, -(-m // numba.config.NUMBA_NUM_THREADS)))
+
+
+def _tiles(qx, kx, vx, colw, kind, bias, causal, out, rows, first, step):
+    """The tiles number first, first + step, ... (``rows`` target rows each) of :func:`_tiled`."""
     n = len(kx)
-    rows = max(1, _TILE_ENTRIES // n)
     scale = np.empty(rows)  # float64 for either dtype
-    for i0 in range(0, len(qx), rows):
+    for i0 in range(first * rows, len(qx), step * rows):
         i1 = min(len(qx), i0 + rows)
         n_src = min(n, i1) if causal else n  # causal rows never see sources beyond i1
         tile = qx[i0:i1] @ kx[:n_src].T
         _k.weight_rows(tile, colw[:n_src], kind, bias, causal, i0, scale)
         out[i0:i1] = (tile @ vx[:n_src]) * scale[: i1 - i0, None]
+
+
+def _tiles_serial(qx, kx, vx, colw, kind, bias, causal, out):
+    _tiles(qx, kx, vx, colw, kind, bias, causal, out, _tile_rows(len(qx), len(kx)), 0, 1)
+
+
+def _tiles_parallel(qx, kx, vx, colw, kind, bias, causal, out):
+    """:func:`_tiles_serial` on as many threads as the thread limit.
+
+    The tiles are dealt in turn (interleaved: the rows of a causal triangle balance).
+    """
+    workers = _threads.get_num_threads()
+    rows = _tile_rows(len(qx), len(kx))
+    args = (qx, kx, vx, colw, kind, bias, causal, out, rows)
+    jobs = [_tile_executor().submit(_tiles, *args, w, workers) for w in range(1, workers)]
+    try:
+        _tiles(*args, 0, workers)
+    finally:
+        for job in jobs:
+            job.result()  # waits; re-raises an error of a worker
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _tile_executor() -> ThreadPoolExecutor:
+    """The worker threads of :func:`_tiles_parallel` (created on first use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                       thread_name_prefix="transformer_pde-tiles")
+    return _executor
 
 
 def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
@@ -924,3 +977,159 @@ class MultiHeadAttention:
 
     def _field(self, targets, sources, weights, causal=False):
         return sum(head._field(targets, sources, weights, causal) for head in self.heads)
+
+
+class Layers:
+    r"""A depth-dependent model: attention whose parameters are piecewise constant in time.
+
+    Layer k acts on :math:`[t_k, t_{k+1})` (the last one on :math:`[t_{L-1}, t_L]`):
+
+    .. math::
+
+        A_i(x, t) = A^{(k)}_i(x) \quad\text{for } t_k \le t < t_{k+1},
+        \qquad k = 0, \dots, L - 1,
+
+    the continuous-depth picture of a Transformer whose layers have their own
+    :math:`\beta, Q, K, V` (docs/math.md §9.16). Used as the attention of a
+    :class:`~transformer_pde.TokenDynamics`, it is accepted by
+    :func:`~transformer_pde.simulate` (one system or a batch),
+    :func:`~transformer_pde.solve_meanfield` and :func:`~transformer_pde.gaussian_moments`;
+    each lands exactly on the layer boundaries :math:`t_1, \dots, t_{L-1}` (no step
+    straddles one) and starts the next layer afresh there, so a run over several layers
+    is the sequence of the runs of its layers, each from the end state of the one before.
+    The model is defined on :math:`[t_0, t_L]` only: a time outside it (in ``t_span``,
+    ``t_eval`` or ``velocity(x, t)``) is a ``ValueError``.
+
+    Parameters
+    ----------
+    attentions : sequence of Attention or MultiHeadAttention, length L >= 1
+        The layers, on the same token dimension d (where their matrices fix it) and with
+        the same number of systems B where they are batched.
+    times : array_like, shape (L + 1,)
+        Strictly increasing, finite layer boundaries :math:`t_0 < t_1 < \dots < t_L`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> att = tp.Layers([tp.SoftmaxAttention(1.0), tp.SoftmaxAttention(4.0)], [0.0, 1.0, 2.0])
+    >>> att.at(0.5).beta, att.at(1.0).beta, att.breakpoints
+    (1.0, 4.0, (1.0,))
+    >>> dyn = tp.TokenDynamics(att)
+    >>> x0 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> traj = tp.simulate(dyn, x0, (0.0, 2.0), t_eval=[0.0, 1.0, 2.0], dt=0.01)
+    >>> traj.x.shape
+    (3, 2, 2)
+    """
+
+    def __init__(self, attentions: Sequence, times):
+        if isinstance(attentions, (Attention, MultiHeadAttention, Layers)) or not isinstance(
+                attentions, Sequence):
+            raise TypeError(
+                "attentions must be a list of attention objects (one per layer), got "
+                f"{type(attentions).__name__}"
+            )
+        if len(attentions) == 0:
+            raise ValueError("attentions must contain at least one layer, got an empty list")
+        for k, att in enumerate(attentions):
+            if isinstance(att, Layers):
+                raise TypeError(f"attentions[{k}] is itself a Layers model; give its layers directly")
+            if not isinstance(att, (Attention, MultiHeadAttention)):
+                raise TypeError(
+                    f"attentions[{k}] must be an attention object (e.g. SoftmaxAttention), "
+                    f"got {type(att).__name__}"
+                )
+        arr = np.asarray(times)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
+                                       or np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"times must be a 1-D array of real numbers, got {times!r}")
+        arr = np.array(arr, dtype=np.float64)
+        if arr.ndim != 1 or len(arr) != len(attentions) + 1:
+            raise ValueError(
+                f"times must have shape ({len(attentions) + 1},) (one more boundary than the "
+                f"{len(attentions)} layers), got shape {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"times must be finite, got {arr.tolist()}")
+        if np.any(np.diff(arr) <= 0.0):
+            k = int(np.argmax(np.diff(arr) <= 0.0))
+            raise ValueError(
+                f"times must be strictly increasing, but times[{k}]={arr[k]:g} >= "
+                f"times[{k + 1}]={arr[k + 1]:g}"
+            )
+        dims = {att.dim for att in attentions if att.dim is not None}
+        if len(dims) > 1:
+            raise ValueError(f"all layers must act on the same dimension d, got d in {sorted(dims)}")
+        batches = {att.batch for att in attentions if att.batch is not None}
+        if len(batches) > 1:
+            raise ValueError(
+                f"all batched layers must hold the same number of systems B, got B in {sorted(batches)}"
+            )
+        self.attentions = tuple(attentions)
+        self.times = arr
+        self.dim: int | None = dims.pop() if dims else None
+        #: number of systems B when a layer has per-system parameters, else None
+        self.batch: int | None = batches.pop() if batches else None
+        self.causal = any(att.causal for att in attentions)
+
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        r"""The interior layer boundaries :math:`t_1, \dots, t_{L-1}` (where the field switches)."""
+        return tuple(float(t) for t in self.times[1:-1])
+
+    def __len__(self) -> int:
+        return len(self.attentions)
+
+    def index(self, t: float) -> int:
+        """The layer acting at time t: k with ``times[k] <= t < times[k + 1]`` (the last at ``times[-1]``).
+
+        Raises ``ValueError`` for t outside ``[times[0], times[-1]]``.
+        """
+        t = _v.as_real(t, "t")
+        self.check_span(t, t, "t")
+        return min(int(np.searchsorted(self.times, t, side="right")) - 1, len(self.attentions) - 1)
+
+    def at(self, t: float):
+        """The attention object of the layer acting at time t (see :meth:`index`)."""
+        return self.attentions[self.index(t)]
+
+    def check_span(self, t0: float, t1: float, name: str = "t_span") -> None:
+        """Raise ``ValueError`` unless ``[t0, t1]`` lies inside ``[times[0], times[-1]]``."""
+        lo, hi = float(self.times[0]), float(self.times[-1])
+        if t0 < lo or t1 > hi:
+            given = f"{t0:g}" if t0 == t1 else f"[{t0:g}, {t1:g}]"
+            raise ValueError(
+                f"{name}={given} reaches outside the layers of {self!r}, which are defined on "
+                f"[times[0], times[-1]] = [{lo:g}, {hi:g}]; extend times or shorten the run"
+            )
+
+    def __eq__(self, other) -> bool:
+        """Same layers (each equal) and the same boundary times."""
+        if not isinstance(other, Layers):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # parameters are mutable arrays
+
+    def __repr__(self) -> str:
+        times = ", ".join(f"{t:g}" for t in self.times)
+        return f"Layers([{', '.join(map(repr, self.attentions))}], times=[{times}])"
+
+    def _system(self, b: int) -> Layers:
+        """The model of system b of a batch (itself when no layer is batched)."""
+        if self.batch is None:
+            return self
+        return Layers([att._system(b) for att in self.attentions], self.times)
+
+    # the views of one layer, at the time t
+    def matrix(self, x, t: float, weights=None) -> np.ndarray:
+        """The weight matrix of the layer acting at t (see :meth:`Attention.matrix`)."""
+        return self.at(t).matrix(x, weights)
+
+    def velocity_reference(self, x, t: float, weights=None) -> np.ndarray:
+        """Dense NumPy output of the layer acting at t, shape (n, d)."""
+        return self.at(t).velocity_reference(x, weights)
+
+    def velocity(self, x, t: float, weights=None, dtype=None) -> np.ndarray:
+        """Kernel output of the layer acting at t, shape (n, d) (see :meth:`Attention.velocity`)."""
+        return self.at(t).velocity(x, weights, dtype)

@@ -17,7 +17,7 @@ What the papers measure when they say "the tokens cluster" (docs/math.md §2.3-2
   count as the rank of the thresholded Gram matrix and the cluster sizes, inner-product
   histograms (per system and over an ensemble), the fraction of adjacent clustered pairs
   (causal and positional models), the cosine similarity of the heads' V eigenvectors and
-  the rank of limit covariances over an ensemble of Gaussian runs (docs/math.md §9.16).
+  the rank of limit covariances over an ensemble of Gaussian runs (docs/math.md §9.18).
 
 Functions that measure a state accept tokens ``x`` of shape (n, d), a stack (nt, n, d),
 a :class:`~transformer_pde.Trajectory`, a :class:`~transformer_pde.Density` or a
@@ -417,7 +417,7 @@ def leaders(P, threshold: float = 0.5) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# statistics of the published studies (docs/math.md §9.16)
+# statistics of the published studies (docs/math.md §9.18)
 # ---------------------------------------------------------------------------------------
 def _systems(obj, name: str = "x") -> tuple[np.ndarray, str]:
     """Tokens as a float array (S, n, d) and the input's kind: "one", "stack" or "batch".

@@ -1647,11 +1647,15 @@ def _energy_max(beta: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# figures of the published studies (docs/math.md §9.16)
+# figures of the published studies (docs/math.md §9.18)
 # ---------------------------------------------------------------------------------------
 def _value_matrix(dynamics, d: int) -> np.ndarray:
     """The value matrix V (d, d) of a single-head model (identity when it has none)."""
-    V = getattr(getattr(dynamics, "attention", None), "V", None)
+    attention = getattr(dynamics, "attention", None)
+    if not hasattr(attention, "V"):
+        raise TypeError(f"plot_convex_hulls: rescale=True needs a model with one value matrix V, got "
+                        f"{type(attention).__name__} (pass rescale=False)")
+    V = attention.V
     if V is None:
         return np.eye(d)
     V = np.asarray(V, dtype=np.float64)

@@ -146,7 +146,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "T": _Key("float", required=True),
         "t0": _Key("float", 0.0),
         "n_saved": _Key("int", 101),
-        "method": _Key("str", None, tuple(METHODS) + ("euler-maruyama",)),
+        "method": _Key("str", None, tuple(METHODS) + ("euler-maruyama", "rescaled")),
         "dt": _REAL,
         "rtol": _Key("float", 1e-6),
         "atol": _Key("float", 1e-9),
