@@ -79,7 +79,7 @@ _FORMAT = "transformer_pde"
 
 #: the model and grid classes the format stores (by class name)
 _MODEL_CLASSES = (
-    "SoftmaxAttention", "L2Attention", "UnnormalizedAttention", "SigmoidAttention",
+    "SoftmaxAttention", "ALiBiAttention", "L2Attention", "UnnormalizedAttention", "SigmoidAttention",
     "SinkhornAttention", "MultiHeadAttention", "TokenDynamics",
     "CircleGrid", "CausalCircleGrid", "CartesianGrid", "SphereGrid",
 )

@@ -449,16 +449,17 @@ def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
 
 # -- unnormalised (USA) -----------------------------------------------------------------
 @numba.njit(inline="always")
-def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc):
-    m, _ = _online_row(qx, i, kyT, vyT, colw, kyT.shape[1], buf, acc)
+def _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc):
+    nj = i + 1 if causal else kyT.shape[1]
+    m, _ = _online_row(qx, i, kyT, vyT, colw, nj, buf, acc)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * scale
 
 
 @numba.njit(**_JIT)
-def exp_field(qx, kyT, vyT, colw, out):
-    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
+def exp_field(qx, kyT, vyT, colw, causal, out):
+    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA), with j <= i if causal.
 
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
@@ -467,16 +468,16 @@ def exp_field(qx, kyT, vyT, colw, out):
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+            _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
     return out
 
 
 @numba.njit(**_SERIAL)
-def exp_field_serial(qx, kyT, vyT, colw, out):
+def exp_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`exp_field` on the calling thread only (releases the GIL)."""
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+        _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
     return out
 
 

@@ -180,11 +180,17 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
             "masked (causal) attention has a mean-field equation on (s, theta): use "
             "CausalCircleGrid(n_positions, n_cells)"
         )
+    # include_self=False (the mask j < i) has the same mean field as j <= i: the token's own
+    # term carries the weight 1/n. ALiBi's position bias is not modelled on the grid.
     if isinstance(grid, CausalCircleGrid) and not all(
-        isinstance(h, SoftmaxAttention) and type(h) is SoftmaxAttention and h.causal
+        type(h) in (SoftmaxAttention, UnnormalizedAttention) and h.causal
         for h in _heads(dyn.attention)
     ):
-        raise ValueError("a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True)")
+        raise ValueError(
+            "a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True) or "
+            "UnnormalizedAttention(..., causal=True) (include_self either way; "
+            f"got {dyn.attention!r})"
+        )
 
 
 def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
