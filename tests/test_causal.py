@@ -176,11 +176,12 @@ def test_response_kernel_solves_the_causal_linearisation():
     from transformer_pde.theory import _bessel_f
 
     for tau, lag in ((0.4, 0.7), (1.3, 3.0), (2.5, 8.0)):
-        rhs = 1.0 + quad(lambda v: float(_bessel_f(tau, v)), 0, lag, epsabs=0, epsrel=1e-13)[0]
+        rhs = 1.0 + quad(lambda v, tau=tau: float(_bessel_f(tau, v)), 0, lag, epsabs=0,
+                         epsrel=1e-13)[0]
         assert abs(i0(2 * np.sqrt(tau * lag)) - rhs) < 1e-10 * rhs
         a, b = 0.6 * tau, 0.4 * tau
-        conv = quad(lambda v: float(_bessel_f(a, lag - v) * _bessel_f(b, v)), 0, lag,
-                    epsabs=0, epsrel=1e-13)[0]
+        conv = quad(lambda v, a=a, b=b, lag=lag: float(_bessel_f(a, lag - v) * _bessel_f(b, v)),
+                    0, lag, epsabs=0, epsrel=1e-13)[0]
         want = float(_bessel_f(a, lag) + _bessel_f(b, lag)) + conv
         assert abs(float(_bessel_f(tau, lag)) - want) < 1e-10 * want
 

@@ -44,6 +44,7 @@ __all__ = [
     "causal_response",
     "causal_correlation",
     "retrieval_profile",
+    "causal_correlation_matrix",
 ]
 
 _MODELS = ("SA", "USA")
@@ -470,7 +471,7 @@ def noisy_growth_rate(kappa: float, d: int = 2) -> float:
 
 # -- causal tokens on the circle: linear response and pair correlations ------------------
 def _causal_tau(t, beta, k, model) -> np.ndarray:
-    """tau = lambda_k t, the causal linearisation's clock (lambda_k: :func:`circle_growth_rate`)."""
+    """The causal linearisation's clock tau = lambda_k t (lambda_k: :func:`circle_growth_rate`)."""
     t = np.asarray(t, dtype=float)
     if np.any(t < 0) or not np.all(np.isfinite(t)):
         raise ValueError(f"t must be finite and >= 0, got {t}")
@@ -555,7 +556,7 @@ def causal_response(s, sigma, t, beta: float, k: int = 1, model: str = "SA"):
 
 
 def _correlation_integral_closed(tau: float, a: float) -> float:
-    r""":math:`J = \int_0^\infty e^{-u}F_\tau(u + a)F_\tau(u)\,du` as the series
+    r"""The common-ancestor integral J = int_0^inf e^{-u} F(u + a) F(u) du as a series.
 
     .. math::
 
@@ -685,3 +686,53 @@ def retrieval_profile(s_prime, t, beta: float, k: int = 1, method: str = "closed
     sp = np.asarray(s_prime, dtype=float)
     flat = [causal_correlation(1.0, float(x), t, beta, k, method) for x in sp.ravel()]
     return np.asarray(flat).reshape(sp.shape)
+
+
+def causal_correlation_matrix(n: int, t: float, beta: float, k: int = 1) -> np.ndarray:
+    r"""The finite-n version of :func:`causal_correlation`, n times the pair correlations of n tokens.
+
+    The same first-order linearisation for n tokens at positions i/n (i = 1..n): mode k of
+    token i is driven by the tokens :math:`j < i` (the token's own term has no velocity),
+    each with the weight :math:`1/(i - 1 + e^\beta/I_0(\beta))` (the causal softmax
+    denominator of token i with its own term :math:`e^{\beta}` kept: :math:`(i-1) I_0 + e^\beta`
+    on average), so :math:`z(t) = e^{\tau A}z(0)` with
+
+    .. math::
+
+        A_{ij} = \frac{1}{i - 1 + e^{\beta}/I_0(\beta)}\;(j < i), \qquad
+        n\,\mathbb E\big[\cos k(\theta_i - \theta_j)\big] \approx n\,(e^{\tau A}e^{\tau A^\top})_{ij},
+
+    from uncorrelated z(0) of unit variance (:math:`\tau = \lambda_k t`). As n grows its
+    entries tend to :math:`R_k(t; i/n, j/n)`, slowly near the start of the sequence (the
+    first tokens are few and held by their own term). docs/math.md §11.
+
+    Parameters
+    ----------
+    n : int
+        Number of tokens >= 2.
+    t, beta, k
+        See :func:`causal_correlation`.
+
+    Returns
+    -------
+    ndarray, shape (n, n)
+        Symmetric; the off-diagonal entries are the predictions (the diagonal is n times
+        the variance of the linearised mode, not a pair).
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> c = tp.theory.causal_correlation_matrix(400, 1.0, 1.0)
+    >>> r = tp.theory.causal_correlation(1.0, 0.5, 1.0, 1.0)
+    >>> bool(abs(c[399, 199] - r) < 0.1 * r)
+    True
+    """
+    from scipy.linalg import expm
+
+    n = _n_tokens(n)
+    tau = float(_causal_tau(float(t), beta, k, "SA"))
+    shift = float(np.exp(beta - np.log(ive(0, beta)) - beta))  # e^beta / I_0(beta)
+    i = np.arange(1, n + 1, dtype=float)
+    a = np.tril(np.ones((n, n)), -1) / (i[:, None] - 1.0 + shift)
+    m = expm(tau * a)
+    return n * (m @ m.T)
