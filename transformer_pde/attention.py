@@ -722,8 +722,9 @@ class ALiBiAttention(SoftmaxAttention):
     needs :math:`\lambda = m n` fixed, i.e. a slope :math:`m = \lambda / n`: a fixed
     slope per token makes each token attend to its last :math:`O(1/m)` predecessors only, a
     vanishing fraction of the sequence, and the mean field forgets the bias (the limit of
-    any fixed m > 0 is the field of the token's own position, local in s).
-    docs/math.md §3.1.
+    any fixed m > 0 is the field of the token's own position, local in s). On a
+    :class:`~transformer_pde.CausalCircleGrid` of S fibres the slope acts per fibre
+    (:math:`\lambda = m S`; S = n is the particles' bias). docs/math.md §3.1, 11.
 
     The per-source log-weights reach :math:`m n` in size, so the logits carry an absolute
     rounding error of about :math:`m n\,\epsilon` (float64: relative weights within
