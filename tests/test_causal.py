@@ -251,3 +251,17 @@ def test_grid_alibi_large_slope_decouples_the_fibres():
     for k in range(3):
         alone = face_velocity(_dyn(tp.SoftmaxAttention(1.5)), grid.circle, rho[k], field="quadrature")
         assert np.allclose(u[k * 128:(k + 1) * 128], alone, rtol=0, atol=1e-13 * np.max(np.abs(alone)))
+
+
+def test_run_file_builds_the_causal_variants():
+    """model.attention = "alibi" with slope, include_self; causal USA: the run file builds the
+    same models as the API; keys used by other kinds are refused."""
+    from transformer_pde import runfile
+
+    head = "[model]\ndim = 2\n{}\n[initial]\nn = 8\n[particles]\nT = 1.0\n"
+    spec = runfile.parse(head.format('attention = "alibi"\nslope = 0.25\ninclude_self = false'))
+    assert runfile.build_dynamics(spec).attention == tp.ALiBiAttention(1.0, 0.25, include_self=False)
+    spec = runfile.parse(head.format('attention = "unnormalized"\ncausal = true'))
+    assert runfile.build_dynamics(spec).attention == tp.UnnormalizedAttention(1.0, causal=True)
+    with pytest.raises(runfile.RunFileError, match="model.slope is used only with attention = 'alibi'"):
+        runfile.parse(head.format('attention = "softmax"\nslope = 0.25'))
