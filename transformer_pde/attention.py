@@ -34,7 +34,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
@@ -130,17 +132,67 @@ def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
 def _tiled(qx, kx, vx, colw, kind, bias, causal, out):
     """out_i = scale_i sum_j W_ij vx_j over tiles of rows: BLAS logits, Numba weights.
 
-    Memory O(B n) with B = _TILE_ENTRIES // n rows per tile; never an n x n array.
+    Memory O(B n) per thread with B <= _TILE_ENTRIES // n rows per tile; never an n x n
+    array. The tiles run on the calling thread or on :func:`_threads.get_num_threads`
+    Python threads at once (BLAS and :func:`~transformer_pde._kernels.attention.weight_rows`
+    release the GIL), chosen per call by :mod:`transformer_pde._threads` like the row
+    kernels: the timings also decide against the threads when BLAS itself runs on
+    several (``OPENBLAS_NUM_THREADS``) and they would compete for the cores.
     """
+    _threads.run(_name(f"tiles{kind}", qx), len(qx) * len(kx), _tiles_serial, _tiles_parallel,
+                 qx, kx, vx, colw, kind, bias, causal, out)
+
+
+def _tile_rows(m: int, n: int) -> int:
+    """Rows per tile: at most _TILE_ENTRIES // n, and a tile for each Numba thread.
+
+    The same tiles serial and parallel: the same BLAS calls, the same numbers.
+    """
+    return max(1, min(_TILE_ENTRIES // n, -(-m // numba.config.NUMBA_NUM_THREADS)))
+
+
+def _tiles(qx, kx, vx, colw, kind, bias, causal, out, rows, first, step):
+    """The tiles number first, first + step, ... (``rows`` target rows each) of :func:`_tiled`."""
     n = len(kx)
-    rows = max(1, _TILE_ENTRIES // n)
     scale = np.empty(rows)  # float64 for either dtype
-    for i0 in range(0, len(qx), rows):
+    for i0 in range(first * rows, len(qx), step * rows):
         i1 = min(len(qx), i0 + rows)
         n_src = min(n, i1) if causal else n  # causal rows never see sources beyond i1
         tile = qx[i0:i1] @ kx[:n_src].T
         _k.weight_rows(tile, colw[:n_src], kind, bias, causal, i0, scale)
         out[i0:i1] = (tile @ vx[:n_src]) * scale[: i1 - i0, None]
+
+
+def _tiles_serial(qx, kx, vx, colw, kind, bias, causal, out):
+    _tiles(qx, kx, vx, colw, kind, bias, causal, out, _tile_rows(len(qx), len(kx)), 0, 1)
+
+
+def _tiles_parallel(qx, kx, vx, colw, kind, bias, causal, out):
+    """:func:`_tiles_serial` on as many threads as the thread limit.
+
+    The tiles are dealt in turn (interleaved: the rows of a causal triangle balance).
+    """
+    workers = _threads.get_num_threads()
+    rows = _tile_rows(len(qx), len(kx))
+    args = (qx, kx, vx, colw, kind, bias, causal, out, rows)
+    jobs = [_tile_executor().submit(_tiles, *args, w, workers) for w in range(1, workers)]
+    try:
+        _tiles(*args, 0, workers)
+    finally:
+        for job in jobs:
+            job.result()  # waits; re-raises an error of a worker
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _tile_executor() -> ThreadPoolExecutor:
+    """The worker threads of :func:`_tiles_parallel` (created on first use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                       thread_name_prefix="transformer_pde-tiles")
+    return _executor
 
 
 def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
