@@ -177,7 +177,7 @@ def _versus_baseline(tree: str, n: int, repeats: int) -> list[dict]:
     calls = {
         "SA": lambda m, s: (m.softmax_field_serial if s else m.softmax_field)(
             x, xT, xT, colw, False, out),
-        "USA": lambda m, s: (m.exp_field_serial if s else m.exp_field)(x, xT, xT, colw, out),
+        "USA": lambda m, s: (m.exp_field_serial if s else m.exp_field)(x, xT, xT, colw, False, out),
     }
     for variant, call in calls.items():
         for serial in (True, False):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import clustering, initial, metastability, runfile, theory, trackers
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
+    ALiBiAttention,
     Attention,
     L2Attention,
     Layers,
@@ -105,6 +106,7 @@ def resume(path, *, trackers=None, progress=None):
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "ALiBiAttention",
     "SummationReport",
     "UnnormalizedAttention",
     "L2Attention",

@@ -49,6 +49,7 @@ from ._kernels import batched as _kb
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "ALiBiAttention",
     "UnnormalizedAttention",
     "L2Attention",
     "SigmoidAttention",
@@ -213,6 +214,29 @@ class SinkhornConvergenceWarning(RuntimeWarning):
     """Sinkhorn scaling stopped at ``n_iter`` sweeps before reaching ``tol``."""
 
 
+def _check_mask(causal, include_self) -> tuple[bool, bool]:
+    """``(causal, include_self)`` as bools, or TypeError/ValueError naming the parameter."""
+    for name, value in (("causal", causal), ("include_self", include_self)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    if not include_self and not causal:
+        raise ValueError(
+            "include_self=False (the mask j < i) needs causal=True; unmasked attention always "
+            "includes the token itself"
+        )
+    return bool(causal), bool(include_self)
+
+
+def _causal_mask(n: int, include_self: bool) -> np.ndarray:
+    """The (n, n) boolean mask j <= i (``include_self``) or j < i."""
+    return np.tri(n, k=0 if include_self else -1, dtype=bool)
+
+
+def _mask_params(att) -> str:
+    """The ``causal``/``include_self`` part of a repr."""
+    return f", causal={att.causal}" + ("" if att.include_self else ", include_self=False")
+
+
 def _log_weights(weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(weights)
@@ -307,6 +331,10 @@ class Attention:
 
     #: attention of token i depends on the order of the tokens (masked variants)
     causal: bool = False
+    #: a causal token attends to itself (j <= i); False: to the tokens before it only (j < i)
+    include_self: bool = True
+    #: the weights of a row are normalised (softmax type): a causal row 0 needs weights[0] > 0
+    _normalized: bool = True
     #: whether the variant accepts parameters with a leading batch axis
     _batch_params: bool = True
     #: how :meth:`_field` sums: the variants with fast summation set it per instance
@@ -399,7 +427,7 @@ class Attention:
                 f"dimension {self.dim} (from the shapes of Q, K, V)"
             )
         weights = _v.as_weights(weights, x.shape[0])
-        if self.causal and weights[0] == 0.0:
+        if self.causal and self._normalized and weights[0] == 0.0:
             raise ValueError(
                 "weights[0] must be > 0 for causal attention: the first token attends only to itself"
             )
@@ -541,6 +569,15 @@ class Attention:
             return np.stack([self._system(b)._velocity(x[b], weights) for b in range(len(x))])
         qx, (kx, vx) = self._query(x), self._keys_values(x)
         out = np.empty(x.shape[:2] + vx.shape[-1:], dtype=qx.dtype)  # float32 batches stay float32
+        if self.causal and not self.include_self:  # row i of j < i is row i - 1 of j <= i, shifted
+            out[:, 0] = 0.0
+            if x.shape[1] > 1:
+                rest = np.empty_like(out[:, 1:])
+                c = np.ascontiguousarray
+                self._kernel_batch(weights[:-1], c(qx[:, 1:]), c(kx[:, :-1]), c(vx[:, :-1]), rest,
+                                   True)
+                out[:, 1:] = rest
+            return out
         self._kernel_batch(weights, qx, kx, vx, out, self.causal)
         return out
 
@@ -568,7 +605,16 @@ class Attention:
         sources = sources.astype(dt, copy=False)
         kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]), dtype=dt)
-        self._kernel(weights, self._query(targets), kx, vx, out, causal)
+        qx = self._query(targets)
+        if causal and not self.include_self:
+            # the strict mask j < i: row i is row i - 1 of the mask j <= i applied to the
+            # targets 1.. and the sources ..n-2, so the causal kernels serve unchanged; the
+            # first token has an empty sum and velocity 0 (docs/math.md §3.1)
+            out[0] = 0.0
+            if len(targets) > 1:
+                self._kernel(weights[:-1], qx[1:], kx[:-1], vx[:-1], out[1:], True)
+            return out
+        self._kernel(weights, qx, kx, vx, out, causal)
         return out
 
     def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
@@ -605,8 +651,9 @@ class SoftmaxAttention(_FastSummation, Attention):
                       {\sum_{k} a_k e^{\beta\langle Qx_i, Kx_k\rangle}},
 
     with the sums restricted to :math:`j, k \le i` when ``causal=True`` (masked
-    attention: token i attends to itself and the tokens before it).
-    docs/math.md §1.1 and 2.1.
+    attention: token i attends to itself and the tokens before it), and to
+    :math:`j, k < i` when moreover ``include_self=False`` (the first token then has an
+    empty sum: its output is defined as 0). docs/math.md §1.1, 2.1 and 3.1.
 
     Parameters
     ----------
@@ -614,6 +661,9 @@ class SoftmaxAttention(_FastSummation, Attention):
         See :class:`Attention`.
     causal : bool
         Apply the causal mask.
+    include_self : bool
+        With ``causal=True``: whether token i attends to itself (True, :math:`j \le i`) or
+        only to the tokens before it (False, :math:`j < i`). Must be True without the mask.
     summation : {"auto", "exact", "fast"}
         How the sums over the tokens are computed. ``"exact"``: the O(n^2) kernels.
         ``"fast"``: fast summation on :math:`\mathbb S^1` and :math:`\mathbb S^2`, the kernel
@@ -641,15 +691,13 @@ class SoftmaxAttention(_FastSummation, Attention):
     """
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False,
-                 summation: str = "auto", tol: float = _DEFAULT_TOL):
+                 summation: str = "auto", tol: float = _DEFAULT_TOL, include_self: bool = True):
         super().__init__(beta, Q, K, V)
-        if not isinstance(causal, (bool, np.bool_)):
-            raise TypeError(f"causal must be a bool, got {causal!r}")
-        self.causal = bool(causal)
+        self.causal, self.include_self = _check_mask(causal, include_self)
         self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, causal={self.causal}{self._summation_params()}"
+        return f"beta={self.beta:g}{_mask_params(self)}{self._summation_params()}"
 
     def _column_bias(self, kx: np.ndarray) -> np.ndarray:
         return np.zeros(kx.shape[:-1])
@@ -660,9 +708,13 @@ class SoftmaxAttention(_FastSummation, Attention):
 
     def _matrix_reference(self, x, weights):
         logits = self._logits_reference(x) + _log_weights(weights)[None, :]
-        if self.causal:
-            logits = np.where(np.tri(len(x), dtype=bool), logits, -np.inf)
-        return np.exp(log_softmax(logits, axis=1))
+        if not self.causal:
+            return np.exp(log_softmax(logits, axis=1))
+        logits = np.where(_causal_mask(len(x), self.include_self), logits, -np.inf)
+        first = 0 if self.include_self else 1  # j < i: row 0 has no source and stays 0
+        out = np.zeros_like(logits)
+        out[first:] = np.exp(log_softmax(logits[first:], axis=1))
+        return out
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out)
@@ -703,15 +755,104 @@ class L2Attention(SoftmaxAttention):
         return -0.5 * self.beta * np.einsum("ijc,ijc->ij", diff, diff)
 
 
+class ALiBiAttention(SoftmaxAttention):
+    r"""Causal softmax attention with the ALiBi linear position bias.
+
+    .. math::
+
+        W_{ij} = \frac{a_j\, e^{\beta\langle Qx_i, Kx_j\rangle - m(i - j)}}
+                      {\sum_{k \le i} a_k\, e^{\beta\langle Qx_i, Kx_k\rangle - m(i - k)}},
+        \qquad j \le i,
+
+    (:math:`j, k < i` with ``include_self=False``, the first token's output then 0), with
+    the slope :math:`m \ge 0` per token index (Press, Smith, Lewis, *Train short, test long*,
+    arXiv 2108.12409). The row term :math:`-m i` cancels in the quotient, so the weights
+    are those of causal softmax attention with the per-source log-weight
+    :math:`\log a_j + m j`: the causal softmax kernels compute it unchanged.
+
+    **Mean field.** With positions :math:`s = i/n \in (0, 1]` the bias is
+    :math:`-m n (s - s')`. A limit :math:`n \to \infty` with a nontrivial position bias
+    needs :math:`\lambda = m n` fixed, i.e. a slope :math:`m = \lambda / n`: a fixed
+    slope per token makes each token attend to its last :math:`O(1/m)` predecessors only, a
+    vanishing fraction of the sequence, and the mean field forgets the bias (the limit of
+    any fixed m > 0 is the field of the token's own position, local in s). On a
+    :class:`~transformer_pde.CausalCircleGrid` of S fibres the slope acts per fibre
+    (:math:`\lambda = m S`; S = n is the particles' bias). docs/math.md §3.1, 11.
+
+    The per-source log-weights reach :math:`m n` in size, so the logits carry an absolute
+    rounding error of about :math:`m n\,\epsilon` (float64: relative weights within
+    :math:`2\cdot 10^{-13}` for :math:`m n \le 10^3`; in float32 :math:`m n\,\epsilon_{32}`).
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    slope : float
+        The slope m >= 0 (0: causal softmax attention).
+    include_self : bool
+        Whether token i attends to itself (:math:`j \le i`) or not (:math:`j < i`).
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> x = np.random.default_rng(0).normal(size=(6, 2))
+    >>> att = tp.ALiBiAttention(2.0, slope=0.5)
+    >>> bool(np.allclose(att.velocity(x), att.velocity_reference(x), rtol=0, atol=1e-13))
+    True
+    >>> [round(h.slope, 4) for h in tp.ALiBiAttention.multi_head(1.0, 4).heads]
+    [0.25, 0.0625, 0.0156, 0.0039]
+    """
+
+    def __init__(self, beta: float = 1.0, slope: float = 0.0, Q=None, K=None, V=None,
+                 include_self: bool = True):
+        super().__init__(beta, Q, K, V, causal=True, summation="exact", include_self=include_self)
+        self.slope = _v.as_real(slope, "slope")
+        if self.slope < 0:
+            raise ValueError(f"slope must be >= 0 (a bias that decays with distance), got {self.slope}")
+
+    def _params(self) -> str:
+        return (f"beta={self.beta:g}, slope={self.slope:g}"
+                + ("" if self.include_self else ", include_self=False"))
+
+    @classmethod
+    def multi_head(cls, beta: float, n_heads: int, scale: float = 1.0, Q=None, K=None, V=None,
+                   include_self: bool = True) -> MultiHeadAttention:
+        r"""H heads with ALiBi's geometric slopes :math:`m_h = \text{scale}\cdot 2^{-8h/H}`.
+
+        .. math::
+
+            m_h = \text{scale}\cdot 2^{-8h/H}, \qquad h = 1, \dots, H,
+
+        the sequence of the ALiBi paper (scale 1); the heads share beta, Q, K, V. Returns a
+        :class:`MultiHeadAttention`.
+        """
+        n_heads = _v.as_positive_int(n_heads, "n_heads")
+        scale = _v.as_real(scale, "scale")
+        slopes = scale * 2.0 ** (-8.0 * np.arange(1, n_heads + 1) / n_heads)
+        return MultiHeadAttention([cls(beta, float(m), Q, K, V, include_self) for m in slopes])
+
+    def _column_bias(self, kx):
+        return self.slope * np.arange(kx.shape[-2], dtype=float)  # + m j; -m i cancels per row
+
+    def _logits_reference(self, x):
+        n = len(x)
+        i = np.arange(n)
+        return super()._logits_reference(x) - self.slope * (i[:, None] - i[None, :])
+
+
 class UnnormalizedAttention(_FastSummation, Attention):
     r"""Unnormalized self-attention (USA): no softmax denominator.
 
     .. math::
 
         W_{ij} = a_j\, e^{\beta\langle Qx_i, Kx_j\rangle}
-        \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j).
+        \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j),
 
-    docs/math.md §2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
+    with :math:`W_{ij} = 0` for :math:`j > i` when ``causal=True`` and for :math:`j \ge i`
+    when moreover ``include_self=False`` (the first token's sum is then empty: output 0).
+    There is no normalisation, so the weights are not renormalised over the unmasked
+    tokens: :math:`A_i = \frac1n\sum_{j \le i}\dots` (docs/math.md §2.1, 3.1).
+    Speeds grow like :math:`e^{\beta}` on the sphere; beyond
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
 
     Parameters
@@ -719,20 +860,38 @@ class UnnormalizedAttention(_FastSummation, Attention):
     beta, Q, K, V
         See :class:`Attention`.
     summation, tol
-        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`.
+        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`
+        (not with the causal mask: its sums are exact).
+    causal, include_self : bool
+        The causal mask :math:`j \le i`, and whether it includes the token itself (False:
+        :math:`j < i`); see :class:`SoftmaxAttention`.
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> x = np.random.default_rng(0).normal(size=(5, 2))
+    >>> att = tp.UnnormalizedAttention(1.0, causal=True, include_self=False)
+    >>> v = att.velocity(x)
+    >>> bool(np.all(v[0] == 0.0)), bool(np.allclose(v, att.velocity_reference(x), rtol=1e-12))
+    (True, True)
     """
 
+    _normalized = False
+
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, summation: str = "auto",
-                 tol: float = _DEFAULT_TOL):
+                 tol: float = _DEFAULT_TOL, causal: bool = False, include_self: bool = True):
         super().__init__(beta, Q, K, V)
+        self.causal, self.include_self = _check_mask(causal, include_self)
         self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}{self._summation_params()}"
+        mask = _mask_params(self) if self.causal else ""
+        return f"beta={self.beta:g}{mask}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
-        return weights[None, :] * np.exp(qx @ kx.T)
+        w = weights[None, :] * np.exp(qx @ kx.T)
+        return np.where(_causal_mask(len(x), self.include_self), w, 0.0) if self.causal else w
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         # the largest weight is factored out (exactly 0 shift for uniform weights), so
@@ -742,17 +901,17 @@ class UnnormalizedAttention(_FastSummation, Attention):
         colw = (logw - top).astype(qx.dtype)
         if _fused(qx, vx):
             _threads.run(_name("exp", qx), len(qx) * len(kx), _k.exp_field_serial,
-                         _k.exp_field, qx, _t(kx), _t(vx), colw, out)
+                         _k.exp_field, qx, _t(kx), _t(vx), colw, causal, out)
         else:
-            _tiled(qx, kx, vx, colw, _k.EXP, 0.0, False, out)
+            _tiled(qx, kx, vx, colw, _k.EXP, 0.0, causal, out)
         out *= np.exp(top)  # <= 1: no overflow
 
     def _kernel_batch(self, weights, qx, kx, vx, out, causal):
         logw = _log_weights(weights)
         top = np.max(logw)  # factored out as in _kernel
         colw = _batch_rows(logw - top, kx)
-        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw,), out, _k.EXP, colw,
-                 0.0, False)
+        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw, causal), out, _k.EXP,
+                 colw, 0.0, causal)
         out *= np.exp(top)
 
 

@@ -79,8 +79,8 @@ _FORMAT = "transformer_pde"
 
 #: the model and grid classes the format stores (by class name)
 _MODEL_CLASSES = (
-    "SoftmaxAttention", "L2Attention", "UnnormalizedAttention", "SigmoidAttention",
-    "SinkhornAttention", "MultiHeadAttention", "Layers", "TokenDynamics",
+    "SoftmaxAttention", "ALiBiAttention", "L2Attention", "UnnormalizedAttention",
+    "SigmoidAttention", "SinkhornAttention", "MultiHeadAttention", "Layers", "TokenDynamics",
     "CircleGrid", "CausalCircleGrid", "CartesianGrid", "SphereGrid",
 )
 

@@ -606,8 +606,8 @@ def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
 
 # -- unnormalised (USA) -----------------------------------------------------------------
 @numba.njit(inline="always")
-def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats):
-    nj = kyT.shape[1]
+def _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+    nj = i + 1 if causal else kyT.shape[1]
     m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
@@ -615,28 +615,28 @@ def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats):
 
 
 @numba.njit(**_JIT)
-def exp_field(qx, kyT, vyT, colw, out):
-    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
+def exp_field(qx, kyT, vyT, colw, causal, out):
+    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA), with j <= i if causal.
 
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
     m = qx.shape[0]
-    stats = _source_stats(kyT, colw, False)
+    stats = _source_stats(kyT, colw, causal)
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats)
+            _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 @numba.njit(**_SERIAL)
-def exp_field_serial(qx, kyT, vyT, colw, out):
+def exp_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`exp_field` on the calling thread only (releases the GIL)."""
-    stats = _source_stats(kyT, colw, False)
+    stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc, stats)
+        _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 

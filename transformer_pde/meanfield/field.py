@@ -87,6 +87,7 @@ from scipy.special import ive
 from .. import _threads
 from .._kernels import finite_volume as _fv
 from ..attention import (
+    ALiBiAttention,
     Attention,
     L2Attention,
     Layers,
@@ -116,13 +117,15 @@ class RotationInvariant:
 
     ``kind`` is ``"softmax"`` (weights :math:`\propto e^{bc}`, normalised), ``"exp"``
     (:math:`e^{bc}`, USA) or ``"sigmoid"`` (:math:`\sigma(bc + \text{bias})`); the output is
-    multiplied by the scalar ``v`` (V = vI).
+    multiplied by the scalar ``v`` (V = vI). ``decay``: ALiBi's slope m on a
+    :class:`CausalCircleGrid`, fibre k' weighted by :math:`e^{-m(k - k')}` in the sums of fibre k.
     """
 
     kind: str
     b: float
     v: float
     bias: float = 0.0
+    decay: float = 0.0
 
 
 def _scalar(m, d) -> float | None:
@@ -141,6 +144,8 @@ def rotation_invariant(head: Attention, d: int) -> RotationInvariant | None:
     if q is None or k is None or v is None:
         return None
     b = head.beta * q * k
+    if type(head) is ALiBiAttention:
+        return RotationInvariant("softmax", b, v, decay=head.slope)
     if type(head) in (SoftmaxAttention, L2Attention):
         # L2 logits -(beta/2)|qx - ky|^2 = beta q k <x, y> + const on the sphere
         return RotationInvariant("softmax", b, v)
@@ -193,11 +198,17 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
             "masked (causal) attention has a mean-field equation on (s, theta): use "
             "CausalCircleGrid(n_positions, n_cells)"
         )
+    # include_self=False (the mask j < i) has the same mean field as j <= i: the token's own
+    # term carries the weight 1/n. ALiBi's slope acts per fibre (S = n: the particles' bias).
     if isinstance(grid, CausalCircleGrid) and not all(
-        isinstance(h, SoftmaxAttention) and type(h) is SoftmaxAttention and h.causal
+        type(h) in (SoftmaxAttention, UnnormalizedAttention, ALiBiAttention) and h.causal
         for h in _heads(dyn.attention)
     ):
-        raise ValueError("a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True)")
+        raise ValueError(
+            "a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True), "
+            "UnnormalizedAttention(..., causal=True) or ALiBiAttention (include_self either way; "
+            f"got {dyn.attention!r})"
+        )
 
 
 def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
@@ -443,11 +454,17 @@ def _quadrature(head: Attention, grid: Grid, a: np.ndarray, faces=None) -> np.nd
         m = grid.n_cells
         values = np.empty((len(idx), grid.dim))
         fibre = idx // m
+        slope = head.slope if isinstance(head, ALiBiAttention) else 0.0
+        if slope:  # ALiBi: the bias as weights e^{-m (k - k')} of the fibres, on plain softmax
+            head = SoftmaxAttention(head.beta, head.Q, head.K, head.V, summation="exact")
         for k in np.unique(fibre):  # fibre k attends to fibres 0..k
             sel = fibre == k
             n_src = (k + 1) * m
             targets = np.ascontiguousarray(f.points[idx[sel]])
-            values[sel] = head._field(targets, sources[:n_src], a[:n_src])
+            w = a[:n_src]
+            if slope:
+                w = w * np.repeat(np.exp(-slope * (k - np.arange(k + 1.0))), m)
+            values[sel] = head._field(targets, sources[:n_src], w)
     else:
         values = head._field(np.ascontiguousarray(f.points[idx]), sources, a)
     return np.einsum("fd,fd->f", values, f.normals[idx])
@@ -460,12 +477,33 @@ def _fast_path(grid: Grid, head: Attention):
         return None
     if isinstance(grid, CausalCircleGrid):
         return _CircleFFT(ri, grid.circle, grid.n_positions, causal=True)
+    if ri.decay:  # pragma: no cover - check_model admits ALiBi on a CausalCircleGrid only
+        return None
     if isinstance(grid, CircleGrid):
         return _CircleFFT(ri, grid, 1)
     fast = getattr(grid, "fast_face_velocity", None)  # (u, faces to hand over or None)
     if fast is None:
         return None
     return lambda a: fast(ri, a)
+
+
+def _fibre_sums(decay: float):
+    """``f(masses, out)``: what the fibres of a causal grid attend to, in place in ``out``.
+
+    The cumulated masses of the fibres up to each one, or with ALiBi's slope m the sums
+    weighted by :math:`e^{-m(k - k')}` (the recursion out_k = masses_k + e^{-m} out_{k-1}).
+    """
+    if not decay:
+        return lambda masses, out: np.cumsum(masses, axis=0, out=out)
+    from scipy.signal import lfilter
+
+    factor = float(np.exp(-decay))
+
+    def weighted(masses, out):
+        out[...] = lfilter([1.0], [1.0, -factor], masses, axis=0)
+        return out
+
+    return weighted
 
 
 class _CircleFFT:
@@ -565,6 +603,7 @@ class _CircleFFT:
         serial = masses.size < self.PARALLEL_MIN
         get_threads = _threads.get_num_threads
         causal = self.causal
+        fibre_sum = _fibre_sums(self.ri.decay)
         if self.decimated:
             # r2c(a, axes, forward, inorm, out, nthreads); c2c(a, axes, forward, inorm, out, nthreads)
             shape = (rows, self.length, self.stride)
@@ -575,7 +614,7 @@ class _CircleFFT:
             def run():
                 threads = 1 if serial else get_threads()
                 if causal:
-                    np.cumsum(masses, axis=0, out=source)
+                    fibre_sum(masses, source)
                 r2c(src, (1,), True, 0, b, threads)
                 spectra_of(b, twiddle, spectra, modes, g)
                 c2c(g, (1,), False, 0, g, threads)  # in place: zn is g
@@ -586,7 +625,7 @@ class _CircleFFT:
             def run():
                 threads = 1 if serial else get_threads()
                 if causal:
-                    np.cumsum(masses, axis=0, out=source)
+                    fibre_sum(masses, source)
                 r2c(source, (1,), True, 0, fa, threads)
                 packed(fa, spectra, product)
                 c2c(product, (1,), False, 2, zn, threads)  # inorm=2: divided by M
