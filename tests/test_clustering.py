@@ -180,3 +180,119 @@ def test_attention_matrix_boolean_rank_leaders(rng):
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# -- statistics of the published studies ------------------------------------------------------
+def test_effective_dimension_counts_independent_clusters(rng):
+    # k clusters at orthonormal points: Gram eigenvalues m (k times) and 0: d_eff = k exactly
+    e = np.eye(5)
+    x = np.repeat(e[:3], 4, axis=0)
+    assert cl.effective_dimension(x) == 3
+    # tokens of a random 2-plane of R^6 (rank 2), then a stack and a batch of them
+    basis, _ = np.linalg.qr(rng.normal(size=(6, 2)))
+    y = random_sphere(rng, 30, 2) @ basis.T
+    assert cl.effective_dimension(y) == 2
+    assert cl.effective_dimension(np.stack([x[:, :5], np.repeat(e[:1], 12, 0)])).tolist() == [3, 1]
+    batch = np.stack([np.stack([x, np.repeat(e[:2], 6, 0)])] * 2)  # (2, 2, 12, 5)
+    assert cl.effective_dimension(batch).tolist() == [[3, 2], [3, 2]]
+    # the convention is relative to the largest eigenvalue: a cluster of 1 token beside one of
+    # 11 has eigenvalue ratio 1/11, kept at rtol 0.01, dropped at rtol 0.1
+    z = np.vstack([np.repeat(e[:1], 11, 0), e[1:2]])
+    assert cl.effective_dimension(z) == 2 and cl.effective_dimension(z, rtol=0.1) == 1
+    with pytest.raises(ValueError, match="rtol"):
+        cl.effective_dimension(z, rtol=1.5)
+
+
+def test_cluster_rank_equals_components_exactly_for_cliques():
+    x = _three_clusters()
+    assert cl.cluster_rank(x) == cl.cluster_count(x) == 3
+    assert cl.cluster_sizes(x).tolist() == [2, 2, 2]
+    assert cl.cluster_sizes(np.vstack([x, x[:1]])).tolist() == [3, 2, 2]
+    # a chain of 5 tokens at spacing 0.01 rad, linked by neighbours only (cos 0.01 > thr >
+    # cos 0.02): one connected component, but the link matrix is tridiagonal of ones, of
+    # determinants D_n = D_{n-1} - D_{n-2} = 1, 0, -1, -1, 0: singular at n = 5, rank 4
+    theta = 0.01 * np.arange(5)
+    chain = np.stack([np.cos(theta), np.sin(theta)], 1)
+    thr = 0.99992
+    tri = np.eye(5) + np.eye(5, k=1) + np.eye(5, k=-1)
+    assert cl.cluster_count(chain, thr) == 1
+    assert cl.cluster_rank(chain, thr) == np.linalg.matrix_rank(tri) == 4
+    # rank >= components always
+    stack = np.stack([chain, _three_clusters()[:5, :2]])
+    assert np.all(cl.cluster_rank(stack, thr) >= cl.cluster_count(stack, thr))
+
+
+def test_inner_product_histogram_of_equally_spaced_tokens():
+    # 8 equally spaced tokens on the circle: pair inner products cos(2 pi j/8), j = 1..4, with
+    # 8, 8, 8 and 4 pairs (28 in all): cos = 0.707, 0, -0.707, -1
+    theta = 2 * np.pi * np.arange(8) / 8
+    x = np.stack([np.cos(theta), np.sin(theta)], 1)
+    # (5 bins: no inner product within round-off of an edge)
+    counts, edges = cl.inner_product_histogram(x, bins=5, density=False)
+    np.testing.assert_allclose(edges, [-1.0, -0.6, -0.2, 0.2, 0.6, 1.0], atol=1e-15)
+    # [-1,-.6): -1 (4 pairs) and -0.707 (8); [-.2,.2): 0 (8); [.6, 1]: 0.707 (8)
+    assert counts.tolist() == [12.0, 0.0, 8.0, 0.0, 8.0]
+    dens, _ = cl.inner_product_histogram(x, bins=5)
+    assert np.sum(dens * 0.4) == pytest.approx(1.0, abs=1e-15)
+    # a stack, a batch per system, and the ensemble pooled over the systems
+    collapsed = np.tile(x[:1], (8, 1))
+    batch = np.stack([np.stack([x, collapsed])] * 3)  # (3, 2, 8, 2)
+    per, _ = cl.inner_product_histogram(batch, bins=5, density=False)
+    assert per.shape == (3, 2, 5) and per[0, 1].tolist() == [0, 0, 0, 0, 28]
+    pooled, _ = cl.inner_product_histogram(batch, bins=5, density=False, ensemble=True)
+    assert pooled[0].tolist() == [12.0, 0.0, 8.0, 0.0, 36.0]
+    with pytest.raises(ValueError, match="ensemble"):
+        cl.inner_product_histogram(x, ensemble=True)
+
+
+def test_inner_product_histogram_tends_to_the_arcsine_law(rng):
+    # uniform tokens on the circle: <x_i, x_j> = cos(U), U uniform, density 1/(pi sqrt(1-u^2));
+    # bin masses (arcsin(b)-arcsin(a))/pi; 400 tokens x 20 systems = 1.6e6 pairs (dependent,
+    # but the bin masses err by ~ sqrt(p/N_eff) with N_eff >= 20 * 400): 0.01 absolute
+    x = np.stack([random_sphere(rng, 400, 2) for _ in range(20)])[None]
+    h, edges = cl.inner_product_histogram(x, bins=10, ensemble=True, density=False)
+    masses = h[0] / h[0].sum()
+    exact = np.diff(np.arcsin(edges)) / np.pi
+    np.testing.assert_allclose(masses, exact, atol=0.01)
+
+
+def test_adjacent_pair_fraction_of_consecutive_clusters():
+    e = np.eye(3)
+    x = np.repeat(e, [4, 3, 5], axis=0)  # 3 clusters of consecutive tokens, n = 12
+    assert cl.adjacent_pair_fraction(x) == pytest.approx(1 - 2 / 11, abs=1e-15)
+    assert cl.adjacent_pair_fraction(e[[0, 1, 0, 1]]) == 0.0
+    assert cl.adjacent_pair_fraction(np.stack([x, x[::-1]])).tolist() == [9 / 11, 9 / 11]
+
+
+def test_head_eigenvector_similarity_of_rotated_heads(rng):
+    # V_1 symmetric with eigenvectors R, V_2 = S V_1 S^T for a rotation S by phi in the
+    # (e1, e2) plane: |<u_a, S u_b>| is known; here R = I so C_12 = |S| entrywise
+    phi = 0.3
+    S = np.eye(3)
+    S[:2, :2] = [[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]]
+    V1 = np.diag([3.0, 2.0, 1.0])
+    heads = [tp.SoftmaxAttention(1.0, V=V1), tp.SoftmaxAttention(1.0, V=S @ V1 @ S.T)]
+    C = cl.head_eigenvector_similarity(tp.TokenDynamics(tp.MultiHeadAttention(heads)))
+    assert C.shape == (2, 2, 3, 3)
+    np.testing.assert_allclose(C[0, 0], np.eye(3), atol=1e-14)
+    np.testing.assert_allclose(C[0, 1], np.abs(S), atol=1e-12)  # eig's round-off
+    np.testing.assert_allclose(C[1, 0], np.abs(S).T, atol=1e-12)
+    with pytest.raises(TypeError, match="MultiHeadAttention"):
+        cl.head_eigenvector_similarity(tp.SoftmaxAttention(1.0))
+
+
+def test_covariance_rank_of_gaussian_runs():
+    # softmax, Q = K = V = I: Sigma' = 2 Sigma^2, so (Sigma^{-1})' = -2 I and
+    # Sigma^{-1}(t) = Sigma_0^{-1} - 2t I exactly, blowing up at t* = 1/(2 lambda_max(Sigma_0)).
+    # Just before t* the shape has the rank of the top eigenspace of Sigma_0: with
+    # t = t* - 1e-7 the other eigenvalues are ~2e-7 of the top one (< rtol 1e-6)
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(1.0), geometry="euclidean")
+    t_near = 0.5 - 1e-7
+    covs0 = (np.diag([1.0, 0.5, 0.25]), np.diag([1.0, 1.0, 0.25]), np.diag([1.0, 1.0, 1.0]))
+    runs = [tp.gaussian_moments(dyn, np.zeros(3), c, [0.0, 0.25, t_near]) for c in covs0]
+    assert cl.covariance_rank(runs).tolist() == [1, 2, 3]
+    assert cl.covariance_rank(runs, k=1).tolist() == [3, 3, 3]
+    assert np.bincount(cl.covariance_rank(runs)).tolist() == [0, 1, 1, 1]
+    assert cl.covariance_rank(np.array([np.diag([1.0, 1e-7]), np.diag([1.0, 1e-5])])).tolist() == [1, 2]
+    with pytest.raises(TypeError, match="GaussianTrajectory"):
+        cl.covariance_rank([np.eye(2)])

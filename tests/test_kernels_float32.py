@@ -195,3 +195,61 @@ def test_batch_of_float32_states_stays_float32(att, rng):
     # (softmax), to the largest attention sum (usa: <= e^3, sigmoid: <= 1)
     scale = np.exp(3.0) if isinstance(att, tp.UnnormalizedAttention) else 1.0
     assert np.max(np.abs(v32 - v64)) <= (K.BLOCK + 5 + 8 * 3.0) * EPS32 * scale
+
+
+def _anti_aligned(rng, n, dtype):
+    """Targets near the south pole, sources near the north pole: every logit is near
+    -beta while the one-pass bound is +beta, so the gap b_i - m_i is ~2 beta (realised)."""
+    north = np.array([0.0, 0.0, 1.0])
+    y = north + 0.05 * rng.normal(size=(n, 3))
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    x = -north + 0.05 * rng.normal(size=(n, 3))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(dtype), y.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, gap", [(np.float64, K._GAP64), (np.float32, K._GAP32)])
+@pytest.mark.parametrize("side", [0.95, 1.05], ids=["one-pass", "online"])
+def test_one_pass_rows_agree_with_online_rows_at_the_gap_limit(dtype, gap, side, rng):
+    # beta such that the realised gap b_i - m_i is just below (one pass with shift b_i)
+    # or just above (online row) the limit; both must give the online row's numbers
+    n = 700  # two blocks: a partial block too
+    x, y = _anti_aligned(rng, n, dtype)
+    b_over_beta = 1.0  # |x_i| |y_j| = 1
+    beta = side * gap / (2.0 * b_over_beta)
+    qx, kyT = (beta * x).astype(dtype), np.ascontiguousarray(y.T)
+    colw = np.log(rng.uniform(0.5, 1.0, size=n)).astype(dtype)
+    colw -= colw.max()
+    stats = K._source_stats(kyT, colw, False)
+    buf, acc, acc_online = np.empty(K.BLOCK, dtype=dtype), np.empty(3), np.empty(3)
+    for i in (0, n // 2, n - 1):
+        m, total = K._row_sums(qx, i, kyT, kyT, colw, n, buf, acc, stats, np.inf)
+        m_on, total_on = K._row_sums(qx, i, kyT, kyT, colw, n, buf, acc_online, stats, -np.inf)
+        # the attained gap: one pass iff below the limit (this is the path under test)
+        assert (m != m_on) == (side < 1.0)
+        assert m - m_on <= gap
+        # the shift cancels in the normalised sums; exp(m - m_on) rescales the raw ones.
+        # Same weights up to the exponential's rounding and the shifted argument
+        # (a few eps, relative to the rounding of logits of size beta)
+        eps = float(np.finfo(dtype).eps)
+        tol = 8 * eps * (1.0 + 2 * beta) if dtype == np.float64 else (K.BLOCK + 5 + 8 * 2 * beta) * eps
+        np.testing.assert_allclose(acc / total, acc_online / total_on, rtol=0, atol=tol)
+        np.testing.assert_allclose(total * np.exp(m - m_on), total_on, rtol=tol)
+
+
+def test_one_pass_usa_rows_keep_exp_of_the_shift_finite(rng):
+    # USA scales by exp(shift): above _EXP_TOP the row is summed online (exp(m) <= exp(b));
+    # sources in a cap around the target: gap ~ 0.01 beta, far below _GAP64
+    n = 64
+    _, y = _anti_aligned(rng, n, np.float64)
+    yT = np.ascontiguousarray(y.T)
+    colw = np.zeros(n)
+    stats = K._source_stats(yT, colw, False)
+    buf, acc = np.empty(K.BLOCK), np.empty(3)
+    north = np.array([[0.0, 0.0, 1.0]])
+    for beta, one_pass in ((0.99 * K._EXP_TOP, True), (1.01 * K._EXP_TOP, False)):
+        bound = stats[1, 0] + beta * stats[0, 0]
+        m, _ = K._row_sums(beta * north, 0, yT, yT, colw, n, buf, acc, stats, K._EXP_TOP)
+        assert (m == bound) == one_pass  # one pass: the shift is the bound itself
+        assert m <= K._EXP_TOP or not one_pass
+        assert m < bound or one_pass  # online: the attained maximum

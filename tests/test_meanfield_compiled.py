@@ -92,6 +92,66 @@ def test_compiled_rhs_matches_reference(name, rng):
     assert np.max(np.abs(fast.u - ref.u)) <= RHS_RTOL * np.max(np.abs(ref.u))
 
 
+@pytest.mark.parametrize("grid_fn", [lambda: CircleGrid(1024), lambda: CausalCircleGrid(3, 256)],
+                         ids=["circle", "causal"])
+def test_band_limited_lane_and_stage_match_reference(grid_fn, rng):
+    """The circle lane on the band-limited transforms (the benchmark's path: packed Z + iN,
+    quotient, finite-volume pass and Runge-Kutta stage in one compiled call) equals the NumPy
+    reference, as a right-hand side and as a stage ``ca x + cb (rho + h L rho)``, and the
+    minimum and mass it measures on the stage are those of the stage (the same sums as
+    min_and_mass; RHS_RTOL as above, the stage values are O(1) sums of three terms)."""
+    grid = grid_fn()
+    causal = isinstance(grid, CausalCircleGrid)
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(3.0, causal=causal))
+    rho = _rough_values(grid, rng).ravel()
+    problem = _FiniteVolume(dyn, grid, "auto", MeanFieldInfo(method="ssprk3"), 1.0)
+    assert problem._lane is not None and problem._lane[1].decimated
+    fast, ref = problem.evaluate(rho, 0.0), problem.evaluate_reference(rho, 0.0)
+    scale = np.max(np.abs(ref.change))
+    assert np.max(np.abs(fast.change - ref.change)) <= RHS_RTOL * scale
+    assert fast.rate == pytest.approx(ref.rate, rel=RHS_RTOL)
+    assert np.max(np.abs(fast.u - ref.u)) <= RHS_RTOL * np.max(np.abs(ref.u))
+    x = rho * (1.0 + 0.1 * rng.random(rho.size))
+    h = 0.3 / ref.rate
+    combine = (0.75, x, 0.25, h)
+    stage = problem.stage(rho, 0.0, combine)
+    expected = problem.evaluate_reference(rho, 0.0, combine).combined
+    assert np.max(np.abs(stage.combined - expected)) <= RHS_RTOL * np.max(expected)
+    checked, lowest, mass, finite = problem._checked
+    vol = np.ravel(grid.volumes)
+    assert checked is stage.combined and finite
+    assert lowest == np.min(stage.combined)
+    assert mass == pytest.approx(np.sum(stage.combined * vol), rel=1e-13)  # the same sum, another order
+    # the stage left the masses of its output for the next evaluation: the same products
+    # rho * vol, so the evaluation there equals one from scratch bit for bit
+    again = problem.evaluate(stage.combined, 0.0)
+    fresh = problem.evaluate(stage.combined.copy(), 0.0)
+    assert np.array_equal(again.change, fresh.change) and np.array_equal(again.u, fresh.u)
+
+
+def test_bit_reductions_are_the_float_reductions(rng):
+    """min_and_mass and max_abs_and_change compare the bits of the doubles as integers: the
+    same minimum and maxima as NumPy's, exactly, across signs, -0.0, infinities and
+    subnormals; a NaN is reported (not finite / NaN)."""
+    vol = np.full(257, 0.5)
+    for x in (rng.standard_normal(257), rng.random(257) + 1.0, -rng.random(257), np.zeros(257)):
+        x = x.copy()
+        x[7], x[100] = -0.0, 5e-320  # a negative zero and a subnormal
+        lowest, mass, finite = fv.min_and_mass(x, vol)
+        assert lowest == np.min(x) and finite
+        assert mass == pytest.approx(0.5 * np.sum(x), rel=1e-13, abs=1e-300)
+        prev = rng.standard_normal(257)
+        size, change = fv.max_abs_and_change(x, prev)
+        assert size == np.max(np.abs(prev)) and change == np.max(np.abs(x - prev))
+    x = rng.standard_normal(257)
+    x[3] = -np.inf
+    assert fv.min_and_mass(x, vol)[0] == -np.inf
+    for bad in (np.nan, np.inf):
+        x[3] = bad
+        assert not fv.min_and_mass(x, vol)[2]
+        assert np.isnan(fv.max_abs_and_change(x, np.zeros(257))).all()
+
+
 @pytest.mark.parametrize("grid", [CircleGrid(16), CartesianGrid([(-1.0, 1.0), (0.0, 1.0)], [6, 5])],
                          ids=["periodic", "faces"])
 def test_compiled_rhs_reports_a_non_finite_velocity(grid):

@@ -2,7 +2,7 @@ r"""Zonal densities on S^{d-1} for any d (issue 12 point 5): the ZonalGrid, its 
 kernel, conservation and positivity, second-order convergence in the polar angle, the linear
 growth rates of the uniform state, and agreement with particles.
 
-Closed forms used (docs/math.md §9.16): with s ~ (1 - s^2)^{(d-4)/2} on [-1, 1],
+Closed forms used (docs/math.md §9.19): with s ~ (1 - s^2)^{(d-4)/2} on [-1, 1],
 E_s[e^{zs}] = Gamma(nu + 1) (2/z)^nu I_nu(z) and E_s[s e^{zs}] / E_s[e^{zs}] = I_{nu+1}(z) / I_nu(z),
 nu = (d - 3)/2; the degree-l perturbation of the uniform density on S^{d-1} grows at
 l (l + d - 2) I_{l+mu}(beta) / (beta I_mu(beta)), mu = (d - 2)/2 (SA).

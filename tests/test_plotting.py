@@ -286,3 +286,107 @@ def test_demo_figure_heat_map_colorbar_and_unclamped_peaks():
     np.testing.assert_array_equal(peaks.get_ydata(), [0, 0, 2])
     sphere_ax = [ax for ax in fig.axes if ax.name == "3d"][0]
     assert sphere_ax.get_zlabel() == "$x_3$"
+
+
+# -- figures of the published studies ------------------------------------------------------
+def test_convex_hulls_are_those_of_the_rescaled_tokens(rng):
+    # Paper A with V = I, Q = K = I in R^2: z = e^{-t} x has a non-increasing hull (p:noninc)
+    from scipy.spatial import ConvexHull
+
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0), geometry="euclidean")
+    x0 = rng.uniform(-2.0, 2.0, size=(12, 2))
+    run = tp.simulate(dyn, x0, (0.0, 2.0), t_eval=np.linspace(0.0, 2.0, 5), method="rk4", dt=0.02)
+    ax = plotting.plot_convex_hulls(run)
+    assert len(ax.lines) == 5 and ax.get_xlabel() == "$z_{1}$"
+    areas = []
+    for line, t, x in zip(ax.lines, run.t, run.x, strict=True):
+        z = np.exp(-t) * x
+        hull = ConvexHull(z)
+        ring = line.get_xydata()
+        np.testing.assert_allclose(ring[:-1], z[hull.vertices], atol=1e-12)
+        np.testing.assert_allclose(ring[-1], ring[0], atol=0)
+        areas.append(hull.volume)
+    # the hull shrinks: each later hull is inside the earlier ones (areas, to RK4 error)
+    assert np.all(np.diff(areas) < 1e-9)
+    np.testing.assert_allclose(np.asarray(ax.collections[-1].get_offsets()), np.exp(-2.0) * run.x[-1],
+                               atol=1e-12)
+    plain = plotting.plot_convex_hulls(run.t, run.x, frames=[0], rescale=False)
+    np.testing.assert_allclose(plain.lines[0].get_xydata()[:-1], x0[ConvexHull(x0).vertices], atol=1e-12)
+    with pytest.raises(TypeError, match="rescale"):
+        plotting.plot_convex_hulls(run.t, run.x)
+    two = tp.TokenDynamics(tp.MultiHeadAttention([tp.SoftmaxAttention(1.0)] * 2), geometry="euclidean")
+    with pytest.raises(TypeError, match="one value matrix"):
+        plotting.plot_convex_hulls(tp.simulate(two, x0, (0.0, 0.1), dt=0.05))
+    line = np.stack([np.linspace(0, 1, 4), np.zeros(4)], 1)[None]
+    with pytest.raises(ValueError, match="collinear"):
+        plotting.plot_convex_hulls([0.0], line, rescale=False)
+
+
+def test_attention_links_carry_the_weights(circle_run):
+    ax = plotting.plot_attention_links(circle_run, k=0, min_weight=0.0)
+    P = clustering.attention_matrix(circle_run.dynamics, circle_run.x[0])
+    links = ax.collections[0]
+    segments = np.asarray(links.get_segments())
+    n = circle_run.n_tokens
+    assert len(segments) == n * (n - 1)  # every i != j at min_weight 0 (P > 0)
+    rows, cols = np.nonzero(~np.eye(n, dtype=bool))
+    np.testing.assert_allclose(segments[:, 0], circle_run.x[0][rows], atol=1e-12)
+    np.testing.assert_allclose(segments[:, 1], circle_run.x[0][cols], atol=1e-12)
+    np.testing.assert_allclose(links.get_colors()[:, 3], P[rows, cols], atol=1e-12)
+    # a threshold leaves out the faint links
+    faint = plotting.plot_attention_links(circle_run, k=0, min_weight=0.1)
+    assert len(faint.collections[0].get_segments()) == np.sum((P > 0.1) & ~np.eye(n, dtype=bool))
+    with pytest.raises(ValueError, match="min_weight"):
+        plotting.plot_attention_links(circle_run, min_weight=1.0)
+
+
+def test_attention_rank_panels(circle_run):
+    axes = plotting.plot_attention_ranks(circle_run, frames=[0, 4, -1])
+    assert len(axes) == 3
+    for ax, k in zip(axes, [0, 4, 8], strict=True):
+        P = clustering.attention_matrix(circle_run.dynamics, circle_run.x[k])
+        np.testing.assert_allclose(ax.images[0].get_array(), P, atol=1e-12)
+        rank = clustering.numerical_rank(P)
+        assert ax.get_title() == f"$t = {circle_run.t[k]:g}$, rank {rank}"
+    assert _colorbars(axes[-1]) + _colorbars(axes[0]) >= 1
+
+
+def test_covariance_cone_draws_the_psd_boundary_and_the_path():
+    # softmax, Q = K = I, V = -I: Sigma' = -2 Sigma^2, the shape tends to isotropic
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0, V=-np.eye(3)), geometry="euclidean")
+    cov0 = np.array([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]])
+    g = tp.gaussian_moments(dyn, np.zeros(3), cov0, np.linspace(0.0, 2.0, 6))
+    ax = plotting.plot_covariance_cone(g, n_rays=8)
+    assert ax.name == "3d" and len(ax.lines) == 10
+    for line in ax.lines[:9]:  # rays and circle: rank-1 matrices, a c = b^2, a, c >= 0
+        a, b, c = line.get_data_3d()
+        np.testing.assert_allclose(a * c, b * b, atol=1e-12)
+        assert np.all(a >= 0) and np.all(c >= 0)
+    a, b, c = ax.lines[9].get_data_3d()
+    block = g.cov[:, :2, :2]
+    trace = block[:, 0, 0] + block[:, 1, 1]
+    np.testing.assert_allclose(a, block[:, 0, 0] / trace, atol=1e-12)
+    np.testing.assert_allclose(b, block[:, 0, 1] / trace, atol=1e-12)
+    np.testing.assert_allclose(c, block[:, 1, 1] / trace, atol=1e-12)
+    assert np.all(a * c - b * b > 0)  # inside the cone: positive definite
+    raw = plotting.plot_covariance_cone(g, dims=(1, 2), normalized=False, n_rays=2)
+    np.testing.assert_allclose(raw.lines[-1].get_data_3d()[2], g.cov[:, 2, 2], atol=1e-12)
+    with pytest.raises(ValueError, match="dims"):
+        plotting.plot_covariance_cone(g, dims=(1, 1))
+
+
+def test_staircase_shades_the_plateaus(rng):
+    from transformer_pde import metastability
+
+    theta = np.repeat(2 * np.pi * np.arange(3) / 3, 4) + rng.normal(0.0, 1e-2, 12)
+    run = metastability.normalized_ascent(np.stack([np.cos(theta), np.sin(theta)], 1), 6.0, ds=0.02)
+    ax = plotting.plot_staircase(run, min_length=0.05)
+    e_max = np.exp(6.0) / 12.0
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), run.s, atol=0)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), run.energy / e_max, rtol=1e-15)
+    stairs = run.staircase(min_length=0.05)
+    assert len(ax.patches) == len(stairs.levels) >= 1
+    for patch, start, length in zip(ax.patches, stairs.starts, stairs.lengths, strict=True):
+        # axvspan draws a Rectangle in data x (axes y)
+        assert (patch.get_x(), patch.get_width()) == pytest.approx((start, length), abs=1e-12)
+    assert [t.get_text() for t in ax.texts] == [str(c) for c in stairs.n_points]

@@ -295,3 +295,36 @@ def test_docstring_examples():
 
     result = doctest.testmod(_threads, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.parametrize("variant", ["softmax", "causal", "usa", "sigmoid"])
+def test_blas_tiles_on_threads_give_the_serial_numbers(monkeypatch, variant, rng):
+    # k + d > 48: BLAS tiles; the threads take the same tiles, so the same numbers exactly
+    from transformer_pde import attention as attention_module
+
+    monkeypatch.setattr(attention_module, "_TILE_ENTRIES", 37 * 300)  # 37 rows: 9 tiles
+    att = VARIANTS[variant]()
+    x = rng.normal(size=(300, 50)) / np.sqrt(50)
+    colw, out_s, out_p = np.zeros(300), np.empty((300, 50)), np.empty((300, 50))
+    kind = {"usa": 1, "sigmoid": 2}.get(variant, 0)
+    if variant == "sigmoid":
+        colw[:] = 1 / 300  # the weights
+    args = (att._query(x), x, x, colw, kind, -0.5, variant == "causal")
+    attention_module._tiles_serial(*args, out_s)
+    with tp.num_threads(TWO):
+        attention_module._tiles_parallel(*args, out_p)
+    np.testing.assert_array_equal(out_p, out_s)
+    with tp.num_threads(TWO):  # through the chooser, parallel first: vs the dense reference
+        v = att.velocity(x)
+    np.testing.assert_allclose(v, att.velocity_reference(x), rtol=1e-12, atol=1e-14)  # BLAS order
+
+
+def test_blas_tiles_use_no_worker_thread_on_one_thread(monkeypatch, rng):
+    from transformer_pde import attention as attention_module
+
+    used = []
+    monkeypatch.setattr(attention_module, "_tiles_parallel", lambda *a: used.append(a))
+    x = rng.normal(size=(200, 50)) / np.sqrt(50)
+    with tp.num_threads(1):
+        tp.UnnormalizedAttention(2.0).velocity(x)
+    assert used == []

@@ -9,11 +9,13 @@ closed forms. The equations and their sources are in ``docs/math.md`` of the pro
 
 from __future__ import annotations
 
-from . import clustering, initial, runfile, theory, trackers
+from . import clustering, initial, metastability, runfile, theory, trackers
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .attention import (
+    ALiBiAttention,
     Attention,
     L2Attention,
+    Layers,
     MultiHeadAttention,
     SigmoidAttention,
     SinkhornAttention,
@@ -65,6 +67,11 @@ _PLOTTING = (
     "plot_covariance",
     "plot_phase_diagram",
     "plot_attention_matrix",
+    "plot_attention_links",
+    "plot_attention_ranks",
+    "plot_convex_hulls",
+    "plot_covariance_cone",
+    "plot_staircase",
     "plot_table",
     "plot_sweep",
     "movie",
@@ -100,12 +107,14 @@ def resume(path, *, trackers=None, progress=None):
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "ALiBiAttention",
     "SummationReport",
     "UnnormalizedAttention",
     "L2Attention",
     "SigmoidAttention",
     "SinkhornAttention",
     "MultiHeadAttention",
+    "Layers",
     "SinkhornConvergenceWarning",
     "TokenDynamics",
     "NORMS",
@@ -139,6 +148,7 @@ __all__ = [
     *_PLOTTING,
     "theory",
     "clustering",
+    "metastability",
     "trackers",
     "initial",
     "runfile",

@@ -11,7 +11,10 @@ same loop over small, separate pieces, as in diffrax:
 - a **step controller** that proposes a step and accepts or redoes it
   (:class:`FixedSteps`, :class:`PIController`; the CFL controller of the grid PDE);
 - the **saved times** ``t_eval`` and the **breakpoints** where the field switches
-  (mix-LN's :math:`\tau`): steps land exactly on both, and no step straddles a breakpoint;
+  (mix-LN's :math:`\tau`, the boundaries of :class:`~transformer_pde.Layers`): steps land
+  exactly on both, and no step straddles a breakpoint; at a switch the problem selects
+  its next piece (``start_at``) and a controller with a ``switched(problem)`` method
+  restarts (the grid PDE's, so a run over layers repeats the runs of its layers);
 - **observers** (``trackers``), called as ``tracker(t, state)`` at every saved time;
   one that returns ``True`` stops the run there;
 - the **outcome**: one enumeration (:class:`Status`) of how a run ended, with a readable
@@ -475,6 +478,9 @@ def run(problem: Problem, stepper: Stepper, controller, y0: np.ndarray, t0: floa
                         _advance_bar(bar, t, t0)
                 if problem.start_at(t):
                     f = None  # a switch of the field: the stored first stage is stale
+                    switched = getattr(controller, "switched", None)
+                    if switched is not None:  # a controller that restarts at a switch (grid PDE)
+                        switched(problem)
                 if save >= 0:
                     ys[save] = y
                     n_saved = save + 1

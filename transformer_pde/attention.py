@@ -34,7 +34,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from scipy.special import expit, log_softmax, logsumexp
 
@@ -47,11 +49,13 @@ from ._kernels import batched as _kb
 __all__ = [
     "Attention",
     "SoftmaxAttention",
+    "ALiBiAttention",
     "UnnormalizedAttention",
     "L2Attention",
     "SigmoidAttention",
     "SinkhornAttention",
     "MultiHeadAttention",
+    "Layers",
     "SinkhornConvergenceWarning",
     "SummationReport",
 ]
@@ -129,17 +133,67 @@ def _fused(qx: np.ndarray, vx: np.ndarray) -> bool:
 def _tiled(qx, kx, vx, colw, kind, bias, causal, out):
     """out_i = scale_i sum_j W_ij vx_j over tiles of rows: BLAS logits, Numba weights.
 
-    Memory O(B n) with B = _TILE_ENTRIES // n rows per tile; never an n x n array.
+    Memory O(B n) per thread with B <= _TILE_ENTRIES // n rows per tile; never an n x n
+    array. The tiles run on the calling thread or on :func:`_threads.get_num_threads`
+    Python threads at once (BLAS and :func:`~transformer_pde._kernels.attention.weight_rows`
+    release the GIL), chosen per call by :mod:`transformer_pde._threads` like the row
+    kernels: the timings also decide against the threads when BLAS itself runs on
+    several (``OPENBLAS_NUM_THREADS``) and they would compete for the cores.
     """
+    _threads.run(_name(f"tiles{kind}", qx), len(qx) * len(kx), _tiles_serial, _tiles_parallel,
+                 qx, kx, vx, colw, kind, bias, causal, out)
+
+
+def _tile_rows(m: int, n: int) -> int:
+    """Rows per tile: at most _TILE_ENTRIES // n, and a tile for each Numba thread.
+
+    The same tiles serial and parallel: the same BLAS calls, the same numbers.
+    """
+    return max(1, min(_TILE_ENTRIES // n, -(-m // numba.config.NUMBA_NUM_THREADS)))
+
+
+def _tiles(qx, kx, vx, colw, kind, bias, causal, out, rows, first, step):
+    """The tiles number first, first + step, ... (``rows`` target rows each) of :func:`_tiled`."""
     n = len(kx)
-    rows = max(1, _TILE_ENTRIES // n)
     scale = np.empty(rows)  # float64 for either dtype
-    for i0 in range(0, len(qx), rows):
+    for i0 in range(first * rows, len(qx), step * rows):
         i1 = min(len(qx), i0 + rows)
         n_src = min(n, i1) if causal else n  # causal rows never see sources beyond i1
         tile = qx[i0:i1] @ kx[:n_src].T
         _k.weight_rows(tile, colw[:n_src], kind, bias, causal, i0, scale)
         out[i0:i1] = (tile @ vx[:n_src]) * scale[: i1 - i0, None]
+
+
+def _tiles_serial(qx, kx, vx, colw, kind, bias, causal, out):
+    _tiles(qx, kx, vx, colw, kind, bias, causal, out, _tile_rows(len(qx), len(kx)), 0, 1)
+
+
+def _tiles_parallel(qx, kx, vx, colw, kind, bias, causal, out):
+    """:func:`_tiles_serial` on as many threads as the thread limit.
+
+    The tiles are dealt in turn (interleaved: the rows of a causal triangle balance).
+    """
+    workers = _threads.get_num_threads()
+    rows = _tile_rows(len(qx), len(kx))
+    args = (qx, kx, vx, colw, kind, bias, causal, out, rows)
+    jobs = [_tile_executor().submit(_tiles, *args, w, workers) for w in range(1, workers)]
+    try:
+        _tiles(*args, 0, workers)
+    finally:
+        for job in jobs:
+            job.result()  # waits; re-raises an error of a worker
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _tile_executor() -> ThreadPoolExecutor:
+    """The worker threads of :func:`_tiles_parallel` (created on first use)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                       thread_name_prefix="transformer_pde-tiles")
+    return _executor
 
 
 def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
@@ -158,6 +212,29 @@ def check_finite_output(out: np.ndarray, who: str) -> np.ndarray:
 
 class SinkhornConvergenceWarning(RuntimeWarning):
     """Sinkhorn scaling stopped at ``n_iter`` sweeps before reaching ``tol``."""
+
+
+def _check_mask(causal, include_self) -> tuple[bool, bool]:
+    """``(causal, include_self)`` as bools, or TypeError/ValueError naming the parameter."""
+    for name, value in (("causal", causal), ("include_self", include_self)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    if not include_self and not causal:
+        raise ValueError(
+            "include_self=False (the mask j < i) needs causal=True; unmasked attention always "
+            "includes the token itself"
+        )
+    return bool(causal), bool(include_self)
+
+
+def _causal_mask(n: int, include_self: bool) -> np.ndarray:
+    """The (n, n) boolean mask j <= i (``include_self``) or j < i."""
+    return np.tri(n, k=0 if include_self else -1, dtype=bool)
+
+
+def _mask_params(att) -> str:
+    """The ``causal``/``include_self`` part of a repr."""
+    return f", causal={att.causal}" + ("" if att.include_self else ", include_self=False")
 
 
 def _log_weights(weights: np.ndarray) -> np.ndarray:
@@ -254,6 +331,10 @@ class Attention:
 
     #: attention of token i depends on the order of the tokens (masked variants)
     causal: bool = False
+    #: a causal token attends to itself (j <= i); False: to the tokens before it only (j < i)
+    include_self: bool = True
+    #: the weights of a row are normalised (softmax type): a causal row 0 needs weights[0] > 0
+    _normalized: bool = True
     #: whether the variant accepts parameters with a leading batch axis
     _batch_params: bool = True
     #: how :meth:`_field` sums: the variants with fast summation set it per instance
@@ -346,7 +427,7 @@ class Attention:
                 f"dimension {self.dim} (from the shapes of Q, K, V)"
             )
         weights = _v.as_weights(weights, x.shape[0])
-        if self.causal and weights[0] == 0.0:
+        if self.causal and self._normalized and weights[0] == 0.0:
             raise ValueError(
                 "weights[0] must be > 0 for causal attention: the first token attends only to itself"
             )
@@ -488,6 +569,15 @@ class Attention:
             return np.stack([self._system(b)._velocity(x[b], weights) for b in range(len(x))])
         qx, (kx, vx) = self._query(x), self._keys_values(x)
         out = np.empty(x.shape[:2] + vx.shape[-1:], dtype=qx.dtype)  # float32 batches stay float32
+        if self.causal and not self.include_self:  # row i of j < i is row i - 1 of j <= i, shifted
+            out[:, 0] = 0.0
+            if x.shape[1] > 1:
+                rest = np.empty_like(out[:, 1:])
+                c = np.ascontiguousarray
+                self._kernel_batch(weights[:-1], c(qx[:, 1:]), c(kx[:, :-1]), c(vx[:, :-1]), rest,
+                                   True)
+                out[:, 1:] = rest
+            return out
         self._kernel_batch(weights, qx, kx, vx, out, self.causal)
         return out
 
@@ -515,7 +605,16 @@ class Attention:
         sources = sources.astype(dt, copy=False)
         kx, vx = self._keys_values(sources)
         out = np.empty((len(targets), vx.shape[1]), dtype=dt)
-        self._kernel(weights, self._query(targets), kx, vx, out, causal)
+        qx = self._query(targets)
+        if causal and not self.include_self:
+            # the strict mask j < i: row i is row i - 1 of the mask j <= i applied to the
+            # targets 1.. and the sources ..n-2, so the causal kernels serve unchanged; the
+            # first token has an empty sum and velocity 0 (docs/math.md §3.1)
+            out[0] = 0.0
+            if len(targets) > 1:
+                self._kernel(weights[:-1], qx[1:], kx[:-1], vx[:-1], out[1:], True)
+            return out
+        self._kernel(weights, qx, kx, vx, out, causal)
         return out
 
     def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
@@ -552,8 +651,9 @@ class SoftmaxAttention(_FastSummation, Attention):
                       {\sum_{k} a_k e^{\beta\langle Qx_i, Kx_k\rangle}},
 
     with the sums restricted to :math:`j, k \le i` when ``causal=True`` (masked
-    attention: token i attends to itself and the tokens before it).
-    docs/math.md §1.1 and 2.1.
+    attention: token i attends to itself and the tokens before it), and to
+    :math:`j, k < i` when moreover ``include_self=False`` (the first token then has an
+    empty sum: its output is defined as 0). docs/math.md §1.1, 2.1 and 3.1.
 
     Parameters
     ----------
@@ -561,6 +661,9 @@ class SoftmaxAttention(_FastSummation, Attention):
         See :class:`Attention`.
     causal : bool
         Apply the causal mask.
+    include_self : bool
+        With ``causal=True``: whether token i attends to itself (True, :math:`j \le i`) or
+        only to the tokens before it (False, :math:`j < i`). Must be True without the mask.
     summation : {"auto", "exact", "fast"}
         How the sums over the tokens are computed. ``"exact"``: the O(n^2) kernels.
         ``"fast"``: fast summation on :math:`\mathbb S^1` and :math:`\mathbb S^2`, the kernel
@@ -588,15 +691,13 @@ class SoftmaxAttention(_FastSummation, Attention):
     """
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, causal: bool = False,
-                 summation: str = "auto", tol: float = _DEFAULT_TOL):
+                 summation: str = "auto", tol: float = _DEFAULT_TOL, include_self: bool = True):
         super().__init__(beta, Q, K, V)
-        if not isinstance(causal, (bool, np.bool_)):
-            raise TypeError(f"causal must be a bool, got {causal!r}")
-        self.causal = bool(causal)
+        self.causal, self.include_self = _check_mask(causal, include_self)
         self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}, causal={self.causal}{self._summation_params()}"
+        return f"beta={self.beta:g}{_mask_params(self)}{self._summation_params()}"
 
     def _column_bias(self, kx: np.ndarray) -> np.ndarray:
         return np.zeros(kx.shape[:-1])
@@ -607,9 +708,13 @@ class SoftmaxAttention(_FastSummation, Attention):
 
     def _matrix_reference(self, x, weights):
         logits = self._logits_reference(x) + _log_weights(weights)[None, :]
-        if self.causal:
-            logits = np.where(np.tri(len(x), dtype=bool), logits, -np.inf)
-        return np.exp(log_softmax(logits, axis=1))
+        if not self.causal:
+            return np.exp(log_softmax(logits, axis=1))
+        logits = np.where(_causal_mask(len(x), self.include_self), logits, -np.inf)
+        first = 0 if self.include_self else 1  # j < i: row 0 has no source and stays 0
+        out = np.zeros_like(logits)
+        out[first:] = np.exp(log_softmax(logits[first:], axis=1))
+        return out
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out)
@@ -650,15 +755,104 @@ class L2Attention(SoftmaxAttention):
         return -0.5 * self.beta * np.einsum("ijc,ijc->ij", diff, diff)
 
 
+class ALiBiAttention(SoftmaxAttention):
+    r"""Causal softmax attention with the ALiBi linear position bias.
+
+    .. math::
+
+        W_{ij} = \frac{a_j\, e^{\beta\langle Qx_i, Kx_j\rangle - m(i - j)}}
+                      {\sum_{k \le i} a_k\, e^{\beta\langle Qx_i, Kx_k\rangle - m(i - k)}},
+        \qquad j \le i,
+
+    (:math:`j, k < i` with ``include_self=False``, the first token's output then 0), with
+    the slope :math:`m \ge 0` per token index (Press, Smith, Lewis, *Train short, test long*,
+    arXiv 2108.12409). The row term :math:`-m i` cancels in the quotient, so the weights
+    are those of causal softmax attention with the per-source log-weight
+    :math:`\log a_j + m j`: the causal softmax kernels compute it unchanged.
+
+    **Mean field.** With positions :math:`s = i/n \in (0, 1]` the bias is
+    :math:`-m n (s - s')`. A limit :math:`n \to \infty` with a nontrivial position bias
+    needs :math:`\lambda = m n` fixed, i.e. a slope :math:`m = \lambda / n`: a fixed
+    slope per token makes each token attend to its last :math:`O(1/m)` predecessors only, a
+    vanishing fraction of the sequence, and the mean field forgets the bias (the limit of
+    any fixed m > 0 is the field of the token's own position, local in s). On a
+    :class:`~transformer_pde.CausalCircleGrid` of S fibres the slope acts per fibre
+    (:math:`\lambda = m S`; S = n is the particles' bias). docs/math.md §3.1, 11.
+
+    The per-source log-weights reach :math:`m n` in size, so the logits carry an absolute
+    rounding error of about :math:`m n\,\epsilon` (float64: relative weights within
+    :math:`2\cdot 10^{-13}` for :math:`m n \le 10^3`; in float32 :math:`m n\,\epsilon_{32}`).
+
+    Parameters
+    ----------
+    beta, Q, K, V
+        See :class:`Attention`.
+    slope : float
+        The slope m >= 0 (0: causal softmax attention).
+    include_self : bool
+        Whether token i attends to itself (:math:`j \le i`) or not (:math:`j < i`).
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> x = np.random.default_rng(0).normal(size=(6, 2))
+    >>> att = tp.ALiBiAttention(2.0, slope=0.5)
+    >>> bool(np.allclose(att.velocity(x), att.velocity_reference(x), rtol=0, atol=1e-13))
+    True
+    >>> [round(h.slope, 4) for h in tp.ALiBiAttention.multi_head(1.0, 4).heads]
+    [0.25, 0.0625, 0.0156, 0.0039]
+    """
+
+    def __init__(self, beta: float = 1.0, slope: float = 0.0, Q=None, K=None, V=None,
+                 include_self: bool = True):
+        super().__init__(beta, Q, K, V, causal=True, summation="exact", include_self=include_self)
+        self.slope = _v.as_real(slope, "slope")
+        if self.slope < 0:
+            raise ValueError(f"slope must be >= 0 (a bias that decays with distance), got {self.slope}")
+
+    def _params(self) -> str:
+        return (f"beta={self.beta:g}, slope={self.slope:g}"
+                + ("" if self.include_self else ", include_self=False"))
+
+    @classmethod
+    def multi_head(cls, beta: float, n_heads: int, scale: float = 1.0, Q=None, K=None, V=None,
+                   include_self: bool = True) -> MultiHeadAttention:
+        r"""H heads with ALiBi's geometric slopes :math:`m_h = \text{scale}\cdot 2^{-8h/H}`.
+
+        .. math::
+
+            m_h = \text{scale}\cdot 2^{-8h/H}, \qquad h = 1, \dots, H,
+
+        the sequence of the ALiBi paper (scale 1); the heads share beta, Q, K, V. Returns a
+        :class:`MultiHeadAttention`.
+        """
+        n_heads = _v.as_positive_int(n_heads, "n_heads")
+        scale = _v.as_real(scale, "scale")
+        slopes = scale * 2.0 ** (-8.0 * np.arange(1, n_heads + 1) / n_heads)
+        return MultiHeadAttention([cls(beta, float(m), Q, K, V, include_self) for m in slopes])
+
+    def _column_bias(self, kx):
+        return self.slope * np.arange(kx.shape[-2], dtype=float)  # + m j; -m i cancels per row
+
+    def _logits_reference(self, x):
+        n = len(x)
+        i = np.arange(n)
+        return super()._logits_reference(x) - self.slope * (i[:, None] - i[None, :])
+
+
 class UnnormalizedAttention(_FastSummation, Attention):
     r"""Unnormalized self-attention (USA): no softmax denominator.
 
     .. math::
 
         W_{ij} = a_j\, e^{\beta\langle Qx_i, Kx_j\rangle}
-        \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j).
+        \quad(\text{so } A_i = \tfrac1n \textstyle\sum_j e^{\beta\langle Qx_i,Kx_j\rangle}Vx_j),
 
-    docs/math.md §2.1. Speeds grow like :math:`e^{\beta}` on the sphere; beyond
+    with :math:`W_{ij} = 0` for :math:`j > i` when ``causal=True`` and for :math:`j \ge i`
+    when moreover ``include_self=False`` (the first token's sum is then empty: output 0).
+    There is no normalisation, so the weights are not renormalised over the unmasked
+    tokens: :math:`A_i = \frac1n\sum_{j \le i}\dots` (docs/math.md §2.1, 3.1).
+    Speeds grow like :math:`e^{\beta}` on the sphere; beyond
     :math:`\beta \approx 700` the output overflows float64 (the true value does).
 
     Parameters
@@ -666,20 +860,38 @@ class UnnormalizedAttention(_FastSummation, Attention):
     beta, Q, K, V
         See :class:`Attention`.
     summation, tol
-        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`.
+        Fast summation on the circle and the 2-sphere; see :class:`SoftmaxAttention`
+        (not with the causal mask: its sums are exact).
+    causal, include_self : bool
+        The causal mask :math:`j \le i`, and whether it includes the token itself (False:
+        :math:`j < i`); see :class:`SoftmaxAttention`.
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> x = np.random.default_rng(0).normal(size=(5, 2))
+    >>> att = tp.UnnormalizedAttention(1.0, causal=True, include_self=False)
+    >>> v = att.velocity(x)
+    >>> bool(np.all(v[0] == 0.0)), bool(np.allclose(v, att.velocity_reference(x), rtol=1e-12))
+    (True, True)
     """
 
+    _normalized = False
+
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None, summation: str = "auto",
-                 tol: float = _DEFAULT_TOL):
+                 tol: float = _DEFAULT_TOL, causal: bool = False, include_self: bool = True):
         super().__init__(beta, Q, K, V)
+        self.causal, self.include_self = _check_mask(causal, include_self)
         self._set_summation(summation, tol)
 
     def _params(self) -> str:
-        return f"beta={self.beta:g}{self._summation_params()}"
+        mask = _mask_params(self) if self.causal else ""
+        return f"beta={self.beta:g}{mask}{self._summation_params()}"
 
     def _matrix_reference(self, x, weights):
         qx, kx, _ = self._projections(x)
-        return weights[None, :] * np.exp(qx @ kx.T)
+        w = weights[None, :] * np.exp(qx @ kx.T)
+        return np.where(_causal_mask(len(x), self.include_self), w, 0.0) if self.causal else w
 
     def _kernel(self, weights, qx, kx, vx, out, causal):
         # the largest weight is factored out (exactly 0 shift for uniform weights), so
@@ -689,17 +901,17 @@ class UnnormalizedAttention(_FastSummation, Attention):
         colw = (logw - top).astype(qx.dtype)
         if _fused(qx, vx):
             _threads.run(_name("exp", qx), len(qx) * len(kx), _k.exp_field_serial,
-                         _k.exp_field, qx, _t(kx), _t(vx), colw, out)
+                         _k.exp_field, qx, _t(kx), _t(vx), colw, causal, out)
         else:
-            _tiled(qx, kx, vx, colw, _k.EXP, 0.0, False, out)
+            _tiled(qx, kx, vx, colw, _k.EXP, 0.0, causal, out)
         out *= np.exp(top)  # <= 1: no overflow
 
     def _kernel_batch(self, weights, qx, kx, vx, out, causal):
         logw = _log_weights(weights)
         top = np.max(logw)  # factored out as in _kernel
         colw = _batch_rows(logw - top, kx)
-        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw,), out, _k.EXP, colw,
-                 0.0, False)
+        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw, causal), out, _k.EXP,
+                 colw, 0.0, causal)
         out *= np.exp(top)
 
 
@@ -924,3 +1136,159 @@ class MultiHeadAttention:
 
     def _field(self, targets, sources, weights, causal=False):
         return sum(head._field(targets, sources, weights, causal) for head in self.heads)
+
+
+class Layers:
+    r"""A depth-dependent model: attention whose parameters are piecewise constant in time.
+
+    Layer k acts on :math:`[t_k, t_{k+1})` (the last one on :math:`[t_{L-1}, t_L]`):
+
+    .. math::
+
+        A_i(x, t) = A^{(k)}_i(x) \quad\text{for } t_k \le t < t_{k+1},
+        \qquad k = 0, \dots, L - 1,
+
+    the continuous-depth picture of a Transformer whose layers have their own
+    :math:`\beta, Q, K, V` (docs/math.md §9.16). Used as the attention of a
+    :class:`~transformer_pde.TokenDynamics`, it is accepted by
+    :func:`~transformer_pde.simulate` (one system or a batch),
+    :func:`~transformer_pde.solve_meanfield` and :func:`~transformer_pde.gaussian_moments`;
+    each lands exactly on the layer boundaries :math:`t_1, \dots, t_{L-1}` (no step
+    straddles one) and starts the next layer afresh there, so a run over several layers
+    is the sequence of the runs of its layers, each from the end state of the one before.
+    The model is defined on :math:`[t_0, t_L]` only: a time outside it (in ``t_span``,
+    ``t_eval`` or ``velocity(x, t)``) is a ``ValueError``.
+
+    Parameters
+    ----------
+    attentions : sequence of Attention or MultiHeadAttention, length L >= 1
+        The layers, on the same token dimension d (where their matrices fix it) and with
+        the same number of systems B where they are batched.
+    times : array_like, shape (L + 1,)
+        Strictly increasing, finite layer boundaries :math:`t_0 < t_1 < \dots < t_L`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import transformer_pde as tp
+    >>> att = tp.Layers([tp.SoftmaxAttention(1.0), tp.SoftmaxAttention(4.0)], [0.0, 1.0, 2.0])
+    >>> att.at(0.5).beta, att.at(1.0).beta, att.breakpoints
+    (1.0, 4.0, (1.0,))
+    >>> dyn = tp.TokenDynamics(att)
+    >>> x0 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> traj = tp.simulate(dyn, x0, (0.0, 2.0), t_eval=[0.0, 1.0, 2.0], dt=0.01)
+    >>> traj.x.shape
+    (3, 2, 2)
+    """
+
+    def __init__(self, attentions: Sequence, times):
+        if isinstance(attentions, (Attention, MultiHeadAttention, Layers)) or not isinstance(
+                attentions, Sequence):
+            raise TypeError(
+                "attentions must be a list of attention objects (one per layer), got "
+                f"{type(attentions).__name__}"
+            )
+        if len(attentions) == 0:
+            raise ValueError("attentions must contain at least one layer, got an empty list")
+        for k, att in enumerate(attentions):
+            if isinstance(att, Layers):
+                raise TypeError(f"attentions[{k}] is itself a Layers model; give its layers directly")
+            if not isinstance(att, (Attention, MultiHeadAttention)):
+                raise TypeError(
+                    f"attentions[{k}] must be an attention object (e.g. SoftmaxAttention), "
+                    f"got {type(att).__name__}"
+                )
+        arr = np.asarray(times)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
+                                       or np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"times must be a 1-D array of real numbers, got {times!r}")
+        arr = np.array(arr, dtype=np.float64)
+        if arr.ndim != 1 or len(arr) != len(attentions) + 1:
+            raise ValueError(
+                f"times must have shape ({len(attentions) + 1},) (one more boundary than the "
+                f"{len(attentions)} layers), got shape {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"times must be finite, got {arr.tolist()}")
+        if np.any(np.diff(arr) <= 0.0):
+            k = int(np.argmax(np.diff(arr) <= 0.0))
+            raise ValueError(
+                f"times must be strictly increasing, but times[{k}]={arr[k]:g} >= "
+                f"times[{k + 1}]={arr[k + 1]:g}"
+            )
+        dims = {att.dim for att in attentions if att.dim is not None}
+        if len(dims) > 1:
+            raise ValueError(f"all layers must act on the same dimension d, got d in {sorted(dims)}")
+        batches = {att.batch for att in attentions if att.batch is not None}
+        if len(batches) > 1:
+            raise ValueError(
+                f"all batched layers must hold the same number of systems B, got B in {sorted(batches)}"
+            )
+        self.attentions = tuple(attentions)
+        self.times = arr
+        self.dim: int | None = dims.pop() if dims else None
+        #: number of systems B when a layer has per-system parameters, else None
+        self.batch: int | None = batches.pop() if batches else None
+        self.causal = any(att.causal for att in attentions)
+
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        r"""The interior layer boundaries :math:`t_1, \dots, t_{L-1}` (where the field switches)."""
+        return tuple(float(t) for t in self.times[1:-1])
+
+    def __len__(self) -> int:
+        return len(self.attentions)
+
+    def index(self, t: float) -> int:
+        """The layer acting at time t: k with ``times[k] <= t < times[k + 1]`` (the last at ``times[-1]``).
+
+        Raises ``ValueError`` for t outside ``[times[0], times[-1]]``.
+        """
+        t = _v.as_real(t, "t")
+        self.check_span(t, t, "t")
+        return min(int(np.searchsorted(self.times, t, side="right")) - 1, len(self.attentions) - 1)
+
+    def at(self, t: float):
+        """The attention object of the layer acting at time t (see :meth:`index`)."""
+        return self.attentions[self.index(t)]
+
+    def check_span(self, t0: float, t1: float, name: str = "t_span") -> None:
+        """Raise ``ValueError`` unless ``[t0, t1]`` lies inside ``[times[0], times[-1]]``."""
+        lo, hi = float(self.times[0]), float(self.times[-1])
+        if t0 < lo or t1 > hi:
+            given = f"{t0:g}" if t0 == t1 else f"[{t0:g}, {t1:g}]"
+            raise ValueError(
+                f"{name}={given} reaches outside the layers of {self!r}, which are defined on "
+                f"[times[0], times[-1]] = [{lo:g}, {hi:g}]; extend times or shorten the run"
+            )
+
+    def __eq__(self, other) -> bool:
+        """Same layers (each equal) and the same boundary times."""
+        if not isinstance(other, Layers):
+            return NotImplemented
+        return _spec.same_parameters(self, other)
+
+    __hash__ = None  # parameters are mutable arrays
+
+    def __repr__(self) -> str:
+        times = ", ".join(f"{t:g}" for t in self.times)
+        return f"Layers([{', '.join(map(repr, self.attentions))}], times=[{times}])"
+
+    def _system(self, b: int) -> Layers:
+        """The model of system b of a batch (itself when no layer is batched)."""
+        if self.batch is None:
+            return self
+        return Layers([att._system(b) for att in self.attentions], self.times)
+
+    # the views of one layer, at the time t
+    def matrix(self, x, t: float, weights=None) -> np.ndarray:
+        """The weight matrix of the layer acting at t (see :meth:`Attention.matrix`)."""
+        return self.at(t).matrix(x, weights)
+
+    def velocity_reference(self, x, t: float, weights=None) -> np.ndarray:
+        """Dense NumPy output of the layer acting at t, shape (n, d)."""
+        return self.at(t).velocity_reference(x, weights)
+
+    def velocity(self, x, t: float, weights=None, dtype=None) -> np.ndarray:
+        """Kernel output of the layer acting at t, shape (n, d) (see :meth:`Attention.velocity`)."""
+        return self.at(t).velocity(x, weights, dtype)

@@ -12,7 +12,12 @@ What the papers measure when they say "the tokens cluster" (docs/math.md §2.3-2
 - the Kuramoto order parameter :math:`r = \|\int x\,d\mu\|`;
 - the attention matrix, its numerical rank, its distance to the nearest Boolean
   (0/1, one 1 per row) matrix and its leaders (docs/math.md §1.2, Paper A);
-- the number of peaks of a grid density.
+- the number of peaks of a grid density;
+- the effective dimension (Gram eigenvalues above a fraction of the largest), the cluster
+  count as the rank of the thresholded Gram matrix and the cluster sizes, inner-product
+  histograms (per system and over an ensemble), the fraction of adjacent clustered pairs
+  (causal and positional models), the cosine similarity of the heads' V eigenvectors and
+  the rank of limit covariances over an ensemble of Gaussian runs (docs/math.md §9.18).
 
 Functions that measure a state accept tokens ``x`` of shape (n, d), a stack (nt, n, d),
 a :class:`~transformer_pde.Trajectory`, a :class:`~transformer_pde.Density` or a
@@ -48,12 +53,22 @@ __all__ = [
     "boolean_distance",
     "numerical_rank",
     "leaders",
+    "EFFECTIVE_DIMENSION_RTOL",
+    "effective_dimension",
+    "cluster_rank",
+    "cluster_sizes",
+    "inner_product_histogram",
+    "adjacent_pair_fraction",
+    "head_eigenvector_similarity",
+    "covariance_rank",
 ]
 
 #: tokens i, j are in one cluster when <x_i, x_j> exceeds this (arXiv 2312.10794's code)
 CLUSTER_THRESHOLD = 0.9999
 #: a pair is "clustered" in the phase diagrams when <x_i, x_j> exceeds this
 PAIR_THRESHOLD = 0.999
+#: Gram eigenvalues above this fraction of the largest count in the effective dimension
+EFFECTIVE_DIMENSION_RTOL = 1e-2
 #: rows of the pairwise matrix handled at once for densities (bounds memory to 8 MiB * N / 1e3)
 _CHUNK = 1024
 #: largest beta with a finite e^beta
@@ -399,3 +414,362 @@ def leaders(P, threshold: float = 0.5) -> np.ndarray:
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     return np.flatnonzero(np.any(P > threshold, axis=0))
+
+
+# ---------------------------------------------------------------------------------------
+# statistics of the published studies (docs/math.md §9.18)
+# ---------------------------------------------------------------------------------------
+def _systems(obj, name: str = "x") -> tuple[np.ndarray, str]:
+    """Tokens as a float array (S, n, d) and the input's kind: "one", "stack" or "batch".
+
+    Accepts tokens (n, d), a stack (nt, n, d), a batch of stacks (nt, B, n, d) or a
+    Trajectory (its ``x``, (nt, n, d) or (nt, B, n, d)).
+    """
+    if isinstance(obj, (Density, DensityTrajectory)):
+        raise TypeError(f"{name} must be tokens or a Trajectory (a density has no tokens), "
+                        f"got {type(obj).__name__}")
+    x = np.asarray(obj.x if isinstance(obj, Trajectory) else obj, dtype=float)
+    if x.ndim not in (2, 3, 4) or x.shape[-2] < 1 or x.shape[-1] < 1:
+        raise ValueError(f"{name} must be tokens (n, d), a stack (nt, n, d), a batch (nt, B, n, d) "
+                         f"or a Trajectory; got an array of shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite")
+    kind = {2: "one", 3: "stack", 4: "batch"}[x.ndim]
+    return x.reshape(-1, *x.shape[-2:]), kind
+
+
+def _shaped(values: np.ndarray, obj, kind: str):
+    """Per-system values (S, ...) back to the input's layout: (...), (nt, ...) or (nt, B, ...)."""
+    if kind == "one":
+        return values[0]
+    if kind == "stack":
+        return values
+    x = obj.x if isinstance(obj, Trajectory) else np.asarray(obj)
+    return values.reshape(x.shape[0], x.shape[1], *values.shape[1:])
+
+
+def effective_dimension(x, rtol: float = EFFECTIVE_DIMENSION_RTOL):
+    r"""Effective dimension of tokens: the number of Gram eigenvalues above ``rtol`` x the largest.
+
+    .. math::
+
+        d_{\rm eff}(X) = \#\{k : \lambda_k(G) > \text{rtol}\,\lambda_1(G)\},\qquad
+        G_{ij} = \langle x_i, x_j\rangle,
+
+    with :math:`\lambda_1 \ge \lambda_2 \ge \dots` the eigenvalues of the Gram matrix
+    :math:`G = XX^\top` (n, n), equal to the squared singular values of X (so the
+    convention is relative to the largest eigenvalue, not the largest singular value; the
+    nonzero eigenvalues are those of :math:`X^\top X`, so :math:`d_{\rm eff} \le \min(n, d)`).
+    k clusters at linearly independent points give k (up to the spread inside the clusters);
+    tokens spread in an m-dimensional subspace give m.
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d), batch (nt, B, n, d) or Trajectory
+    rtol : float
+        Relative threshold, in (0, 1); default :data:`EFFECTIVE_DIMENSION_RTOL` = 0.01.
+
+    Returns
+    -------
+    int, or ndarray of int (nt,) or (nt, B).
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> x = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> clustering.effective_dimension(x)
+    2
+    """
+    rtol = _v.as_real(rtol, "rtol")
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol must lie in (0, 1), got {rtol}")
+    xs, kind = _systems(x)
+    # the d x d or n x n Gram, whichever is smaller: same nonzero eigenvalues
+    if xs.shape[2] <= xs.shape[1]:
+        gram = np.einsum("sni,snj->sij", xs, xs)
+    else:
+        gram = xs @ xs.transpose(0, 2, 1)
+    lam = np.linalg.eigvalsh(gram)
+    top = lam[:, -1:]
+    dims = np.where(top[:, 0] > 0, np.sum(lam > rtol * top, axis=1), 0).astype(int)
+    out = _shaped(dims, x, kind)
+    return int(out) if kind == "one" else out
+
+
+def _link_matrix(x: np.ndarray, threshold: float) -> np.ndarray:
+    return (x @ x.T > threshold).astype(float)
+
+
+def cluster_rank(x, threshold: float = CLUSTER_THRESHOLD):
+    r"""Cluster count as the rank of the thresholded Gram matrix (the published codes' count).
+
+    .. math::
+
+        k_{\rm rank}(X) = \operatorname{rank}\big(\mathbf 1\{\langle x_i, x_j\rangle
+        > \text{threshold}\}\big)_{ij}.
+
+    Compared with :func:`cluster_count` (connected components of the same link graph):
+    the matrix is block diagonal over the components, a symmetric 0/1 block with unit
+    diagonal has rank 1 exactly when it is all ones, and rank is additive over blocks, so
+    :math:`k_{\rm rank} \ge k_{\rm components}`, with equality exactly when every component
+    is a clique (linking is transitive: each cluster has diameter below the threshold). They
+    differ for chains: three tokens with :math:`x_1 \sim x_2 \sim x_3` but
+    :math:`x_1 \not\sim x_3` are one component and rank 3.
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d), batch (nt, B, n, d) or Trajectory
+        Unit vectors.
+    threshold : float
+        Inner product above which two tokens are linked, in [-1, 1).
+
+    Returns
+    -------
+    int, or ndarray of int (nt,) or (nt, B).
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> t = np.array([0.0, 0.01, 0.02])          # a chain: neighbours linked, ends not
+    >>> x = np.stack([np.cos(t), np.sin(t)], axis=1)
+    >>> clustering.cluster_rank(x, 0.99992), clustering.cluster_count(x, 0.99992)
+    (3, 1)
+    """
+    threshold = _threshold(threshold, "threshold")
+    xs, kind = _systems(x)
+    ranks = np.array([np.linalg.matrix_rank(_link_matrix(p, threshold)) for p in xs], dtype=int)
+    out = _shaped(ranks, x, kind)
+    return int(out) if kind == "one" else out
+
+
+def cluster_sizes(x, threshold: float = CLUSTER_THRESHOLD, *, distance: float | None = None):
+    r"""Sizes of the clusters of :func:`cluster_labels`, largest first.
+
+    .. math::
+
+        |C_1| \ge |C_2| \ge \dots, \qquad \textstyle\sum_c |C_c| = n.
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d) or Trajectory
+    threshold, distance :
+        As in :func:`cluster_labels`.
+
+    Returns
+    -------
+    ndarray of int (number of clusters,), or a list of them per saved time.
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> e = np.eye(2)
+    >>> clustering.cluster_sizes(e[[0, 1, 0, 0]]).tolist()
+    [3, 1]
+    """
+    states, single = _tokens(x)
+    threshold, distance = _link_parameters(threshold, distance)
+    sizes = [np.sort(np.bincount(_components(p, threshold, distance)[1]))[::-1] for p in states]
+    return sizes[0] if single else sizes
+
+
+def inner_product_histogram(x, bins: int = 50, *, ensemble: bool = False, density: bool = True):
+    r"""Histogram of the pairwise inner products :math:`\langle x_i, x_j\rangle`, i < j, on [-1, 1].
+
+    .. math::
+
+        h_b = \frac{\#\{i<j : \langle x_i,x_j\rangle \in I_b\}}{\binom n2\,|I_b|}
+        \quad(\text{density}),\qquad I_b = [-1 + 2b/\text{bins},\ -1 + 2(b+1)/\text{bins}),
+
+    the last bin closed (so an inner product of exactly 1, a collapsed pair, counts).
+    For uniform tokens on the circle the density tends to the arcsine law
+    :math:`1/(\pi\sqrt{1-u^2})`; a clustered state puts mass :math:`\sum_c\binom{|C_c|}2/\binom n2`
+    in the last bin.
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d), batch (nt, B, n, d) or Trajectory
+        Unit vectors, n >= 2.
+    bins : int
+        Number of equal bins on [-1, 1].
+    ensemble : bool
+        For a batch: pool the pairs of all B systems at each time (one histogram per time).
+    density : bool
+        Normalize to a probability density on [-1, 1] (else raw pair counts).
+
+    Returns
+    -------
+    (hist, edges) : ndarray (bins,), (nt, bins) or (nt, B, bins); ndarray (bins + 1,)
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    >>> h, edges = clustering.inner_product_histogram(x, bins=2, density=False)
+    >>> h.tolist()
+    [2.0, 1.0]
+    """
+    bins = _v.as_positive_int(bins, "bins")
+    xs, kind = _systems(x)
+    n = xs.shape[1]
+    if n < 2:
+        raise ValueError(f"x must have at least 2 tokens for pairwise statistics, got {n}")
+    if ensemble and kind != "batch":
+        raise ValueError(f"ensemble=True needs a batch (nt, B, n, d) of systems, got x of kind {kind!r}")
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    iu = np.triu_indices(n, k=1)
+    ips = np.clip((xs @ xs.transpose(0, 2, 1))[:, iu[0], iu[1]], -1.0, 1.0)  # (S, pairs)
+    index = np.minimum(((ips + 1.0) * (bins / 2.0)).astype(int), bins - 1)
+    counts = np.zeros((len(xs), bins))
+    np.add.at(counts, (np.arange(len(xs))[:, None], index), 1.0)
+    counts = _shaped(counts, x, kind)
+    if ensemble:
+        counts = counts.sum(axis=1)
+    if density:
+        counts = counts / (counts.sum(axis=-1, keepdims=True) * (2.0 / bins))
+    return counts, edges
+
+
+def adjacent_pair_fraction(x, threshold: float = PAIR_THRESHOLD):
+    r"""Fraction of adjacent pairs (i, i+1) that are clustered (causal and positional models).
+
+    .. math::
+
+        a(X) = \frac{1}{n-1}\#\{i < n : \langle x_i, x_{i+1}\rangle > \text{threshold}\},
+
+    in token order (the order of a causal mask or of positions). 1 when all tokens sit in
+    one cluster; for clusters of consecutive tokens, :math:`1 - (k-1)/(n-1)` for k clusters.
+
+    Parameters
+    ----------
+    x : tokens (n, d), stack (nt, n, d), batch (nt, B, n, d) or Trajectory
+        Unit vectors, n >= 2, in token order.
+    threshold : float
+        Inner product above which a pair is clustered, in [-1, 1).
+
+    Returns
+    -------
+    float, or ndarray (nt,) or (nt, B).
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> e = np.eye(2)
+    >>> clustering.adjacent_pair_fraction(e[[0, 0, 1, 1, 0]])
+    0.5
+    """
+    threshold = _threshold(threshold, "threshold")
+    xs, kind = _systems(x)
+    if xs.shape[1] < 2:
+        raise ValueError(f"x must have at least 2 tokens for pairwise statistics, got {xs.shape[1]}")
+    adjacent = np.einsum("snd,snd->sn", xs[:, :-1], xs[:, 1:]) > threshold
+    out = _shaped(adjacent.mean(axis=1), x, kind)
+    return float(out) if kind == "one" else out
+
+
+def head_eigenvector_similarity(attention) -> np.ndarray:
+    r"""Cosine similarity of the V eigenvectors of the heads of a multi-head model.
+
+    .. math::
+
+        C_{hgab} = \frac{|\langle u^{(h)}_a, u^{(g)}_b\rangle|}{\|u^{(h)}_a\|\,\|u^{(g)}_b\|},
+        \qquad V_h u^{(h)}_a = \lambda^{(h)}_a u^{(h)}_a,
+
+    with each head's eigenvalues sorted by decreasing real part (then imaginary part) and
+    the Hermitian inner product for complex eigenvectors; the modulus removes the sign (or
+    phase) of each eigenvector. :math:`C_{hh} = I` when :math:`V_h` is symmetric; heads whose
+    :math:`V` share eigenvectors in the same eigenvalue order give :math:`C_{hg} = I`.
+
+    Parameters
+    ----------
+    attention : MultiHeadAttention or TokenDynamics with one
+        Every head needs a value matrix ``V`` (d, d) (a head without one uses the identity).
+
+    Returns
+    -------
+    ndarray, shape (H, H, d, d)
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> from transformer_pde import clustering
+    >>> heads = [tp.SoftmaxAttention(1.0, V=np.diag([2.0, 1.0])),
+    ...          tp.SoftmaxAttention(1.0, V=np.diag([1.0, 3.0]))]
+    >>> clustering.head_eigenvector_similarity(tp.MultiHeadAttention(heads))[0, 1].tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    from .attention import MultiHeadAttention
+
+    att = attention.attention if isinstance(attention, TokenDynamics) else attention
+    if not isinstance(att, MultiHeadAttention):
+        raise TypeError(f"attention must be a MultiHeadAttention (or TokenDynamics with one), got "
+                        f"{type(att).__name__}")
+    d = att.dim
+    vectors = []
+    for h, head in enumerate(att.heads):
+        V = getattr(head, "V", None)
+        V = np.eye(d or 1) if V is None else np.asarray(V, dtype=float)
+        if V.ndim != 2 or V.shape[0] != V.shape[1]:
+            raise ValueError(f"head {h} must have one value matrix V (d, d), got shape {V.shape}")
+        lam, u = np.linalg.eig(V)
+        order = np.lexsort((-lam.imag, -lam.real))
+        u = u[:, order]
+        vectors.append(u / np.linalg.norm(u, axis=0))
+    shapes = {u.shape for u in vectors}
+    if len(shapes) != 1:
+        raise ValueError(f"the heads' V must share one dimension, got shapes {sorted(shapes)}")
+    U = np.stack(vectors)  # (H, d, d): columns are eigenvectors
+    return np.minimum(np.abs(np.einsum("hka,gkb->hgab", U.conj(), U)), 1.0)
+
+
+def covariance_rank(results, rtol: float = 1e-6, *, k: int = -1) -> np.ndarray:
+    r"""Numerical rank of the (limit) covariance of each Gaussian run of an ensemble.
+
+    .. math::
+
+        r_b = \#\{m : \lambda_m(\Sigma_b(t_k)) > \text{rtol}\,\lambda_1(\Sigma_b(t_k))\},
+
+    the eigenvalues of the covariance at the saved time ``k`` (the last by default: the
+    limit shape :math:`\Sigma/\operatorname{tr}\Sigma` has the same rank). Collapse onto
+    the top eigenspace of V (Paper C) shows as rank 1 when that eigenvalue is simple;
+    ``np.bincount`` of the result gives the distribution of limit ranks.
+
+    Parameters
+    ----------
+    results : sequence of GaussianTrajectory, or covariances (B, d, d)
+        The runs (e.g. one per random model of an ensemble).
+    rtol : float
+        Relative eigenvalue threshold, in (0, 1).
+    k : int
+        Saved time of each run.
+
+    Returns
+    -------
+    ndarray of int, shape (B,)
+
+    Examples
+    --------
+    >>> from transformer_pde import clustering
+    >>> clustering.covariance_rank(np.array([np.diag([1.0, 1e-9]), np.eye(2)])).tolist()
+    [1, 2]
+    """
+    from .gaussian import GaussianTrajectory
+
+    rtol = _v.as_real(rtol, "rtol")
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol must lie in (0, 1), got {rtol}")
+    if isinstance(results, GaussianTrajectory):
+        results = [results]
+    if isinstance(results, np.ndarray):
+        covs = np.asarray(results, dtype=float)
+    else:
+        results = list(results)
+        bad = [type(r).__name__ for r in results if not isinstance(r, GaussianTrajectory)]
+        if bad or not results:
+            raise TypeError(f"results must be GaussianTrajectory runs or covariances (B, d, d), got "
+                            f"{bad or 'an empty sequence'}")
+        covs = np.stack([np.asarray(r.cov[k], dtype=float) for r in results])
+    if covs.ndim != 3 or covs.shape[1] != covs.shape[2] or not np.all(np.isfinite(covs)):
+        raise ValueError(f"covariances must be finite, of shape (B, d, d), got {covs.shape}")
+    lam = np.linalg.eigvalsh(0.5 * (covs + covs.transpose(0, 2, 1)))
+    top = lam[:, -1:]
+    return np.where(top[:, 0] > 0, np.sum(lam > rtol * top, axis=1), 0).astype(int)

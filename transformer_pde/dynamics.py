@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _spec
 from . import _validation as _v
-from .attention import Attention, MultiHeadAttention, check_batch, check_finite_output
+from .attention import Attention, Layers, MultiHeadAttention, check_batch, check_finite_output
 from .geometry import Euclidean, Sphere, as_geometry
 
 __all__ = ["TokenDynamics", "NORMS"]
@@ -50,8 +50,9 @@ class TokenDynamics:
 
     Parameters
     ----------
-    attention : Attention or MultiHeadAttention
-        The interaction.
+    attention : Attention, MultiHeadAttention or Layers
+        The interaction (:class:`~transformer_pde.Layers`: depth-dependent, one attention
+        per time interval; the geometry, normalization and noise are shared by the layers).
     geometry : {"sphere", "euclidean"}
         Where tokens live. On the sphere attention acts on directions.
     norm : {"post", "pre", "peri", "mix", "ngpt", "cod"} or None
@@ -78,7 +79,7 @@ class TokenDynamics:
     def __init__(self, attention, geometry: str = "sphere", norm: str | None = None, *,
                  alpha: float | Callable[[float], float] = 1.0, tau: float = 1.0,
                  kappa: float | None = None):
-        if not isinstance(attention, (Attention, MultiHeadAttention)):
+        if not isinstance(attention, (Attention, MultiHeadAttention, Layers)):
             raise TypeError(
                 "attention must be an attention object such as tp.SoftmaxAttention(...), "
                 f"got {type(attention).__name__}"
@@ -128,13 +129,39 @@ class TokenDynamics:
 
     @property
     def breakpoints(self) -> tuple[float, ...]:
-        """Times where the field switches (mix-LN's tau): steppers land on them."""
-        return (self.tau,) if self.norm == "mix" else ()
+        """Times where the field switches (mix-LN's tau, the boundaries of Layers): steppers land on them."""
+        points = set(self.attention.breakpoints) if isinstance(self.attention, Layers) else set()
+        if self.norm == "mix":
+            points.add(self.tau)
+        return tuple(sorted(points))
 
     @property
     def autonomous(self) -> bool:
         """Whether the velocity does not depend on t."""
-        return self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
+        return (self.norm not in ("mix", "cod") and not (self.norm == "ngpt" and callable(self.alpha))
+                and not isinstance(self.attention, Layers))
+
+    @property
+    def layers(self) -> Layers | None:
+        """The :class:`~transformer_pde.Layers` of a depth-dependent model, else None."""
+        return self.attention if isinstance(self.attention, Layers) else None
+
+    def _layer(self, k: int) -> TokenDynamics:
+        """The model of layer k alone (the model itself when it has no layers)."""
+        if self.layers is None:
+            return self
+        one = copy.copy(self)
+        one.attention = self.attention.attentions[k]
+        return one
+
+    def _layer_at(self, t: float) -> TokenDynamics:
+        """The model of the layer acting at t (ValueError outside the layers' times)."""
+        return self if self.layers is None else self._layer(self.layers.index(t))
+
+    def _check_span(self, t0: float, t1: float, name: str = "t_span") -> None:
+        """Raise ValueError if a depth-dependent model is not defined on all of [t0, t1]."""
+        if self.layers is not None:
+            self.layers.check_span(t0, t1, name)
 
     def __eq__(self, other) -> bool:
         """Same attention, geometry, normalization, alpha, tau and kappa."""
@@ -179,19 +206,23 @@ class TokenDynamics:
             State (on the unit sphere for norm in {"post", "ngpt", "cod"}), or a batch of
             B states (system b moved by model b of a batched model).
         t : float
-            Time (used by "mix", "cod" and a time-dependent nGPT ``alpha``).
+            Time (used by "mix", "cod", a time-dependent nGPT ``alpha`` and Layers).
         weights : array_like, shape (n,), optional
             Token weights of a weighted empirical measure (normalised to sum 1); uniform by
             default; shared by the systems of a batch.
         """
         x = self.check_state(x)
-        v = self._rhs(x, _v.as_real(t, "t"), self._attend(x), _v.as_weights(weights, x.shape[-2]))
+        t = _v.as_real(t, "t")
+        one = self._layer_at(t)  # the model itself, or that of the layer acting at t
+        v = one._rhs(x, t, one._attend(x), _v.as_weights(weights, x.shape[-2]))
         return check_finite_output(v, repr(self))
 
     def velocity_reference(self, x, t: float = 0.0, weights=None) -> np.ndarray:
         """As :meth:`velocity`, with the dense NumPy attention reference (system by system)."""
         x = self.check_state(x)
         t = _v.as_real(t, "t")
+        if self.layers is not None:
+            return self._layer_at(t).velocity_reference(x, t, weights)
         if x.ndim == 3:
             return np.stack([self._system(b)._rhs(x[b], t, self.attention._system(b).velocity_reference,
                                                   weights) for b in range(len(x))])
@@ -215,7 +246,12 @@ class TokenDynamics:
         return one
 
     def _attend(self, x: np.ndarray):
-        """The attention kernel for one state (n, d) or a batch (B, n, d), on trusted inputs."""
+        """The attention kernel for one state (n, d) or a batch (B, n, d), on trusted inputs.
+
+        For a depth-dependent model, ask the model of one layer (:meth:`_layer`).
+        """
+        if self.layers is not None:
+            raise TypeError("a Layers model has one kernel per layer: use dyn._layer(k)._attend(x)")
         return self.attention._velocity_batch if x.ndim == 3 else self.attention._velocity
 
     # -- private ---------------------------------------------------------------------

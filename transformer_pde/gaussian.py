@@ -234,6 +234,11 @@ def _heads(dyn, d: int) -> list[_Head]:
             "directions x/|x|, so the field of a Gaussian is not affine); use "
             "geometry='euclidean'"
         )
+    if dyn.layers is not None:
+        raise ValueError(
+            f"dyn is depth-dependent ({dyn.layers!r}): gaussian_moments integrates it layer by "
+            "layer; the closed forms and the affine field take the model of one layer"
+        )
     att = dyn.attention
     multi = isinstance(att, MultiHeadAttention)
     heads = att.heads if multi else (att,)
@@ -457,7 +462,10 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
     ----------
     dyn : TokenDynamics
         Euclidean dynamics (``geometry="euclidean"``) of softmax (non-causal), L2,
-        Sinkhorn or multi-head attention made of them.
+        Sinkhorn or multi-head attention made of them, or a depth-dependent model
+        (:class:`~transformer_pde.Layers` of them): then one DOP853 run per layer, each
+        started from the mean and covariance where the previous one ended, exactly as
+        consecutive calls would be, with ``t_eval`` inside the layers' times.
     mean0 : array_like, shape (d,)
         Initial mean.
     cov0 : array_like, shape (d, d)
@@ -491,8 +499,10 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
     _check_noiseless(dyn, "gaussian_moments")
     mean0, cov0, L0 = _check_mean_cov(dyn, mean0, cov0, "mean0", "cov0")
     d = len(mean0)
-    heads = _heads(dyn, d)
     t = _check_t_eval(t_eval)
+    dyn._check_span(float(t[0]), float(t[-1]), "t_eval")
+    for k in range(len(dyn.layers) if dyn.layers is not None else 1):
+        _heads(dyn._layer(k), d)  # every layer has the closure (ValueError saying why not)
     rtol = _v.as_positive(rtol, "rtol")
     atol = _v.as_positive(atol, "atol")
     max_trace = _v.as_positive(max_trace, "max_trace")
@@ -501,6 +511,34 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
         raise ValueError(f"max_trace={max_trace:g} must exceed tr(cov0)={tr0:g}")
 
     info = GaussianInfo(method="DOP853", rtol=rtol, atol=atol)
+    mean = np.empty((len(t), d))
+    cov = np.empty((len(t), d, d))
+    mean[0], cov[0] = mean0, cov0
+    # a depth-dependent model: one run per layer, each from the end state of the one before
+    # (restarted as a fresh run is: from the mean and covariance), landing on the boundaries
+    edges = [float(t[0]), *(b for b in dyn.breakpoints if t[0] < b < t[-1]), float(t[-1])]
+    m, S, L = mean0, cov0, L0
+    for k in range(len(edges) - 1 if len(t) > 1 else 0):
+        a, b = edges[k], edges[k + 1]
+        inside = np.flatnonzero((t > a) & (t < b))
+        seg = np.concatenate([[a], t[inside], [b]])  # the times of one layer's run
+        heads = _heads(dyn._layer_at(a), d)
+        ms, cs = _moments_run(heads, d, m, S, L, seg, rtol, atol, max_trace,
+                              float(np.trace(S)), info)
+        mean[inside], cov[inside] = ms[1:-1], cs[1:-1]
+        mean[-1], cov[-1] = ms[-1], cs[-1]
+        if k + 2 < len(edges):  # the next layer starts from (m, S) as a fresh run would
+            m, S, L = _check_mean_cov(None, ms[-1], cs[-1], f"the mean at t={b:g}",
+                                      f"the covariance at t={b:g}")
+            where = int(np.searchsorted(t, b))
+            if where < len(t) and t[where] == b:
+                mean[where], cov[where] = m, S
+    info.wall_time = time.perf_counter() - start
+    return GaussianTrajectory(t=t.copy(), mean=mean, cov=cov, dynamics=dyn, info=info)
+
+
+def _moments_run(heads, d, mean0, cov0, L0, t, rtol, atol, max_trace, tr0, info):
+    """The moments at the times t (nt,) of one smooth piece (one layer): DOP853 on (m, L)."""
     mean = np.empty((len(t), d))
     cov = np.empty((len(t), d, d))
     mean[0], cov[0] = mean0, cov0
@@ -519,7 +557,7 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
         with np.errstate(over="ignore", invalid="ignore"):
             sol = solve_ivp(f, (t[0], t[-1]), y0, method="DOP853", t_eval=t, rtol=rtol,
                             atol=atol, events=trace_event)
-        info.n_evals = int(sol.nfev)
+        info.n_evals += int(sol.nfev)
         if sol.status == 1:  # the trace event fired
             _raise_blow_up(f, d, float(sol.t_events[0][0]), sol.y_events[0][0], t, tr0,
                            max_trace)
@@ -539,8 +577,7 @@ def gaussian_moments(dyn: TokenDynamics, mean0, cov0, t_eval, *, rtol: float = 1
         Ls = ys[:, d:].reshape(len(t), d, d)
         cov[:] = _sym(Ls @ np.swapaxes(Ls, 1, 2))
         mean[0], cov[0] = mean0, cov0
-    info.wall_time = time.perf_counter() - start
-    return GaussianTrajectory(t=t.copy(), mean=mean, cov=cov, dynamics=dyn, info=info)
+    return mean, cov
 
 
 def _raise_blow_up(f, d, t_e, y_e, t, tr0, max_trace):

@@ -139,14 +139,19 @@ class _Particles(_engine.Problem):
         self.who = f"simulate(method={info.method!r})"
         self.dyn, self.space = dyn, dyn.state_space
         self.breakpoints = np.asarray(dyn.breakpoints, dtype=float)
+        self._tau = np.asarray((dyn.tau,) if dyn.norm == "mix" else (), dtype=float)
         self.piece = 0
-        # built once per run: the kernel for one system or a batch, the uniform weights
-        self.attend = dyn._attend(x0)
+        # the layer of a depth-dependent model (tp.Layers) the current step lies in, its
+        # model and kernel (selected by start_at); the model itself otherwise
+        self.layer, self.model = 0, dyn._layer(0)
+        self._like = np.empty((0,) * x0.ndim)  # what _attend needs of a state: its rank
+        # built once per run (per layer): the kernel for one system or a batch, the uniform weights
+        self.attend = self.model._attend(x0)
         n = x0.shape[-2]
         self.weights = np.full(n, 1.0 / n)
 
     def evaluate(self, x, t):
-        return self.dyn._rhs(x, t, self.attend, self.weights, self.piece)
+        return self.model._rhs(x, t, self.attend, self.weights, self.piece)
 
     def retract(self, x):
         return self.space.retract(x)
@@ -156,8 +161,14 @@ class _Particles(_engine.Problem):
         return self.space._retract_fresh(x)
 
     def start_at(self, t: float) -> bool:
-        piece = int(np.searchsorted(self.breakpoints, t, side="right"))
+        piece = int(np.searchsorted(self._tau, t, side="right"))
         changed, self.piece = piece != self.piece, piece
+        if self.dyn.layers is not None:
+            layer = self.dyn.layers.index(t)  # a step starting on a boundary is in the next layer
+            if layer != self.layer:
+                self.layer, self.model = layer, self.dyn._layer(layer)
+                self.attend = self.model._attend(self._like)
+                changed = True
         return changed
 
     def check(self, x_new, t, h, x) -> None:
@@ -347,10 +358,15 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     t_eval : array_like, shape (nt,), optional
         Increasing times in ``[t0, t1]`` at which to save; 101 equally spaced times by
         default. Steps land exactly on them.
-    method : {"euler", "heun", "rk4", "dopri5", "euler-maruyama"}, optional
+    method : {"euler", "heun", "rk4", "dopri5", "euler-maruyama", "rescaled"}, optional
         The time stepper: fixed-step methods of orders 1, 2, 4, or adaptive
         Dormand-Prince 5(4); "rk4" by default. A noisy model takes "euler-maruyama"
-        (the default and only choice for it; "euler" names it too).
+        (the default and only choice for it; "euler" names it too). "rescaled" (Paper A
+        in :math:`\mathbb R^d`: Euclidean geometry, softmax attention, one constant V)
+        integrates :math:`z = e^{-(t - t_0)V}x`, :math:`\dot z_i = \sum_j P_{ij}V(z_j - z_i)`,
+        with fixed-step RK4 (order 4) and returns :math:`x = e^{(t - t_0)V}z`: the linear
+        growth is exact (``scipy.linalg.expm``), and only the bounded motion of z is
+        discretised (docs/math.md §9.17).
     dt : float, optional
         Largest step of the fixed-step methods (each interval between saved times is
         cut into equal steps no longer than dt); the first step of ``dopri5``.
@@ -452,9 +468,10 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
             raise ValueError(
                 f"a noisy model (kappa={dyn.kappa:g}) needs method='euler-maruyama', got {method!r}")
         method = "euler-maruyama"
-    elif method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    elif method not in METHODS and method != "rescaled":
+        raise ValueError(f"method must be one of {sorted(METHODS) + ['rescaled']}, got {method!r}")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
+    dyn._check_span(t0, t1)
     if dt is not None:
         dt = _v.as_positive(dt, "dt")
     rtol, atol = _v.as_positive(rtol, "rtol"), _v.as_positive(atol, "atol")
@@ -464,11 +481,18 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
     trackers = _engine.check_trackers(trackers)
 
     info = RunInfo(method=method)
-    problem = _Particles(dyn, info, x0)
+    if method == "rescaled":
+        _check_rescaled(dyn, trackers, _resume)
+        problem = _Rescaled(dyn, info, x0, t0)
+        trackers = tuple(problem.observer(tr) for tr in trackers)
+    else:
+        problem = _Particles(dyn, info, x0)
     problem.start_at(t0)
     f0 = None
     if noisy:
         stepper = _EulerMaruyama(dyn.state_space, dyn.kappa, rng)
+    elif method == "rescaled":
+        stepper = _RungeKutta(_RK4)
     else:
         stepper = _RungeKutta(METHODS[method])
     if stepper.adaptive:
@@ -495,4 +519,107 @@ def simulate(dyn: TokenDynamics, x0, t_span, *, t_eval=None, method: str | None 
                        max_steps=max_steps, trackers=trackers, throw=throw,
                        progress=_engine.progress_spec(f"simulate[{method}]", progress), f0=f0,
                        fsal=stepper.adaptive, done=done)
+    if method == "rescaled":  # back from z to the tokens: x = e^{(t - t0) V} z
+        x = np.stack([problem.tokens(tk, zk) for tk, zk in zip(t, x, strict=True)]) if len(t) else x
     return Trajectory(t=t, x=x, dynamics=dyn, info=info)
+
+
+def _check_rescaled(dyn: TokenDynamics, trackers, resume) -> None:
+    """Raise ValueError/TypeError unless ``method="rescaled"`` applies to ``dyn``."""
+    from .attention import SoftmaxAttention  # here: integrate imports no attention class otherwise
+
+    why = None
+    att = dyn.attention
+    if dyn.norm != "none":
+        why = (f"it needs geometry='euclidean' (tokens in R^d that grow like e^(tV)), got "
+               f"geometry={dyn.geometry.name!r}, norm={dyn.norm!r}")
+    elif dyn.kappa is not None:
+        why = f"it integrates the noiseless ODE, but dyn has kappa={dyn.kappa:g}"
+    elif not isinstance(att, SoftmaxAttention):
+        why = (f"it needs softmax attention with one constant V (rows of P summing to 1), got "
+               f"{type(att).__name__}")
+    elif att.batch is not None:
+        why = "it needs one V shared by all systems, got a batched model (per-system parameters)"
+    if why is not None:
+        raise ValueError(f"simulate(method='rescaled'): {why}; use method='rk4' or 'dopri5'")
+    for i, tr in enumerate(trackers):
+        if hasattr(tr, "_attach"):
+            raise ValueError(
+                f"simulate(method='rescaled'): trackers[{i}] ({type(tr).__name__}) records the run's "
+                "state for resume, which for this method is the rescaled z; save the result instead"
+            )
+    if resume is not None:  # pragma: no cover - no Save tracker, so no file to resume
+        raise ValueError("simulate(method='rescaled') cannot resume a run")
+
+
+class _Rescaled(_Particles):
+    r"""Paper A's rescaled system: the state is :math:`z_i = e^{-(t - t_0)V} x_i`.
+
+    .. math::
+
+        \dot z_i = \sum_j P_{ij}\, V (z_j - z_i), \qquad
+        P_{ij} = \operatorname{softmax}_j\big(\log a_j + \beta\langle Qx_i, Kx_j\rangle\big),
+        \quad x = e^{(t - t_0)V} z,
+
+    (docs/math.md §1.1, §9.17): the attention kernel sums the values :math:`z_j` (not
+    :math:`Vx_j`) with the weights of the logits of x, so the linear growth
+    :math:`e^{tV}` never enters the right-hand side and is applied exactly at the
+    saved times. :math:`e^{sV}` is ``scipy.linalg.expm`` (scaling and squaring with Padé
+    approximants), accurate for any V: an eigendecomposition would lose
+    :math:`\kappa(R)\,\epsilon` for a non-normal V with ill-conditioned eigenvectors R.
+    """
+
+    def __init__(self, dyn, info, x0, t0: float):
+        super().__init__(dyn, info, x0)
+        self.who = "simulate(method='rescaled')"
+        att = dyn.attention
+        d = x0.shape[-1]
+        self.att, self.t0 = att, float(t0)
+        self.V = np.eye(d) if att.V is None else np.array(att.V, dtype=np.float64)
+        self.VT = np.ascontiguousarray(self.V.T)
+        self._expm: dict = {}
+
+    def expm(self, t: float) -> np.ndarray:
+        """:math:`e^{(t - t_0)V}`, cached for the few stage times of a step."""
+        s = float(t) - self.t0
+        E = self._expm.get(s)
+        if E is None:
+            from scipy.linalg import expm
+
+            if len(self._expm) >= 8:
+                self._expm.clear()
+            E = self._expm[s] = expm(s * self.V)
+        return E
+
+    def tokens(self, t: float, z: np.ndarray) -> np.ndarray:
+        """The tokens :math:`x = e^{(t - t_0)V} z` (rowwise) of the rescaled state z."""
+        return z @ self.expm(t).T
+
+    def evaluate(self, z, t):
+        att = self.att
+        x = self.tokens(t, z)
+        qx = att._query(x)
+        kx = np.ascontiguousarray(x if att.K is None else x @ att.K.T)
+        vz = np.ascontiguousarray(z)
+        pz = np.empty_like(vz)
+        if z.ndim == 2:
+            att._kernel(self.weights, qx, kx, vz, pz, att.causal)
+        else:
+            att._kernel_batch(self.weights, qx, kx, vz, pz, att.causal)
+        pz -= z
+        return pz @ self.VT
+
+    def evaluate_reference(self, z, t):
+        """:meth:`evaluate` in dense NumPy (one system): ``(P z - z) V^T``."""
+        P = self.att.matrix(self.tokens(t, z), self.weights)
+        return (P @ z - z) @ self.V.T
+
+    def observer(self, tracker):
+        """``tracker`` called with the tokens x at each saved time (the engine holds z)."""
+        def observe(t, z):
+            x = self.tokens(t, z)
+            x.flags.writeable = False
+            return tracker(t, x)
+
+        return observe
+

@@ -56,6 +56,11 @@ __all__ = [
     "plot_covariance",
     "plot_phase_diagram",
     "plot_attention_matrix",
+    "plot_attention_links",
+    "plot_attention_ranks",
+    "plot_convex_hulls",
+    "plot_covariance_cone",
+    "plot_staircase",
     "plot_table",
     "plot_sweep",
     "plot_final_comparison",
@@ -1648,3 +1653,388 @@ def demo_figure(circle: Mapping, sphere: Mapping, pde: Mapping | None = None) ->
 
 def _energy_max(beta: float) -> float:
     return float(np.exp(beta) / (2.0 * beta))
+
+
+# ---------------------------------------------------------------------------------------
+# figures of the published studies (docs/math.md §9.18)
+# ---------------------------------------------------------------------------------------
+def _value_matrix(dynamics, d: int) -> np.ndarray:
+    """The value matrix V (d, d) of a single-head model (identity when it has none)."""
+    attention = getattr(dynamics, "attention", None)
+    if not hasattr(attention, "V"):
+        raise TypeError(f"plot_convex_hulls: rescale=True needs a model with one value matrix V, got "
+                        f"{type(attention).__name__} (pass rescale=False)")
+    V = attention.V
+    if V is None:
+        return np.eye(d)
+    V = np.asarray(V, dtype=np.float64)
+    if V.shape != (d, d):
+        raise ValueError(f"rescale needs one value matrix V ({d}, {d}), got shape {V.shape}")
+    return V
+
+
+def plot_convex_hulls(result, x=None, *, frames=None, rescale: bool = True, dims=(0, 1),
+                      system: int = 0, ax=None, cmap: str = "viridis"):
+    r"""Overlay the convex hulls of the (rescaled) tokens at several times (Paper A's limits).
+
+    .. math::
+
+        z_i(t) = e^{-tV}x_i(t),\qquad \mathcal K(t) = \operatorname{conv}\{z_i(t)\},
+
+    the rescaled tokens of docs/math.md §1.1, whose hull is non-increasing in t for
+    :math:`V = I_d` (``p:noninc``) and converges to the polytope :math:`\mathcal K` of
+    the limits (§1.2). Each hull (:class:`scipy.spatial.ConvexHull` of the coordinates
+    ``dims``) is drawn as a closed line coloured by time, the tokens of the last frame as dots.
+
+    Parameters
+    ----------
+    result : Trajectory or times (nt,)
+        A run in :math:`\mathbb R^d` (d >= 2), or the saved times (then ``x``).
+    x : array_like, shape (nt, n, d), optional
+        Tokens, when ``result`` is times (then ``rescale=False``: plain arrays carry no V).
+    frames : sequence of int, optional
+        Saved times drawn (default: 5 evenly spread, the first and last included).
+    rescale : bool
+        Draw :math:`z = e^{-tV}x` (the model's V, from a Trajectory) instead of x.
+    dims : (int, int)
+        The coordinates of the plane.
+    system : int
+        System of a batch.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure when None.
+    cmap : str
+        Colour map of time.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Its lines are the hulls in the order of ``frames``, each closed (first vertex repeated),
+        vertices counter-clockwise.
+
+    Examples
+    --------
+    >>> from transformer_pde.plotting import plot_convex_hulls
+    >>> x = np.array([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.2, 0.2]]])
+    >>> ax = plot_convex_hulls(np.array([0.0]), x, rescale=False)
+    >>> ax.lines[0].get_xydata().tolist()
+    [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    """
+    from matplotlib import colormaps
+    from scipy.spatial import ConvexHull, QhullError
+
+    t, xs = _path(result, x, None, "plot_convex_hulls", system)
+    d = xs.shape[2]
+    i, j = (int(dims[0]), int(dims[1]))
+    if not (0 <= i < d and 0 <= j < d and i != j):
+        raise ValueError(f"dims must be two different coordinates in [0, {d}), got {dims}")
+    if frames is None:
+        frames = np.unique(np.rint(np.linspace(0, len(t) - 1, min(5, len(t)))).astype(int))
+    frames = [_frame(int(k), len(t), "plot_convex_hulls") for k in frames]
+    if rescale:
+        if not isinstance(result, Trajectory):
+            raise TypeError("plot_convex_hulls: rescale=True needs a Trajectory (its model's V); "
+                            "pass rescale=False for plain arrays")
+        from scipy.linalg import expm
+
+        V = _value_matrix(result.dynamics, d)
+        pts = {k: xs[k] @ expm(-t[k] * V).T for k in frames}
+    else:
+        pts = {k: xs[k] for k in frames}
+    ax = _axes(ax)
+    colours = colormaps[cmap]
+    span = (t[frames[-1]] - t[frames[0]]) or 1.0
+    for k in frames:
+        plane = pts[k][:, [i, j]]
+        try:
+            hull = ConvexHull(plane)
+        except QhullError as err:
+            raise ValueError(f"plot_convex_hulls: the tokens of saved time {k} span no area in the "
+                             f"plane dims={dims} (fewer than 3 or collinear points)") from err
+        ring = plane[np.append(hull.vertices, hull.vertices[0])]
+        ax.plot(ring[:, 0], ring[:, 1], color=colours((t[k] - t[frames[0]]) / span), linewidth=1.2,
+                label=f"$t = {t[k]:g}$")
+    last = pts[frames[-1]][:, [i, j]]
+    ax.scatter(last[:, 0], last[:, 1], s=12, color="k", zorder=3)
+    name = "z" if rescale else "x"
+    ax.set_xlabel(f"${name}_{{{i + 1}}}$")
+    ax.set_ylabel(f"${name}_{{{j + 1}}}$")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(r"convex hulls of $z_i = e^{-tV}x_i$" if rescale else "convex hulls of the tokens")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_attention_links(result, x=None, *, k: int = -1, head: int = 0, system: int = 0, ax=None,
+                         min_weight: float = 1e-3, color: str = "tab:blue"):
+    r"""Draw the tokens and a line from each token to each token it attends, with alpha :math:`P_{ij}`.
+
+    .. math::
+
+        \text{alpha}(i \to j) = P_{ij},\qquad i \ne j,\ P_{ij} > \text{min\_weight},
+
+    the attention matrix of :func:`~transformer_pde.clustering.attention_matrix` (one head
+    of a multi-head model). Tokens in d = 2 are drawn in the plane, in d > 2 by their first
+    two coordinates.
+
+    Parameters
+    ----------
+    result : Trajectory, TokenDynamics or attention object
+        A run (its model and its state at saved time ``k``), or a model (then ``x``).
+    x : array_like, shape (n, d), optional
+        Tokens, when ``result`` is a model.
+    k, head, system :
+        Saved time, head and system.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure when None.
+    min_weight : float
+        Links with :math:`P_{ij}` at most this are left out, in [0, 1).
+    color : str
+        Colour of the links.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax.collections[0]`` holds the links (segments from :math:`x_i` to :math:`x_j`, in
+        row-major order of (i, j), RGBA colours with alpha :math:`P_{ij}`), ``collections[1]``
+        the tokens.
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> from transformer_pde.plotting import plot_attention_links
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> ax = plot_attention_links(tp.SoftmaxAttention(beta=0.0), x)
+    >>> ax.collections[0].get_colors()[:, 3].tolist()
+    [0.5, 0.5]
+    """
+    from matplotlib.colors import to_rgba
+
+    if isinstance(result, Trajectory):
+        _, xs = _path(result, None, None, "plot_attention_links", system)
+        k = _frame(k, len(result.t), "plot_attention_links")
+        model, x, when = result.dynamics, xs[k], f" at $t = {result.t[k]:g}$"
+    else:
+        if x is None:
+            raise TypeError("plot_attention_links: give a Trajectory, or a model and tokens x (n, d)")
+        model, when = result, ""
+    min_weight = float(min_weight)
+    if not 0.0 <= min_weight < 1.0:
+        raise ValueError(f"min_weight must lie in [0, 1), got {min_weight}")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"plot_attention_links: x must have shape (n, d) with d >= 2, got {x.shape}")
+    P = np.asarray(attention_matrix(model, x))
+    if P.ndim == 3:
+        if not 0 <= head < P.shape[0]:
+            raise ValueError(f"head must be in [0, {P.shape[0]}), got {head}")
+        P, when = P[head], f" (head {head})" + when
+    xy = x[:, :2]
+    rows, cols = np.nonzero((P > min_weight) & ~np.eye(len(P), dtype=bool))
+    rgba = np.tile(to_rgba(color), (len(rows), 1))
+    rgba[:, 3] = P[rows, cols]
+    ax = _axes(ax, figsize=(5.0, 5.0))
+    ax.add_collection(LineCollection(np.stack([xy[rows], xy[cols]], axis=1), colors=rgba, linewidths=1.5))
+    ax.scatter(xy[:, 0], xy[:, 1], s=18, color="k", zorder=3)
+    ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(r"attention links, opacity $P_{ij}$" + when)
+    return ax
+
+
+def plot_attention_ranks(result, *, frames=None, head: int = 0, system: int = 0, rtol: float = 1e-6,
+                         cmap: str = "viridis"):
+    r"""Panels of the attention matrix at several times, each titled with its numerical rank.
+
+    .. math::
+
+        \operatorname{rank}_{\rm rtol} P(t) = \#\{k : \sigma_k(P(t)) > \text{rtol}\,\sigma_1(P(t))\}
+
+    (:func:`~transformer_pde.clustering.numerical_rank`); in Paper A's Boolean limit with
+    d = 1 the rank falls to at most 3 (docs/math.md §1.2), on the sphere to the number of
+    clusters.
+
+    Parameters
+    ----------
+    result : Trajectory
+        A run.
+    frames : sequence of int, optional
+        Saved times, one panel each (default: 4 evenly spread, the first and last included).
+    head, system :
+        Head of a multi-head model and system of a batch.
+    rtol : float
+        Relative singular-value threshold of the rank.
+    cmap : str
+        Colour map (shared scale [0, 1]).
+
+    Returns
+    -------
+    ndarray of matplotlib.axes.Axes, shape (len(frames),)
+        Panel k holds :math:`P(t_k)` as its image, titled ``"t = ..., rank r"``.
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> from transformer_pde.plotting import plot_attention_ranks
+    >>> dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0), geometry="sphere")
+    >>> run = tp.simulate(dyn, np.eye(3), (0.0, 1.0), t_eval=[0.0, 1.0], dt=0.1)
+    >>> plot_attention_ranks(run)[0].get_title()
+    '$t = 0$, rank 3'
+    """
+    if not isinstance(result, Trajectory):
+        raise TypeError(f"plot_attention_ranks: result must be a Trajectory, got {type(result).__name__}")
+    t, xs = _path(result, None, None, "plot_attention_ranks", system)
+    if frames is None:
+        frames = np.unique(np.rint(np.linspace(0, len(t) - 1, min(4, len(t)))).astype(int))
+    frames = [_frame(int(k), len(t), "plot_attention_ranks") for k in frames]
+    fig = Figure(figsize=(3.2 * len(frames) + 0.8, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(frames), squeeze=False)[0])
+    image = None
+    for ax, k in zip(axes, frames, strict=True):
+        P = np.asarray(attention_matrix(result.dynamics, xs[k]))
+        if P.ndim == 3:
+            if not 0 <= head < P.shape[0]:
+                raise ValueError(f"head must be in [0, {P.shape[0]}), got {head}")
+            P = P[head]
+        rank = clustering.numerical_rank(P, rtol)
+        image = ax.imshow(P, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"$t = {t[k]:g}$, rank {rank}")
+        ax.set_xlabel("key $j$")
+    axes[0].set_ylabel("query $i$")
+    fig.colorbar(image, ax=list(axes), label="$P_{ij}$")
+    return axes
+
+
+def plot_covariance_cone(result, *, dims=(0, 1), normalized: bool = True, ax=None, n_rays: int = 24):
+    r"""The cone of 2x2 covariance matrices in (a, b, c) coordinates, with a covariance path.
+
+    .. math::
+
+        \Sigma = \begin{pmatrix} a & b \\ b & c\end{pmatrix} \succeq 0 \iff
+        a \ge 0,\ c \ge 0,\ ac \ge b^2,
+
+    a circular cone around the axis a = c, b = 0 (isotropic matrices); its boundary
+    :math:`ac = b^2` holds the rank-1 matrices :math:`r^2(\cos\psi, \sin\psi)^{\otimes2}`,
+    drawn as ``n_rays`` rays and the circle of trace :math:`a + c = \tau`. The path is
+    :math:`(a, b, c)(t)` of the block ``dims`` of a Gaussian solution's covariance, divided
+    by its trace :math:`a + c` when ``normalized`` (then it lies in the plane a + c = 1 and
+    reaches the boundary circle when the shape collapses to rank 1).
+
+    Parameters
+    ----------
+    result : GaussianTrajectory
+        Covariances (nt, d, d), d >= 2.
+    dims : (int, int)
+        The 2x2 block drawn.
+    normalized : bool
+        Divide each 2x2 block by its trace.
+    ax : 3-D matplotlib axes, optional
+        Where to draw; a new figure when None.
+    n_rays : int
+        Rank-1 rays drawn on the boundary.
+
+    Returns
+    -------
+    matplotlib.axes.Axes (3-D)
+        ``ax.lines[:n_rays]`` the rays, ``ax.lines[n_rays]`` the boundary circle at the
+        largest trace :math:`\tau` of the path, ``ax.lines[n_rays + 1]`` the path.
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> from transformer_pde.plotting import plot_covariance_cone
+    >>> dyn = tp.TokenDynamics(tp.SoftmaxAttention(beta=1.0, V=-np.eye(2)), geometry="euclidean")
+    >>> g = tp.gaussian_moments(dyn, np.zeros(2), np.diag([1.0, 0.25]), [0.0, 0.5])
+    >>> a, b, c = plot_covariance_cone(g, n_rays=4).lines[-1].get_data_3d()
+    >>> (a + c).round(12).tolist()
+    [1.0, 1.0]
+    """
+    if not isinstance(result, GaussianTrajectory):
+        raise TypeError(f"result must be a GaussianTrajectory, got {type(result).__name__}")
+    if result.dim < 2:
+        raise ValueError(f"plot_covariance_cone needs d >= 2, got d = {result.dim}")
+    i, j = (int(dims[0]), int(dims[1]))
+    if not (0 <= i < result.dim and 0 <= j < result.dim and i != j):
+        raise ValueError(f"dims must be two different coordinates in [0, {result.dim}), got {dims}")
+    n_rays = int(n_rays)
+    if n_rays < 1:
+        raise ValueError(f"n_rays must be a positive integer, got {n_rays}")
+    cov = np.asarray(result.cov, dtype=np.float64)
+    a, b, c = cov[:, i, i], cov[:, i, j], cov[:, j, j]
+    if normalized:
+        trace = a + c
+        a, b, c = a / trace, b / trace, c / trace
+    tau = float(np.max(a + c))
+    ax = _axes(ax, projection="3d", figsize=(6.0, 5.5))
+    # rank-1 boundary: tau (cos psi, sin psi)^2 = (tau cos^2, tau cos sin, tau sin^2), psi in [0, pi)
+    r = np.linspace(0.0, 1.0, 2)
+    for psi in np.pi * np.arange(n_rays) / n_rays:
+        ca, sa = np.cos(psi), np.sin(psi)
+        ax.plot(tau * r * ca * ca, tau * r * ca * sa, tau * r * sa * sa, color="0.6", linewidth=0.6)
+    psi = np.linspace(0.0, np.pi, 181)
+    ax.plot(tau * np.cos(psi) ** 2, tau * np.cos(psi) * np.sin(psi), tau * np.sin(psi) ** 2, color="0.4",
+            linewidth=0.9)
+    ax.plot(a, b, c, color="tab:red", linewidth=1.8, label=r"$\Sigma(t)/\mathrm{tr}$" if normalized
+            else r"$\Sigma(t)$")
+    ax.scatter([a[0]], [b[0]], [c[0]], color="tab:red", s=15)
+    ax.set_xlabel(rf"$a = \Sigma_{{{i + 1}{i + 1}}}$")
+    ax.set_ylabel(rf"$b = \Sigma_{{{i + 1}{j + 1}}}$")
+    ax.set_zlabel(rf"$c = \Sigma_{{{j + 1}{j + 1}}}$")
+    ax.set_title(r"cone $ac \geq b^2$ of $2\times2$ covariances")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def plot_staircase(result, *, ax=None, rtol: float = 0.05, min_length: float = 0.0, normalized: bool = True):
+    r"""Draw the energy staircase of a normalised ascent: E against arc length, plateaus shaded.
+
+    .. math::
+
+        s \mapsto \mathsf E_\beta(s)\ \big/\ \tfrac{e^\beta}{2\beta}\quad(\text{normalized}),
+
+    with the plateaus of :func:`~transformer_pde.metastability.energy_staircase` (``rtol``,
+    ``min_length``) shaded and labelled by the number of points (clusters) on them.
+
+    Parameters
+    ----------
+    result : metastability.AscentResult
+        A run of :func:`~transformer_pde.metastability.normalized_ascent`.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure when None.
+    rtol, min_length : float
+        Passed to the staircase.
+    normalized : bool
+        Divide the energy by its maximum :math:`e^\beta/2\beta` (single cluster).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax.lines[0]`` is the curve (s, E); one shaded patch per plateau, in order.
+
+    Examples
+    --------
+    >>> from transformer_pde import metastability
+    >>> from transformer_pde.plotting import plot_staircase
+    >>> th = np.array([0.0, 0.3, 2.0])
+    >>> run = metastability.normalized_ascent(np.stack([np.cos(th), np.sin(th)], 1), 1.0, ds=0.05)
+    >>> float(plot_staircase(run).lines[0].get_ydata()[-1])
+    1.0
+    """
+    from .metastability import AscentResult
+
+    if not isinstance(result, AscentResult):
+        raise TypeError(f"result must be a metastability.AscentResult, got {type(result).__name__}")
+    scale = _energy_max(result.beta) if normalized else 1.0
+    stairs = result.staircase(rtol=rtol, min_length=min_length)
+    ax = _axes(ax)
+    ax.plot(result.s, result.energy / scale, color="k", linewidth=1.2)
+    for start, length, level, count in zip(stairs.starts, stairs.lengths, stairs.levels, stairs.n_points,
+                                           strict=True):
+        ax.axvspan(start, start + length, color="tab:blue", alpha=0.15, linewidth=0)
+        ax.annotate(f"{count}", (start + 0.5 * length, level / scale), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize="small")
+    ax.set_xlabel("arc length $s$")
+    ax.set_ylabel(r"$\mathsf{E}_\beta\,/\,(e^\beta/2\beta)$" if normalized else r"$\mathsf{E}_\beta$")
+    ax.set_title(rf"energy staircase, $\beta = {result.beta:g}$ (plateaus shaded, points on each)")
+    return ax

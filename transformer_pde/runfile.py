@@ -54,6 +54,7 @@ import numpy as np
 
 from . import initial as _initial
 from .attention import (
+    ALiBiAttention,
     L2Attention,
     SigmoidAttention,
     SinkhornAttention,
@@ -77,6 +78,7 @@ ATTENTIONS = {
     "l2": L2Attention,
     "sigmoid": SigmoidAttention,
     "sinkhorn": SinkhornAttention,
+    "alibi": ALiBiAttention,
 }
 #: initial.kind -> the keys it uses (besides kind, n, seed)
 INITIAL_KINDS = {
@@ -121,6 +123,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "norm": _Key("str", None, NORMS + ("none",)),
         "kappa": _REAL,
         "causal": _Key("bool", False),
+        "include_self": _Key("bool", True),
+        "slope": _Key("float", 0.0),
         "bias": _Key("float", 0.0),
         "summation": _Key("str", "auto", ("auto", "exact", "fast")),
         "tol": _Key("float", 1e-10),
@@ -146,7 +150,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "T": _Key("float", required=True),
         "t0": _Key("float", 0.0),
         "n_saved": _Key("int", 101),
-        "method": _Key("str", None, tuple(METHODS) + ("euler-maruyama",)),
+        "method": _Key("str", None, tuple(METHODS) + ("euler-maruyama", "rescaled")),
         "dt": _REAL,
         "rtol": _Key("float", 1e-6),
         "atol": _Key("float", 1e-9),
@@ -494,7 +498,9 @@ def _check_kinds(where: str, s: dict) -> None:
         raise RunFileError(f"{where}meanfield.bandwidth smooths the initial tokens: it is used only "
                            "with meanfield.initial_density = 'tokens'")
     model = s["model"]
-    for key, used_by in (("causal", ("softmax",)), ("bias", ("sigmoid",)),
+    for key, used_by in (("causal", ("softmax", "unnormalized")), ("bias", ("sigmoid",)),
+                         ("include_self", ("softmax", "unnormalized", "alibi")),
+                         ("slope", ("alibi",)),
                          ("summation", ("softmax", "unnormalized", "sigmoid")),
                          ("tol", ("softmax", "unnormalized", "sigmoid"))):
         default = _SCHEMA["model"][key].default
@@ -555,8 +561,12 @@ def build_dynamics(spec: RunSpec) -> TokenDynamics:
                                    f"got shape {np.shape(mat)}")
         cls = ATTENTIONS[m["attention"]]
         kwargs: dict[str, Any] = dict(beta=m["beta"], **w)
-        if m["attention"] == "softmax":
+        if m["attention"] in ("softmax", "unnormalized"):
             kwargs["causal"] = m["causal"]
+        if m["attention"] in ("softmax", "unnormalized", "alibi"):
+            kwargs["include_self"] = m["include_self"]
+        if m["attention"] == "alibi":
+            kwargs["slope"] = m["slope"]
         if m["attention"] == "sigmoid":
             kwargs["bias"] = m["bias"]
         if m["attention"] in ("softmax", "unnormalized", "sigmoid"):

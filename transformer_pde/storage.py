@@ -79,8 +79,8 @@ _FORMAT = "transformer_pde"
 
 #: the model and grid classes the format stores (by class name)
 _MODEL_CLASSES = (
-    "SoftmaxAttention", "L2Attention", "UnnormalizedAttention", "SigmoidAttention",
-    "SinkhornAttention", "MultiHeadAttention", "TokenDynamics",
+    "SoftmaxAttention", "ALiBiAttention", "L2Attention", "UnnormalizedAttention",
+    "SigmoidAttention", "SinkhornAttention", "MultiHeadAttention", "Layers", "TokenDynamics",
     "CircleGrid", "CausalCircleGrid", "CartesianGrid", "SphereGrid", "ZonalGrid",
 )
 
@@ -144,11 +144,11 @@ def to_spec(obj) -> dict:
 
 
 def _spec_value(value, where: str):
-    from .attention import Attention, MultiHeadAttention
+    from .attention import Attention, Layers, MultiHeadAttention
     from .dynamics import TokenDynamics
     from .meanfield.grids import Grid
 
-    if isinstance(value, (Attention, MultiHeadAttention, TokenDynamics, Grid)):
+    if isinstance(value, (Attention, Layers, MultiHeadAttention, TokenDynamics, Grid)):
         try:
             return to_spec(value)
         except TypeError as err:

@@ -41,6 +41,10 @@ __all__ = [
     "noisy_growth_rate",
     "gaussian_closed_form",
     "blow_up_time",
+    "causal_response",
+    "causal_correlation",
+    "retrieval_profile",
+    "causal_correlation_matrix",
 ]
 
 _MODELS = ("SA", "USA")
@@ -211,7 +215,7 @@ def circle_growth_rate(k, beta: float, model: str = "SA"):
 def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     r"""Growth rate of a degree-l spherical harmonic of the uniform density on :math:`\mathbb S^{d-1}`.
 
-    docs/math.md §8 (d = 3) and §9.16 (any d): linearising about the uniform probability
+    docs/math.md §8 (d = 3) and §9.19 (any d): linearising about the uniform probability
     :math:`\sigma`, a perturbation :math:`\varepsilon Y_l` (any spherical harmonic of degree l,
     e.g. the zonal :math:`C_l^{(d-2)/2}(\cos\vartheta)`) grows at
 
@@ -545,3 +549,272 @@ def noisy_growth_rate(kappa: float, d: int = 2) -> float:
     """
     kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)
     return (d - 1) * (1.0 / d - 1.0 / kappa)
+
+
+# -- causal tokens on the circle: linear response and pair correlations ------------------
+def _causal_tau(t, beta, k, model) -> np.ndarray:
+    """The causal linearisation's clock tau = lambda_k t (lambda_k: :func:`circle_growth_rate`)."""
+    t = np.asarray(t, dtype=float)
+    if np.any(t < 0) or not np.all(np.isfinite(t)):
+        raise ValueError(f"t must be finite and >= 0, got {t}")
+    k = _v.as_positive_int(k, "k")
+    return circle_growth_rate(k, beta, model) * t
+
+
+def _bessel_f(tau, lag):
+    r""":math:`F_\tau(L) = \sqrt{\tau/L}\,I_1(2\sqrt{\tau L})` (:math:`F_\tau(0) = \tau`), for L >= 0."""
+    tau, lag = np.broadcast_arrays(np.asarray(tau, dtype=float), np.asarray(lag, dtype=float))
+    z = 2.0 * np.sqrt(tau * lag)
+    safe = np.where(lag > 0, lag, 1.0)
+    with np.errstate(over="ignore"):
+        val = np.sqrt(tau / safe) * ive(1, z) * np.exp(z)
+    return np.where(lag > 0, val, tau)
+
+
+def _positions(s, name) -> np.ndarray:
+    s = np.asarray(s, dtype=float)
+    if np.any(~np.isfinite(s)) or np.any(s <= 0) or np.any(s > 1):
+        raise ValueError(f"{name} must lie in (0, 1] (positions i/n in the sequence), got {s}")
+    return s
+
+
+def causal_response(s, sigma, t, beta: float, k: int = 1, model: str = "SA"):
+    r"""Linear response of position s to position :math:`\sigma < s` for causal tokens on the circle.
+
+    Around the uniform density :math:`1/(2\pi)` on :math:`(0, 1]\times\mathbb S^1` (the causal
+    mean field of tokens at positions :math:`s = i/n`, :class:`CausalCircleGrid`), mode
+    k of a perturbation :math:`g(s)e^{ik\theta}` evolves by a Volterra equation in s:
+    :math:`\partial_t g = \lambda_k\,C g` with :math:`(Cg)(s) = \frac1s\int_0^s g` for SA
+    (the causal softmax average) and :math:`\int_0^s g` for USA, :math:`\lambda_k` the rate of
+    :func:`circle_growth_rate`. Its solution is :math:`e^{\tau C}` (:math:`\tau = \lambda_k t`):
+    the identity plus the kernel
+
+    .. math::
+
+        H_\tau(s, \sigma) = \frac{1}{s}\,F_\tau\big(\log\tfrac{s}{\sigma}\big) \;(\mathrm{SA}),
+        \qquad H_\tau(s, \sigma) = F_\tau(s - \sigma) \;(\mathrm{USA}),
+        \qquad F_\tau(L) = \sqrt{\tau/L}\;I_1\big(2\sqrt{\tau L}\big),
+
+    for :math:`\sigma < s` (0 otherwise): :math:`C^m` has the kernel
+    :math:`\frac1s L^{m-1}/(m-1)!`, and :math:`\sum_m \tau^m L^{m-1}/(m!(m-1)!)` is the Bessel
+    series. Primacy: for SA, :math:`H_\tau(1, \sigma)` grows like
+    :math:`e^{2\sqrt{\tau\log(1/\sigma)}}` as :math:`\sigma \to 0` (all later tokens attend to
+    the first ones). docs/math.md §11 (derived here; see there for the source).
+
+    Parameters
+    ----------
+    s, sigma : array_like
+        Target and source positions in (0, 1] (broadcast); H = 0 where sigma >= s.
+    t : array_like
+        Time(s) >= 0.
+    beta : float
+        Inverse temperature > 0.
+    k : int
+        Fourier mode >= 1.
+    model : {"SA", "USA"}
+
+    Returns
+    -------
+    ndarray, the broadcast shape of s, sigma, t
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> h = tp.theory.causal_response(1.0, [0.01, 0.5, 0.99], 2.0, 1.0)
+    >>> bool(np.all(np.diff(h) < 0))  # primacy: the earliest tokens weigh most
+    True
+    """
+    model = _model(model)
+    s, sigma = _positions(s, "s"), _positions(sigma, "sigma")
+    tau = _causal_tau(t, beta, k, model)
+    s, sigma, tau = np.broadcast_arrays(s, sigma, tau)
+    before = sigma < s
+    if model == "SA":
+        lag = np.log(np.where(before, s / sigma, 1.0))
+        out = _bessel_f(tau, lag) / s
+    else:
+        out = _bessel_f(tau, np.where(before, s - sigma, 0.0))
+    return np.where(before, out, 0.0)
+
+
+def _correlation_integral_closed(tau: float, a: float) -> float:
+    r"""The common-ancestor integral J = int_0^inf e^{-u} F(u + a) F(u) du as a series.
+
+    .. math::
+
+        J = \sum_{q \ge 0} \tau\,{}_1F_1(q + 1; 2; \tau)\,
+            (\tau/a)^{(q+1)/2}\, I_{q+1}\big(2\sqrt{\tau a}\big)
+
+    (expand both F, integrate :math:`e^{-u}u^p(u+a)^m`, sum the series in p as a Kummer
+    function and the one in m as a Bessel function); all terms are positive, and they
+    fall like :math:`\tau^{q+1}e^{2\sqrt{q\tau}}/(q+1)!`.
+    """
+    from scipy.special import hyp1f1
+
+    total = 0.0
+    z = 2.0 * np.sqrt(tau * a)
+    for q in range(400):
+        if a > 0:
+            bessel = (tau / a) ** (0.5 * (q + 1)) * ive(q + 1, z) * np.exp(z)
+        else:  # (tau/a)^{(q+1)/2} I_{q+1}(2 sqrt(tau a)) -> tau^{q+1}/(q+1)!
+            bessel = np.exp((q + 1) * np.log(tau) - np.sum(np.log(np.arange(1, q + 2))))
+        term = tau * hyp1f1(q + 1, 2, tau) * bessel
+        total += term
+        if term <= 1e-17 * total and q > 2:
+            return float(total)
+    raise ArithmeticError(f"the correlation series did not converge (tau={tau}, a={a})")
+
+
+def _correlation_integral_quad(tau: float, a: float) -> float:
+    from scipy.integrate import quad
+
+    def f(u):
+        return np.exp(-u) * float(_bessel_f(tau, u + a)) * float(_bessel_f(tau, u))
+
+    return float(quad(f, 0.0, np.inf, epsabs=0.0, epsrel=1e-13, limit=400)[0])
+
+
+def causal_correlation(s, s_prime, t, beta: float, k: int = 1, method: str = "closed"):
+    r"""Pair correlation of causal SA tokens from iid uniform tokens on the circle.
+
+    Tokens :math:`\theta_i` at positions :math:`s_i = i/n`, initially iid uniform, moved by
+    causal softmax attention (Q = K = V = I, the circle's post-LN dynamics). To first order
+    in the fluctuations, the fluctuation field :math:`\eta = \sqrt n(\mu_n - \bar\rho)` evolves
+    by the linearised causal mean field (:func:`causal_response`), from white noise of unit
+    intensity in s. Its covariance gives the pair correlation of two tokens at positions
+    :math:`s' < s`:
+
+    .. math::
+
+        n\,\mathbb E\big[\cos k(\theta_i(t) - \theta_j(t))\big] \;\to\;
+        R_k(t; s, s') = H_\tau(s, s') + \int_0^{s'} H_\tau(s, \sigma) H_\tau(s', \sigma)\,d\sigma
+        = F_\tau(a) + \int_0^\infty e^{-u}F_\tau(u + a)F_\tau(u)\,du,
+
+    :math:`a = \log(s/s')`, :math:`\tau = \lambda_k t`, taking :math:`s = 1` for the last token
+    (:math:`R` depends on s and s' through a and a factor 1/s:
+    :math:`R_k(t; s, s') = R_k(t; 1, s'/s)/s`). The first term is the direct
+    response of token i to token j, the second the common influence of the tokens before
+    both. docs/math.md §11.
+
+    Parameters
+    ----------
+    s, s_prime : float
+        Positions in (0, 1] with s_prime < s.
+    t : float
+        Time >= 0.
+    beta : float
+        Inverse temperature > 0.
+    k : int
+        Fourier mode >= 1.
+    method : {"closed", "quadrature"}
+        The Bessel-Kummer series of the integral, or adaptive quadrature of it.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> r = tp.theory.causal_correlation(1.0, 0.5, 1.0, 2.0)
+    >>> q = tp.theory.causal_correlation(1.0, 0.5, 1.0, 2.0, method="quadrature")
+    >>> bool(abs(r - q) < 1e-10 * r)
+    True
+    """
+    s, s_prime = float(_positions(s, "s")), float(_positions(s_prime, "s_prime"))
+    if not s_prime < s:
+        raise ValueError(f"s_prime must be < s (the source before the target), got s={s}, "
+                         f"s_prime={s_prime}")
+    if method not in ("closed", "quadrature"):
+        raise ValueError(f"method must be 'closed' or 'quadrature', got {method!r}")
+    tau = float(_causal_tau(float(t), beta, k, "SA"))
+    a = np.log(s / s_prime)
+    integral = (_correlation_integral_closed if method == "closed" else _correlation_integral_quad)
+    return (float(_bessel_f(tau, a)) + integral(tau, a)) / s
+
+
+def retrieval_profile(s_prime, t, beta: float, k: int = 1, method: str = "closed") -> np.ndarray:
+    r"""The last token's correlation with the token at position s', :math:`R_k(t; 1, s')`.
+
+    .. math::
+
+        P(s') = R_k(t; 1, s') = F_\tau(\log\tfrac{1}{s'})
+        + \int_0^\infty e^{-u}F_\tau\big(u + \log\tfrac{1}{s'}\big)F_\tau(u)\,du
+
+    (:func:`causal_correlation`): the to-first-order retrieval profile of the source position,
+    for s' in (0, 1). It is decreasing in s' (primacy: it diverges like
+    :math:`e^{2\sqrt{\tau\log(1/s')}}` as :math:`s' \to 0`), and the recency is the token's
+    own term (the identity of :math:`e^{\tau C}`, of weight 1 at s' = 1, not in P). This first-order
+    profile has no interior minimum (docs/math.md §11 says how it relates to the source).
+
+    Parameters
+    ----------
+    s_prime : array_like
+        Source positions in (0, 1).
+    t, beta, k, method
+        See :func:`causal_correlation`.
+
+    Returns
+    -------
+    ndarray, the shape of s_prime
+
+    Examples
+    --------
+    >>> import numpy as np, transformer_pde as tp
+    >>> p = tp.theory.retrieval_profile([0.1, 0.5, 0.9], 1.0, 1.0)
+    >>> bool(np.all(np.diff(p) < 0))
+    True
+    """
+    sp = np.asarray(s_prime, dtype=float)
+    flat = [causal_correlation(1.0, float(x), t, beta, k, method) for x in sp.ravel()]
+    return np.asarray(flat).reshape(sp.shape)
+
+
+def causal_correlation_matrix(n: int, t: float, beta: float, k: int = 1) -> np.ndarray:
+    r"""The finite-n version of :func:`causal_correlation`, n times the pair correlations of n tokens.
+
+    The same first-order linearisation for n tokens at positions i/n (i = 1..n): mode k of
+    token i is driven by the tokens :math:`j < i` (the token's own term has no velocity),
+    each with the weight :math:`1/(i - 1 + e^\beta/I_0(\beta))` (the causal softmax
+    denominator of token i with its own term :math:`e^{\beta}` kept: :math:`(i-1) I_0 + e^\beta`
+    on average), so :math:`z(t) = e^{\tau A}z(0)` with
+
+    .. math::
+
+        A_{ij} = \frac{1}{i - 1 + e^{\beta}/I_0(\beta)}\;(j < i), \qquad
+        n\,\mathbb E\big[\cos k(\theta_i - \theta_j)\big] \approx n\,(e^{\tau A}e^{\tau A^\top})_{ij},
+
+    from uncorrelated z(0) of unit variance (:math:`\tau = \lambda_k t`). As n grows its
+    entries tend to :math:`R_k(t; i/n, j/n)`, slowly near the start of the sequence (the
+    first tokens are few and held by their own term). docs/math.md §11.
+
+    Parameters
+    ----------
+    n : int
+        Number of tokens >= 2.
+    t, beta, k
+        See :func:`causal_correlation`.
+
+    Returns
+    -------
+    ndarray, shape (n, n)
+        Symmetric; the off-diagonal entries are the predictions (the diagonal is n times
+        the variance of the linearised mode, not a pair).
+
+    Examples
+    --------
+    >>> import transformer_pde as tp
+    >>> c = tp.theory.causal_correlation_matrix(400, 1.0, 1.0)
+    >>> r = tp.theory.causal_correlation(1.0, 0.5, 1.0, 1.0)
+    >>> bool(abs(c[399, 199] - r) < 0.1 * r)
+    True
+    """
+    from scipy.linalg import expm
+
+    n = _n_tokens(n)
+    tau = float(_causal_tau(float(t), beta, k, "SA"))
+    shift = float(np.exp(beta - np.log(ive(0, beta)) - beta))  # e^beta / I_0(beta)
+    i = np.arange(1, n + 1, dtype=float)
+    a = np.tril(np.ones((n, n)), -1) / (i[:, None] - 1.0 + shift)
+    m = expm(tau * a)
+    return n * (m @ m.T)

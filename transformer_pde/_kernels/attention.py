@@ -17,24 +17,44 @@ Each row kernel exists twice: ``name`` processes the targets in parallel
 (``numba.prange``), ``name_serial`` on the calling thread only (no parallel region, so
 no barrier at which threads spin for a busy core; ``nogil``); both call the same
 compiled row function, so they give the same numbers. :mod:`transformer_pde._threads`
-chooses between them per call. The shared per-row core (``_online_row``, and
-``_sigmoid_row``) is a jitted function of its own, called once per target row, with the
-block helpers inlined into it once: the kernels do not each inline the whole tree into
-their Numba IR, so compiling takes a third of the time (measured cold: 8.4 s against
-24.8 s for the four SA and USA kernels; every fresh installation and CI run pays it) at
-the same speed for large n. The price is one call per row: about 35 % more time at
-n = 32 (the batched kernels of many small systems), nothing measurable at n = 4096.
+chooses between them per call. The shared per-row core (``_row_sums``, which calls
+``_fused_row``, and ``_sigmoid_row``) are jitted functions of their own, called once per
+target row, with the block helpers inlined into them once: the kernels do not each
+inline the whole tree into their Numba IR, so compiling takes a third of the time
+(measured cold: 8.4 s against 24.8 s for the four SA and USA kernels; every fresh
+installation and CI run pays it) at the same speed for large n. One level of calls
+only: a jitted caller links in and optimises again the code of its callees, so a row
+core called through a second jitted function compiled ~1.7x longer. The price is one
+call per row: about 35 % more time at n = 32 (the batched kernels of many small
+systems), nothing measurable at n = 4096.
 
 A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
-per thread, in L1 cache; never an n x n array). Per block: the logits, their exact
-maximum, the shifted exponentials and the block's weighted sums, each a loop that LLVM
-vectorises. Softmax-type weights use an *online* log-sum-exp shift: the running shift
-m is the largest logit seen so far; when a block raises it, the accumulated sums are
-multiplied by exp(m_old - m_new) <= 1. Every weight is thus exp(s - m) <= 1 with m an
-attained logit, so logits of size 1e3 and more stay finite, and a weight below about
-exp(-708.4) (float32: exp(-87.7)) relative to an attained one is exactly 0. Block sums are added to float64
+per thread, in L1 cache; never an n x n array); block sums are added to float64
 accumulators, so the rounding error of the sums does not grow with n beyond that of
-one block.
+one block. Softmax-type weights exp(s_j - shift) need a shift near the row maximum,
+chosen one of two ways per row (:func:`_row_sums`):
+
+- *one pass* (most rows): the shift is the Cauchy-Schwarz bound
+  b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j, taken when the gap b_i - m_i
+  (bounded by b_i minus two attained logits) is at most :data:`_GAP64` = 600
+  (float32: :data:`_GAP32` = 40), and for USA b_i <= :data:`_EXP_TOP` (exp(b_i) finite).
+  No maximum to find, nothing to rescale: for k, d <= 3 (the circle, S^2) one loop per
+  block computes the logit, its weight and the weighted sums, never storing the weight
+  (:func:`_fused_row`; a function of its own, so that LLVM keeps its sums in registers:
+  inlined into the larger row function the loop spilled, ~20 % slower); for larger k
+  or d the logits pass and the weights-and-sums pass of the online row. The largest
+  weight is >= exp(-600), a normal float, and a term is lost only below exp(-108)
+  (float32: exp(-47)) of the largest; the shift cancels in softmax, and USA multiplies
+  by exp(b_i) instead of exp(m_i). Causal rows take the bound over their own sources
+  j <= i (prefix maxima, :func:`_source_stats`), so a row never depends on later tokens.
+- *online* (large beta): the running shift m is the largest logit seen so far (a
+  maximum pass per block); when a block raises it, the accumulated sums are multiplied
+  by exp(m_old - m_new) <= 1. Every weight is thus exp(s - m) <= 1 with m an attained
+  logit, so logits of size 1e3 and more stay finite, and a weight below about
+  exp(-708.4) (float32: exp(-87.7)) relative to an attained one is exactly 0.
+
+Measured at n = 4096 on S^2 (one thread, CPU time, interleaved with the previous
+online-only kernels): 1.21x float64, 1.28x float32.
 
 The exponential is branch-free and libm-free (the scalar libm call does not
 vectorise): z = k ln2 + r with |r| <= ln2 / 2, a polynomial for exp(r) (float64:
@@ -50,7 +70,8 @@ infinities and NaNs.
 
 For larger k + d the logits are better computed by BLAS: :func:`weight_rows` turns a
 (B, n) tile of logits into weights in place, and the caller multiplies tiles of B
-targets at a time (memory O(B n)).
+targets at a time (memory O(B n)); the caller runs the tiles on one or several Python
+threads (:func:`weight_rows` releases the GIL, as BLAS does).
 
 Kernels trust their inputs: validation happens in :mod:`transformer_pde.attention`.
 """
@@ -272,11 +293,11 @@ def _typed_overload(a, value):
 
 # -- block primitives -------------------------------------------------------------------
 @numba.njit(inline="always")
-def _logits_block(qx, i, kyT, colw, j0, nb, buf):
-    """buf[j] <- colw[j0 + j] + <qx_i, ky_{j0 + j}> for j < nb; returns max_j buf[j].
+def _logits(qx, i, kyT, colw, j0, nb, buf):
+    """buf[j] <- colw[j0 + j] + <qx_i, ky_{j0 + j}> for j < nb.
 
-    The first up to three components in one pass (d = 2, 3 on the circle and S^2) that
-    also finds the maximum when k <= 3, then one pass per component.
+    The first up to three components in one pass (d = 2, 3 on the circle and S^2),
+    then one pass per component.
     """
     k = qx.shape[1]
     cw = colw[j0 : j0 + nb]
@@ -286,24 +307,20 @@ def _logits_block(qx, i, kyT, colw, j0, nb, buf):
         k1, k2 = kyT[1][j0 : j0 + nb], kyT[2][j0 : j0 + nb]
         q1, q2 = qx[i, 1], qx[i, 2]
         for j in range(nb):
-            v = cw[j] + q0 * k0[j] + q1 * k1[j] + q2 * k2[j]
-            buf[j] = v
+            buf[j] = cw[j] + q0 * k0[j] + q1 * k1[j] + q2 * k2[j]
     elif k == 2:
         k1 = kyT[1][j0 : j0 + nb]
         q1 = qx[i, 1]
         for j in range(nb):
-            v = cw[j] + q0 * k0[j] + q1 * k1[j]
-            buf[j] = v
+            buf[j] = cw[j] + q0 * k0[j] + q1 * k1[j]
     else:
         for j in range(nb):
-            v = cw[j] + q0 * k0[j]
-            buf[j] = v
+            buf[j] = cw[j] + q0 * k0[j]
     for c in range(3, k):
         q = qx[i, c]
         kc = kyT[c][j0 : j0 + nb]
         for j in range(nb):
             buf[j] += q * kc[j]
-    return _max(buf[:nb])
 
 
 @numba.njit(inline="always")
@@ -334,7 +351,18 @@ def _exp_sums_block(buf, shift, vyT, j0, nb, total, acc):
     d = vyT.shape[0]
     s = _typed(buf, 0.0)
     s0, s1, s2 = s, s, s
-    if d >= 3:
+    if d == 3:  # the weights are not needed again: not stored
+        v0, v1, v2 = vyT[0][j0 : j0 + nb], vyT[1][j0 : j0 + nb], vyT[2][j0 : j0 + nb]
+        for j in range(nb):
+            w = _exp(buf[j] - shift)
+            s += w
+            s0 += w * v0[j]
+            s1 += w * v1[j]
+            s2 += w * v2[j]
+        acc[0] += s0
+        acc[1] += s1
+        acc[2] += s2
+    elif d > 3:
         v0, v1, v2 = vyT[0][j0 : j0 + nb], vyT[1][j0 : j0 + nb], vyT[2][j0 : j0 + nb]
         for j in range(nb):
             w = _exp(buf[j] - shift)
@@ -369,28 +397,155 @@ def _exp_sums_block(buf, shift, vyT, j0, nb, total, acc):
     return total + s
 
 
+#: one-pass rows (:func:`_row_sums`): the largest gap b_i - (a logit attained in row i)
+#: between the bound shift b_i and the row maximum. Terms more than ~708 (float32: ~87)
+#: below b_i are 0, so a term is dropped only if it is below exp(gap - 708) relative to
+#: the row's largest: exp(-108) for float64, exp(-47) for float32 (n of them stay far
+#: below one rounding of the sum for any n that fits in memory)
+_GAP64 = 600.0
+_GAP32 = 40.0
+#: USA rows take the one-pass shift b_i only while exp(b_i) is finite (float64)
+_EXP_TOP = 700.0
+
+
+def _gap(buf):  # pragma: no cover - typed by the overload below
+    raise NotImplementedError
+
+
+@overload(_gap, inline="always")
+def _gap_overload(buf):
+    g = _GAP32 if buf.dtype == types.float32 else _GAP64
+    return lambda buf: g
+
+
+@numba.njit(cache=True, nogil=True)
+def _source_stats(kyT, colw, causal):
+    """The bounds of :func:`_row_sums`, a (3, p) array: max_l |ky_l|, max_l colw_l and
+    its first index, over l <= j for each j (p = n) if ``causal`` (a causal row i then
+    depends on the sources l <= i only), else over all sources (p = 1)."""
+    n = kyT.shape[1]
+    stats = np.empty((3, n if causal else 1))
+    k2 = 0.0
+    c = -np.inf
+    t = 0
+    for j in range(n):
+        s = 0.0
+        for r in range(kyT.shape[0]):
+            s += np.float64(kyT[r, j]) ** 2
+        k2 = max(k2, s)
+        if colw[j] > c:
+            c = np.float64(colw[j])
+            t = j
+        if causal:
+            stats[0, j] = np.sqrt(k2)
+            stats[1, j] = c
+            stats[2, j] = t
+    if not causal:
+        stats[0, 0] = np.sqrt(k2)
+        stats[1, 0] = c
+        stats[2, 0] = t
+    return stats
+
+
+@numba.njit(inline="always")
+def _logit(qx, i, kyT, colw, j):
+    """colw_j + <qx_i, ky_j> in float64 (one logit)."""
+    s = np.float64(colw[j])
+    for c in range(qx.shape[1]):
+        s += np.float64(qx[i, c]) * np.float64(kyT[c, j])
+    return s
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
-def _online_row(qx, i, kyT, vyT, colw, nj, buf, acc):
-    """Online log-sum-exp over the sources j < nj of target i, block by block.
+def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
+    """One pass for k, d <= 3 (the circle and S^2): returns sum_j w_j and sets
+    acc[c] = sum_j w_j vyT[c, j], w_j = exp(colw_j + <qx_i, ky_j> - shift) (j < nj),
+    the weights never stored.
+
+    k or d below 3 repeat the first component with a zero factor (resp. a discarded
+    sum): one loop for all, at a few FMAs more than a loop of their own. A function of
+    its own, with its sums in local variables: inlined into :func:`_row_sums`, or
+    summing into ``acc`` per block, LLVM spilled registers in the loop (~20 % slower).
+    """
+    k = qx.shape[1]
+    d = vyT.shape[0]
+    zero = _typed(colw, 0.0)
+    q0 = qx[i, 0]
+    q1 = qx[i, 1] if k > 1 else zero
+    q2 = qx[i, 2] if k > 2 else zero
+    r1, r2 = min(1, k - 1), min(2, k - 1)
+    c1, c2 = min(1, d - 1), min(2, d - 1)
+    total, a0, a1, a2 = 0.0, 0.0, 0.0, 0.0
+    for j0 in range(0, nj, BLOCK):
+        nb = min(BLOCK, nj - j0)
+        cw = colw[j0 : j0 + nb]
+        k0, k1, k2 = kyT[0][j0 : j0 + nb], kyT[r1][j0 : j0 + nb], kyT[r2][j0 : j0 + nb]
+        v0, v1, v2 = vyT[0][j0 : j0 + nb], vyT[c1][j0 : j0 + nb], vyT[c2][j0 : j0 + nb]
+        s, s0, s1, s2 = zero, zero, zero, zero
+        for j in range(nb):
+            w = _exp(cw[j] + q0 * k0[j] + q1 * k1[j] + q2 * k2[j] - shift)
+            s += w
+            s0 += w * v0[j]
+            s1 += w * v1[j]
+            s2 += w * v2[j]
+        total += s
+        a0 += s0
+        a1 += s1
+        a2 += s2
+    acc[0] = a0
+    if d > 1:
+        acc[1] = a1
+    if d > 2:
+        acc[2] = a2
+    return total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
+    """Sums over the sources j < nj of target i, block by block, in one pass where safe.
 
     Returns ``(m, total)`` (float64) with ``total = sum_j exp(s_j - m)`` and
-    ``acc[c] = sum_j exp(s_j - m) vyT[c, j]``, s_j = colw_j + <qx_i, ky_j>, m = max_j s_j.
+    ``acc[c] = sum_j exp(s_j - m) vyT[c, j]``, s_j = colw_j + <qx_i, ky_j>.
+
+    One pass: m is the bound b_i = max_j colw_j + |qx_i| max_j |ky_j| >= s_j
+    (Cauchy-Schwarz; the maxima ``stats`` of :func:`_source_stats`), taken when the
+    gap b_i - m_i <= b_i - (an attained logit: of the last source and of the source of
+    largest colw) is at most :data:`_GAP64` (float32: :data:`_GAP32`) and b_i <= ``top``
+    (``top = -inf``: never); no maximum, no rescaling, and for k, d <= 3 the fused loop
+    of :func:`_fused_row`. Otherwise online: m = max_j s_j by the online log-sum-exp.
     """
+    shift = np.inf
+    if nj >= 1 and top > -np.inf:
+        last = nj - 1
+        qn = 0.0
+        for c in range(qx.shape[1]):
+            qn += np.float64(qx[i, c]) ** 2
+        p = min(last, stats.shape[1] - 1)
+        b = stats[1, p] + np.sqrt(qn) * stats[0, p]
+        top_j = int(stats[2, p])
+        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
+        if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
+            shift = b
+    online = shift == np.inf
+    if not online and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
+        return shift, _fused_row(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
     for c in range(vyT.shape[0]):
         acc[c] = 0.0
-    m = -np.inf
+    m = -np.inf if online else shift
     total = 0.0
     for j0 in range(0, nj, BLOCK):
         nb = min(BLOCK, nj - j0)
-        bm = _logits_block(qx, i, kyT, colw, j0, nb, buf)
-        if bm > m:  # a larger shift: rescale what was summed with the old one
-            f = np.exp(m - bm)
-            total *= f
-            for c in range(vyT.shape[0]):
-                acc[c] *= f
-            m = bm
-        if m == -np.inf:  # only zero-weight sources so far
-            continue
+        _logits(qx, i, kyT, colw, j0, nb, buf)
+        if online:
+            bm = _max(buf[:nb])
+            if bm > m:  # a larger shift: rescale what was summed with the old one
+                f = np.exp(m - bm)
+                total *= f
+                for c in range(vyT.shape[0]):
+                    acc[c] *= f
+                m = bm
+            if m == -np.inf:  # only zero-weight sources so far
+                continue
         total = _exp_sums_block(buf, _typed(buf, m), vyT, j0, nb, total, acc)
     return m, total
 
@@ -408,9 +563,9 @@ def _scratch_overload(like, nd):
 
 # -- softmax ----------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc):
+def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    _, total = _online_row(qx, i, kyT, vyT, colw, nj, buf, acc)
+    _, total = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
     inv = 1.0 / total
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * inv
@@ -430,53 +585,58 @@ def _n_chunks(m):
 def softmax_field(qx, kyT, vyT, colw, causal, out):
     """out_i = sum_j softmax_j(<qx_i, ky_j> + colw_j) vy_j, with j <= i if causal."""
     m = qx.shape[0]
+    stats = _source_stats(kyT, colw, causal)
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
+            _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 @numba.njit(**_SERIAL)
 def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`softmax_field` on the calling thread only (releases the GIL)."""
+    stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc)
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 # -- unnormalised (USA) -----------------------------------------------------------------
 @numba.njit(inline="always")
-def _exp_row(qx, kyT, vyT, colw, out, i, buf, acc):
-    m, _ = _online_row(qx, i, kyT, vyT, colw, kyT.shape[1], buf, acc)
+def _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+    nj = i + 1 if causal else kyT.shape[1]
+    m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * scale
 
 
 @numba.njit(**_JIT)
-def exp_field(qx, kyT, vyT, colw, out):
-    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA).
+def exp_field(qx, kyT, vyT, colw, causal, out):
+    """out_i = sum_j exp(<qx_i, ky_j> + colw_j) vy_j, unnormalised (USA), with j <= i if causal.
 
     Summed with the row maximum m_i factored out, then scaled by exp(m_i).
     """
     m = qx.shape[0]
+    stats = _source_stats(kyT, colw, causal)
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+            _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 @numba.njit(**_SERIAL)
-def exp_field_serial(qx, kyT, vyT, colw, out):
+def exp_field_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`exp_field` on the calling thread only (releases the GIL)."""
+    stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, out, i, buf, acc)
+        _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
@@ -600,8 +760,8 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
 
 # -- Sinkhorn ---------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
-    m, total = _online_row(qx, i, kyT, novals, colw, kyT.shape[1], buf, acc)
+def _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc):
+    m, total = _row_sums(qx, i, kyT, novals, colw, kyT.shape[1], buf, acc, nostats, -np.inf)
     out[i] = m + np.log(total)
 
 
@@ -609,12 +769,13 @@ def _lse_row(qx, kyT, colw, out, i, novals, buf, acc):
 def _lse_rows(qx, kyT, colw, out):
     """out_i = log sum_j exp(<qx_i, ky_j> + colw_j)."""
     novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
+    nostats = np.empty((3, 1))  # online rows only (Sinkhorn potentials take any beta)
     m = qx.shape[0]
     chunks = _n_chunks(m)
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, 0)
         for i in range(c, m, chunks):
-            _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
+            _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc)
     return out
 
 
@@ -622,9 +783,10 @@ def _lse_rows(qx, kyT, colw, out):
 def _lse_rows_serial(qx, kyT, colw, out):
     """:func:`_lse_rows` on the calling thread only."""
     novals = np.empty((0, kyT.shape[1]), dtype=kyT.dtype)
+    nostats = np.empty((3, 1))  # online rows only (Sinkhorn potentials take any beta)
     buf, acc = _scratch(qx, 0)
     for i in range(qx.shape[0]):
-        _lse_row(qx, kyT, colw, out, i, novals, buf, acc)
+        _lse_row(qx, kyT, colw, out, i, novals, nostats, buf, acc)
     return out
 @numba.njit(cache=True, nogil=True)
 def sinkhorn_potentials(qx, kyT, qxT, ky, loga, n_iter, tol, serial):

@@ -59,18 +59,18 @@ def softmax_batch_serial(qx, kyT, vyT, colw, causal, out):
 
 
 @numba.njit(**_PARALLEL)
-def exp_batch(qx, kyT, vyT, colw, out):
-    """out[b] = exp_field_serial(qx[b], kyT[b], vyT[b], colw[b]) (unnormalised), in parallel."""
+def exp_batch(qx, kyT, vyT, colw, causal, out):
+    """out[b] = exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal) (unnormalised), in parallel."""
     for b in numba.prange(qx.shape[0]):
-        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], out[b])
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 
 @numba.njit(**_SERIAL)
-def exp_batch_serial(qx, kyT, vyT, colw, out):
+def exp_batch_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`exp_batch` on the calling thread only (releases the GIL)."""
     for b in range(qx.shape[0]):
-        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], out[b])
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 

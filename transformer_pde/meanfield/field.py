@@ -87,8 +87,10 @@ from scipy.special import ive
 from .. import _threads
 from .._kernels import finite_volume as _fv
 from ..attention import (
+    ALiBiAttention,
     Attention,
     L2Attention,
+    Layers,
     MultiHeadAttention,
     SigmoidAttention,
     SoftmaxAttention,
@@ -115,13 +117,15 @@ class RotationInvariant:
 
     ``kind`` is ``"softmax"`` (weights :math:`\propto e^{bc}`, normalised), ``"exp"``
     (:math:`e^{bc}`, USA) or ``"sigmoid"`` (:math:`\sigma(bc + \text{bias})`); the output is
-    multiplied by the scalar ``v`` (V = vI).
+    multiplied by the scalar ``v`` (V = vI). ``decay``: ALiBi's slope m on a
+    :class:`CausalCircleGrid`, fibre k' weighted by :math:`e^{-m(k - k')}` in the sums of fibre k.
     """
 
     kind: str
     b: float
     v: float
     bias: float = 0.0
+    decay: float = 0.0
 
 
 def _scalar(m, d) -> float | None:
@@ -140,6 +144,8 @@ def rotation_invariant(head: Attention, d: int) -> RotationInvariant | None:
     if q is None or k is None or v is None:
         return None
     b = head.beta * q * k
+    if type(head) is ALiBiAttention:
+        return RotationInvariant("softmax", b, v, decay=head.slope)
     if type(head) in (SoftmaxAttention, L2Attention):
         # L2 logits -(beta/2)|qx - ky|^2 = beta q k <x, y> + const on the sphere
         return RotationInvariant("softmax", b, v)
@@ -151,6 +157,11 @@ def rotation_invariant(head: Attention, d: int) -> RotationInvariant | None:
 
 
 def _heads(att) -> tuple[Attention, ...]:
+    if isinstance(att, Layers):
+        raise ValueError(
+            f"{att!r} is depth-dependent: this function takes the model of one layer; "
+            "solve_meanfield takes the whole Layers model"
+        )
     return att.heads if isinstance(att, MultiHeadAttention) else (att,)
 
 
@@ -161,6 +172,13 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
     dyn._check_single("the mean-field solvers")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a grid, got {type(grid).__name__}")
+    if dyn.layers is not None:  # a depth-dependent model: every layer must have the equation
+        for k in range(len(dyn.layers)):
+            try:
+                check_model(dyn._layer(k), grid)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"layer {k} of {dyn.layers!r}: {err}") from None
+        return
     if grid.geometry == "sphere":
         if dyn.geometry.name != "sphere" or dyn.norm != "post":
             raise ValueError(
@@ -183,11 +201,17 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
             "masked (causal) attention has a mean-field equation on (s, theta): use "
             "CausalCircleGrid(n_positions, n_cells)"
         )
+    # include_self=False (the mask j < i) has the same mean field as j <= i: the token's own
+    # term carries the weight 1/n. ALiBi's slope acts per fibre (S = n: the particles' bias).
     if isinstance(grid, CausalCircleGrid) and not all(
-        isinstance(h, SoftmaxAttention) and type(h) is SoftmaxAttention and h.causal
+        type(h) in (SoftmaxAttention, UnnormalizedAttention, ALiBiAttention) and h.causal
         for h in _heads(dyn.attention)
     ):
-        raise ValueError("a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True)")
+        raise ValueError(
+            "a CausalCircleGrid needs masked attention: SoftmaxAttention(..., causal=True), "
+            "UnnormalizedAttention(..., causal=True) or ALiBiAttention (include_self either way; "
+            f"got {dyn.attention!r})"
+        )
 
 
 def rate_bound(dyn: TokenDynamics, grid: Grid) -> float:
@@ -437,11 +461,17 @@ def _quadrature(head: Attention, grid: Grid, a: np.ndarray, faces=None) -> np.nd
         m = grid.n_cells
         values = np.empty((len(idx), grid.dim))
         fibre = idx // m
+        slope = head.slope if isinstance(head, ALiBiAttention) else 0.0
+        if slope:  # ALiBi: the bias as weights e^{-m (k - k')} of the fibres, on plain softmax
+            head = SoftmaxAttention(head.beta, head.Q, head.K, head.V, summation="exact")
         for k in np.unique(fibre):  # fibre k attends to fibres 0..k
             sel = fibre == k
             n_src = (k + 1) * m
             targets = np.ascontiguousarray(f.points[idx[sel]])
-            values[sel] = head._field(targets, sources[:n_src], a[:n_src])
+            w = a[:n_src]
+            if slope:
+                w = w * np.repeat(np.exp(-slope * (k - np.arange(k + 1.0))), m)
+            values[sel] = head._field(targets, sources[:n_src], w)
     else:
         values = head._field(np.ascontiguousarray(f.points[idx]), sources, a)
     return np.einsum("fd,fd->f", values, f.normals[idx])
@@ -454,6 +484,8 @@ def _fast_path(grid: Grid, head: Attention):
         return None
     if isinstance(grid, CausalCircleGrid):
         return _CircleFFT(ri, grid.circle, grid.n_positions, causal=True)
+    if ri.decay:  # pragma: no cover - check_model admits ALiBi on a CausalCircleGrid only
+        return None
     if isinstance(grid, CircleGrid):
         return _CircleFFT(ri, grid, 1)
     fast = getattr(grid, "fast_face_velocity", None)  # (u, faces to hand over or None)
@@ -462,18 +494,44 @@ def _fast_path(grid: Grid, head: Attention):
     return lambda a: fast(ri, a)
 
 
+def _fibre_sums(decay: float):
+    """``f(masses, out)``: what the fibres of a causal grid attend to, in place in ``out``.
+
+    The cumulated masses of the fibres up to each one, or with ALiBi's slope m the sums
+    weighted by :math:`e^{-m(k - k')}` (the recursion out_k = masses_k + e^{-m} out_{k-1}).
+    """
+    if not decay:
+        return lambda masses, out: np.cumsum(masses, axis=0, out=out)
+    from scipy.signal import lfilter
+
+    factor = float(np.exp(-decay))
+
+    def weighted(masses, out):
+        out[...] = lfilter([1.0], [1.0, -factor], masses, axis=0)
+        return out
+
+    return weighted
+
+
 class _CircleFFT:
     r"""The FFT fast path of one rotation-invariant head on a circle grid, built once.
 
     The same convolutions as :func:`_circle_fft` (its reference), with the spectra of the
     two kernel samples :math:`w(\cos\psi_m)` and :math:`-v\,w(\cos\psi_m)\sin\psi_m`
     computed here once. Per call: one real FFT of the masses, the product with both
-    spectra and one inverse FFT of both rows together (``ducc0.fft``, the successor of
-    the pocketfft that NumPy and SciPy wrap: the same algorithms and accuracy, measured
-    1.7x faster than ``scipy.fft`` at M = 4096 with less overhead per call; the package's
-    threads for large batches), then the quotient with its handover test in one compiled
-    pass (:func:`transformer_pde._kernels.finite_volume.softmax_quotient`). The ``rows``
+    spectra packed as the spectrum of the complex signal :math:`Z + iN` (both convolutions
+    are real: :func:`transformer_pde._kernels.finite_volume.packed_spectrum`) and one
+    complex inverse FFT that gives Z in its real part and N in its imaginary part
+    (``ducc0.fft``, the successor of the pocketfft that NumPy and SciPy wrap: the same
+    algorithms and accuracy, measured 1.7x faster than ``scipy.fft`` at M = 4096 with less
+    overhead per call; the package's threads for large batches), then the quotient with its
+    handover test in one compiled pass
+    (:func:`transformer_pde._kernels.finite_volume.softmax_quotient`). The ``rows``
     fibres of a CausalCircleGrid attend to the cumulated masses of the fibres up to their own.
+
+    The transforms read the masses from the buffer :attr:`masses` (R, M) and write into
+    buffers of their own, allocated once: :meth:`transform` copies its argument there, and
+    the solver writes its masses there directly and calls :attr:`run` (no arguments).
     """
 
     #: at least this many values per call before the FFTs get more than one thread
@@ -486,8 +544,16 @@ class _CircleFFT:
             w, self.scale = kernel_weights(ri, np.cos(psi))
         self.spectra = np.fft.rfft(np.stack([w, -ri.v * w * np.sin(psi)]), axis=-1)
         self.factor = FFT_ERROR / HANDOVER_RELATIVE_ERROR * float(np.max(w))
-        self.product = np.empty((2 * rows, self.m // 2 + 1), dtype=complex)
+        self.masses = np.zeros((rows, self.m))
+        #: what the rows attend to: the masses, or their sums over the fibres up to each
+        self.source = np.zeros((rows, self.m)) if causal else self.masses
         self.decimated = self._band_limit()
+        # Z + iN at the faces of each row (the band-limited path transforms in place)
+        self.zn = self.g.reshape(rows, self.m) if self.decimated else np.empty((rows, self.m), dtype=complex)
+        if not self.decimated:
+            self.fa = np.empty((rows, self.m // 2 + 1), dtype=complex)
+            self.product = np.empty((rows, self.m), dtype=complex)
+        self.run = self._bind()
 
     def _band_limit(self) -> bool:
         r"""Set up the band-limited transforms when the kernel's spectrum allows; True if so.
@@ -502,7 +568,7 @@ class _CircleFFT:
         allows for. Only the K lowest modes of the masses are then needed; with M = L P
         (L >= 2K + 2 a power of two dividing M, P >= 4) they come from P real FFTs of
         length L of the decimated masses :math:`a_{qP + r}` (r fixed) and the twiddles
-        :math:`e^{-2\pi i k r/M}`, and the convolutions at the M faces from P inverse FFTs
+        :math:`e^{-2\pi i k r/M}`, and Z + iN at the M faces from P complex inverse FFTs
         of length L of the twiddled spectra
         (:func:`transformer_pde._kernels.finite_volume.decimated_spectra`):
         about :math:`M\log L` work instead of :math:`M\log M`, in batches that vectorise.
@@ -525,49 +591,72 @@ class _CircleFFT:
         self.length, self.stride = length, m // length
         k = np.arange(n_modes)[:, None]
         r = np.arange(self.stride)[None, :]
-        self.twiddle = np.exp(-2j * np.pi * k * r / m)  # (K, P)
+        twiddle = np.exp(-2j * np.pi * k * r / m)  # (K, P)
+        self.twiddle = np.ascontiguousarray(np.stack([twiddle.real, twiddle.imag]))  # (2, K, P)
         self.spectra_low = np.ascontiguousarray(self.spectra[:, :n_modes] / m)
         self.modes = np.empty((self.rows, n_modes), dtype=complex)
-        self.g = np.empty((self.rows, 2, length // 2 + 1, self.stride), dtype=complex)
+        self.g = np.zeros((self.rows, length, self.stride), dtype=complex)
         self.b = np.empty((self.rows, length // 2 + 1, self.stride), dtype=complex)
-        self.zn = np.empty((self.rows, 2, length, self.stride))
         return True
+
+    def _bind(self):
+        """The transforms of :attr:`masses` into :attr:`zn`, as one function of no arguments.
+
+        Every array and argument is bound here, once: a call costs the transforms and
+        little else (positional arguments: ducc0 parses keywords in ~1 us a call).
+        """
+        masses, source, zn, rows = self.masses, self.source, self.zn, self.rows
+        r2c, c2c = ducc0.fft.r2c, ducc0.fft.c2c
+        serial = masses.size < self.PARALLEL_MIN
+        get_threads = _threads.get_num_threads
+        causal = self.causal
+        fibre_sum = _fibre_sums(self.ri.decay)
+        if self.decimated:
+            # r2c(a, axes, forward, inorm, out, nthreads); c2c(a, axes, forward, inorm, out, nthreads)
+            shape = (rows, self.length, self.stride)
+            src, b, g = source.reshape(shape), self.b, self.g
+            twiddle, spectra, modes = self.twiddle, self.spectra_low, self.modes
+            spectra_of = _fv.decimated_spectra
+
+            def run():
+                threads = 1 if serial else get_threads()
+                if causal:
+                    fibre_sum(masses, source)
+                r2c(src, (1,), True, 0, b, threads)
+                spectra_of(b, twiddle, spectra, modes, g)
+                c2c(g, (1,), False, 0, g, threads)  # in place: zn is g
+                return zn
+        else:
+            fa, product, spectra, packed = self.fa, self.product, self.spectra, _fv.packed_spectrum
+
+            def run():
+                threads = 1 if serial else get_threads()
+                if causal:
+                    fibre_sum(masses, source)
+                r2c(source, (1,), True, 0, fa, threads)
+                packed(fa, spectra, product)
+                c2c(product, (1,), False, 2, zn, threads)  # inorm=2: divided by M
+                return zn
+        return run
 
     def __call__(self, a):
         zn, a = self.transform(a)
         if self.ri.kind != "softmax":
             with np.errstate(over="ignore"):
-                return (zn[:, 1] * self.scale).ravel(), None
+                return (zn.imag * self.scale).ravel(), None
         u = np.empty(a.size)
         bad = np.empty(a.size, dtype=bool)
         n_bad = _fv.softmax_quotient(zn, a, self.factor, u, bad)
         return u, (bad if n_bad else None)
 
     def transform(self, a):
-        """``(zn, rows)``: Z and N of each row (R, 2, M), and the masses each row attends to (R, M).
+        """``(zn, source)``: Z + iN of each row (R, M) complex, and the masses each row attends to (R, M).
 
-        N is not yet multiplied by the USA factor.
+        N is not yet multiplied by the USA factor. Both are buffers of this object, valid
+        until the next call.
         """
-        a = a.reshape(self.rows, self.m)
-        if self.causal:
-            a = np.cumsum(a, axis=0)
-        threads = 1 if a.size < self.PARALLEL_MIN else _threads.get_num_threads()
-        if self.decimated:  # positional arguments: ducc0 parses keywords in ~1 us a call
-            # r2c(a, axes, forward, inorm, out, nthreads)
-            # c2r(a, axes, lastsize, forward, inorm, out, nthreads)
-            ducc0.fft.r2c(a.reshape(self.rows, self.length, self.stride), (1,), True, 0, self.b, threads)
-            _fv.decimated_spectra(self.b, self.twiddle, self.spectra_low, self.modes, self.g)
-            zn = ducc0.fft.c2r(self.g, (2,), self.length, False, 0, self.zn, threads).reshape(
-                self.rows, 2, self.m)
-        else:
-            if self.rows == 1:  # a 1-D transform has less overhead than a batch of one
-                fa = ducc0.fft.r2c(a[0], axes=(0,), nthreads=threads)[None, :]
-            else:
-                fa = ducc0.fft.r2c(a, axes=(1,), nthreads=threads)
-            _fv.spectral_product(fa, self.spectra, self.product)
-            zn = ducc0.fft.c2r(self.product, axes=(1,), lastsize=self.m, forward=False, inorm=2,
-                               nthreads=threads).reshape(self.rows, 2, self.m)
-        return zn, a
+        np.copyto(self.masses, np.reshape(a, (self.rows, self.m)))
+        return self.run(), self.source
 
 
 def kernel_weights(ri: RotationInvariant, c: np.ndarray) -> tuple[np.ndarray, float]:

@@ -30,8 +30,10 @@ between neighbouring cell values); the step is redone with a smaller :math:`\Del
 when a later stage's rate breaks that bound, so the SSP combination stays nonnegative.
 
 The right-hand side is one compiled pass per evaluation (fused on the circle grids;
-docs/math.md §9.13), with the face velocity built once per run; its readable NumPy
-version, :meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
+docs/math.md §9.13), with the face velocity built once per run; for one softmax head on a
+circle grid the Runge-Kutta stage combination and the check of its result join that pass
+(:meth:`_FiniteVolume.stage`). Its readable NumPy version,
+:meth:`_FiniteVolume.evaluate_reference`, is what the tests compare it with.
 
 The run is one loop of the package's time-stepping engine: the finite-volume operator
 (:class:`_FiniteVolume`, which returns the rate of change together with its outflow rate
@@ -125,13 +127,19 @@ class DensityTrajectory(Result):
         return plotting.plot_density(self, ax=ax, **kwargs)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Rate:
-    """d rho / dt, the largest outflow rate per cell volume, and the face velocities."""
+    """d rho / dt, the largest outflow rate per cell volume, and the face velocities.
+
+    ``combined``: the Runge-Kutta stage ``ca * x + cb * (rho + h * change)`` when the
+    evaluation was asked for one (:meth:`_FiniteVolume.stage`), else None. The ``change`` and
+    ``u`` of a stage evaluation may be scratch buffers, valid until the next stage.
+    """
 
     change: np.ndarray
     rate: float
     u: np.ndarray
+    combined: np.ndarray | None = None
 
 
 class _FiniteVolume(_engine.Problem):
@@ -150,11 +158,16 @@ class _FiniteVolume(_engine.Problem):
     def __init__(self, dyn, grid, field, info: MeanFieldInfo, mass0: float):
         super().__init__(info)
         self.dyn, self.grid, self.field = dyn, grid, field
+        #: the model of the current layer of a depth-dependent model (tp.Layers), selected by
+        #: start_at; ``dyn`` itself otherwise
+        self.layer, self.current = 0, dyn._layer(0)
+        self._built: dict = {}
         faces = grid.faces
         self.left, self.right = faces.left, faces.right
         self.interior = self.right >= 0
         self.areas = faces.areas
         self.vol = np.asarray(grid.volumes, dtype=float).ravel()
+        self._inv_vol = 1.0 / self.vol
         self.n = len(self.vol)
         self.mass0 = mass0
         self.diff = None
@@ -166,7 +179,6 @@ class _FiniteVolume(_engine.Problem):
             self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
             coef = np.zeros(len(self.areas))
             coef[self.interior] = self.diff[2]
-        self.velocity = make_face_velocity(dyn, grid, field)
         self._coef = np.ascontiguousarray(coef, dtype=float)
         self._areas = np.ascontiguousarray(self.areas, dtype=float)
         self._left = np.ascontiguousarray(self.left, dtype=np.int64)
@@ -176,17 +188,50 @@ class _FiniteVolume(_engine.Problem):
             m = self._rows[1]
             self._scratch = (np.empty(m), np.empty(m))
         self._checked = None
-        # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
-        # its handover test and the finite-volume pass are then one compiled call
-        self._lane = None
-        single = getattr(self.velocity, "single", None)
-        fast = getattr(single, "fast", None)
-        if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
-            self._lane = (single, fast, np.empty(self.n, dtype=bool))
+        #: the state whose masses rho * vol the transform buffer holds (None: none known)
+        self._masses_of = None
+        self.velocity, self._lane, self.rate_model = self._build(0)
 
-    def evaluate(self, rho_flat, t) -> _Rate:
+    def _build(self, layer: int):
+        """The face velocity, the circle lane and the rate bound of one layer, built once."""
+        if layer not in self._built:
+            dyn = self.dyn._layer(layer)
+            velocity = make_face_velocity(dyn, self.grid, self.field)
+            # the circle lane: one softmax head on the FFT path, nothing subtracted; the quotient,
+            # its handover test, the finite-volume pass and the Runge-Kutta stage are then one
+            # compiled call, on buffers allocated here
+            lane = None
+            single = getattr(velocity, "single", None)
+            fast = getattr(single, "fast", None)
+            if self._rows is not None and isinstance(fast, _CircleFFT) and fast.ri.kind == "softmax":
+                lane = (single, fast, np.empty(self.n, dtype=bool), fast.masses.reshape(-1),
+                        np.empty(self.n), np.empty(self.n))  # head, transforms, bad, masses, u, change
+            self._built[layer] = (velocity, lane, rate_bound(dyn, self.grid))
+        return self._built[layer]
+
+    def start_at(self, t: float) -> bool:
+        """Select the layer of a depth-dependent model for steps starting at t."""
+        if self.dyn.layers is None:
+            return False
+        layer = self.dyn.layers.index(t)
+        if layer == self.layer:
+            return False
+        self.layer, self.current = layer, self.dyn._layer(layer)
+        self.velocity, self._lane, self.rate_model = self._build(layer)
+        self._masses_of = None  # the next layer's transform buffer holds nothing known
+        return True
+
+    def stage(self, rho_flat, t, combine) -> _Rate:
+        """The evaluation at (rho, t) with the Runge-Kutta stage ``combine = (ca, x, cb, h)``.
+
+        :attr:`_Rate.combined` is ``ca * x + cb * (rho + h * d rho/dt)``; counted in ``info.n_evals``.
+        """
+        self.info.n_evals += 1
+        return self.evaluate(rho_flat, t, combine)
+
+    def evaluate(self, rho_flat, t, combine=None) -> _Rate:
         if self._lane is not None:
-            return self._evaluate_lane(rho_flat, t)
+            return self._evaluate_lane(rho_flat, t, combine)
         u = self.velocity(rho_flat)
         change = np.empty(self.n)
         if self._rows is not None:
@@ -200,31 +245,66 @@ class _FiniteVolume(_engine.Problem):
         if not math.isfinite(rate):
             raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
                              + self._where(rho_flat + change))
-        return _Rate(change, rate, u)
+        return _Rate(change, rate, u, self._combine(rho_flat, change, combine))
 
-    def _evaluate_lane(self, rho_flat, t) -> _Rate:
-        """:meth:`evaluate` for one softmax head on a circle grid (the same numbers)."""
-        head, fast, bad = self._lane
-        a = rho_flat * self.vol
-        zn, rows = fast.transform(a)
-        u = np.empty(self.n)
-        change = np.empty(self.n)
+    def _combine(self, rho_flat, change, combine):
+        """The stage ``ca * x + cb * (rho + h * change)`` (None without ``combine``).
+
+        Its minimum and mass are kept for :meth:`check`.
+        """
+        if combine is None:
+            return None
+        ca, x, cb, h = combine
+        out = np.empty(self.n)
+        lowest, mass, finite = _fv.ssp_combine_checked(ca, x, cb, rho_flat, h, change, out, self.vol)
+        self._checked = (out, lowest, mass, finite)
+        return out
+
+    def _evaluate_lane(self, rho_flat, t, combine) -> _Rate:
+        """:meth:`evaluate` for one softmax head on a circle grid (the same numbers).
+
+        A stage (``combine`` given) writes d rho/dt and u into scratch buffers; the first
+        evaluation of a step gets arrays of its own (the stepper and the controller keep them).
+        """
+        head, fast, bad, masses, u, change = self._lane
+        if combine is None:
+            u, change = np.empty(self.n), np.empty(self.n)
+            ca, x, cb, h, out = 0.0, rho_flat, 0.0, 0.0, change
+        else:
+            ca, x, cb, h = combine
+            out = np.empty(self.n)
+        if rho_flat is not self._masses_of:  # the previous stage left them there
+            np.multiply(rho_flat, self.vol, out=masses)
+        self._masses_of = rho_flat
+        zn = fast.run()
         slope, flux = self._scratch
         rho2 = rho_flat.reshape(self._rows)
-        n_bad, rate = _fv.periodic_softmax_rhs(zn, rows, fast.factor, rho2, self._areas, self.vol,
-                                               self._coef, change, slope, flux, u, bad)
+        n_bad, rate, lowest, mass, finite = _fv.periodic_softmax_stage(
+            zn, fast.source, fast.factor, rho2, self._areas, self.vol, self._inv_vol, self._coef, change,
+            slope, flux, u, bad, ca, x, cb, h, out, masses)
         if n_bad:
-            u[bad] = _quadrature(head.head, self.grid, a, bad)
+            u[bad] = _quadrature(head.head, self.grid, masses, bad)
             rate = _fv.periodic_rhs(rho2, u, self._areas, self.vol, self._coef, change, slope, flux)
+            if not math.isfinite(rate):
+                raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
+                                 + self._where(rho_flat + change))
+            return _Rate(change, rate, u, self._combine(rho_flat, change, combine))
         if not math.isfinite(rate):
             raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
                              + self._where(rho_flat + change))
-        return _Rate(change, rate, u)
+        if combine is None:
+            return _Rate(change, rate, u)
+        self._checked = (out, lowest, mass, finite)
+        self._masses_of = out  # the kernel wrote the masses of the stage
+        return _Rate(change, rate, u, out)
 
-    def evaluate_reference(self, rho_flat, t) -> _Rate:
-        """:meth:`evaluate` in NumPy: face velocity, reconstruction, fluxes, update, outflow rate."""
+    def evaluate_reference(self, rho_flat, t, combine=None) -> _Rate:
+        """:meth:`evaluate` in NumPy: face velocity, reconstruction, fluxes, update, outflow rate.
+
+        With ``combine = (ca, x, cb, h)`` also the Runge-Kutta stage, as :meth:`stage`.
+        """
         rho = rho_flat.reshape(self.grid.shape)
-        u = face_velocity(self.dyn, self.grid, rho, self.field)
+        u = face_velocity(self.current, self.grid, rho, self.field)
         lo, hi = self.grid.reconstruct(rho)
         flux = self.areas * (np.maximum(u, 0.0) * lo + np.minimum(u, 0.0) * hi)
         outflow = np.bincount(self.left, weights=self.areas * np.maximum(u, 0.0), minlength=self.n)
@@ -247,17 +327,29 @@ class _FiniteVolume(_engine.Problem):
         if not np.isfinite(rate):
             raise RunFailure(Status.NONFINITE, f"the face velocity is not finite at t={t:.9g}, "
                              + self._where(rho_flat + change))
-        return _Rate(change, rate, u)
+        if combine is None:
+            return _Rate(change, rate, u)
+        ca, x, cb, h = combine
+        return _Rate(change, rate, u, ca * x + cb * (rho_flat + h * change))
 
     def check(self, new, t, h, rho) -> None:
-        lowest, mass, finite = _fv.min_and_mass(new, self.vol)
-        self._checked = (new, lowest, mass)
-        when = f"in the step from t={t:.9g} to t={t + h:.9g}"
+        # the last stage's pass measured its output already (stage / _combine)
+        if self._checked is not None and self._checked[0] is new:
+            _, lowest, mass, finite = self._checked
+        else:
+            lowest, mass, finite = _fv.min_and_mass(new, self.vol)
+            self._checked = (new, lowest, mass, finite)
         if not finite:
-            raise RunFailure(Status.NONFINITE, f"the density became non-finite {when}, " + self._where(new))
+            raise RunFailure(Status.NONFINITE, f"the density became non-finite {self._when(t, h)}, "
+                             + self._where(new))
         if lowest < 0.0:
             raise RunFailure(Status.NEGATIVE,
-                             f"the density became negative ({lowest:.3g}) {when}, " + self._where(new))
+                             f"the density became negative ({lowest:.3g}) {self._when(t, h)}, "
+                             + self._where(new))
+
+    @staticmethod
+    def _when(t, h) -> str:
+        return f"in the step from t={t:.9g} to t={t + h:.9g}"
 
     def _where(self, values) -> str:
         bad = ~np.isfinite(values) | (values < 0.0)
@@ -267,7 +359,7 @@ class _FiniteVolume(_engine.Problem):
     def accepted(self, rho) -> None:
         info = self.info
         if self._checked is not None and self._checked[0] is rho:
-            _, lowest, mass = self._checked
+            _, lowest, mass, _ = self._checked
         else:
             lowest, mass, _ = _fv.min_and_mass(rho, self.vol)
         info.min_density = min(info.min_density, float(lowest))
@@ -277,6 +369,7 @@ class _FiniteVolume(_engine.Problem):
     kind = "DensityTrajectory"
 
     def state(self, rho_flat) -> Density:
+        self._masses_of = None  # observers see the state itself: nothing kept about it is trusted after
         return Density(self.grid, rho_flat.reshape(self.grid.shape))
 
     def snapshot(self) -> dict:
@@ -315,13 +408,13 @@ class _SSPRK3(_engine.Stepper):
     name, order = "ssprk3", 3
 
     def step(self, problem, t, rho, h, f0: _Rate) -> Step:
-        # each stage one compiled pass: out = a * rho + b * (stage + h * change)
-        rho1 = _fv.ssp_combine(0.0, rho, 1.0, rho, h, f0.change, np.empty_like(rho))
-        f1 = problem(rho1, t + h)
-        rho2 = _fv.ssp_combine(0.75, rho, 0.25, rho1, h, f1.change, np.empty_like(rho))
-        f2 = problem(rho2, t + 0.5 * h)
-        new = _fv.ssp_combine(1.0 / 3.0, rho, 2.0 / 3.0, rho2, h, f2.change, np.empty_like(rho))
-        return Step(new, stages=(f0, f1, f2))
+        # out = a * rho + b * (stage + h * change): one compiled pass, and on the circle part of
+        # the stage's own evaluation (_FiniteVolume.stage)
+        rho1 = np.empty_like(rho)
+        _fv.ssp_combine(0.0, rho, 1.0, rho, h, f0.change, rho1)
+        f1 = problem.stage(rho1, t + h, (0.75, rho, 0.25, h))
+        f2 = problem.stage(f1.combined, t + 0.5 * h, (1.0 / 3.0, rho, 2.0 / 3.0, h))
+        return Step(f2.combined, stages=(f0, f1, f2))
 
 
 class _CFLController:
@@ -329,6 +422,11 @@ class _CFLController:
 
     def __init__(self, cfl: float, rate_model: float):
         self.cfl, self.rate_model = cfl, rate_model
+        self.u_prev = self.dt_prev = self.dt_free = None
+
+    def switched(self, problem) -> None:
+        """A new layer: start afresh from its rate bound, as a run of that layer alone would."""
+        self.rate_model = problem.rate_model
         self.u_prev = self.dt_prev = self.dt_free = None
 
     def begin(self, t, target) -> int:
@@ -348,9 +446,10 @@ class _CFLController:
     def judge(self, t, rho, h, result: Step):
         # every stage must satisfy the positivity bound, not only the first
         rates = [stage.rate for stage in result.stages]
-        if h * max(rates) <= _CFL_MAX or not np.all(np.isfinite(rates)):
+        fastest = max(rates)
+        if h * fastest <= _CFL_MAX or not all(math.isfinite(r) for r in rates):
             return True, h
-        return False, self.cfl / max(rates)
+        return False, self.cfl / fastest
 
     def accepted(self, h: float, f0: _Rate) -> None:
         self.u_prev, self.dt_prev = f0.u, h
@@ -474,6 +573,7 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
                          f"the field algorithm is field= {FIELDS}")
     max_steps = _v.as_positive_int(max_steps, "max_steps")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
+    dyn._check_span(t0, t1)
     trackers = _engine.check_trackers(trackers)
 
     info = MeanFieldInfo(method=method, field=field)
@@ -482,14 +582,17 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     rho = rho0.values.ravel().copy()
     problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
-    controller = _CFLController(cfl, rate_bound(dyn, grid))
+    problem.start_at(t0)
+    controller = _CFLController(cfl, problem.rate_model)
     stepper, done = _SSPRK3(), 0
     if _resume is not None:  # transformer_pde.resume: continue from saved time k
         done, _, snap = _resume
         _engine.restore(problem, stepper, controller, snap)
         t0, t_eval = float(t_eval[done]), t_eval[done:]
+        problem.start_at(t0)
+        controller.rate_model = problem.rate_model
     t, out = _engine.run(problem, stepper, controller, rho, t0, t_eval, max_steps=max_steps,
-                         trackers=trackers, throw=throw,
+                         breakpoints=dyn.breakpoints, trackers=trackers, throw=throw,
                          progress=_engine.progress_spec("solve_meanfield", progress), done=done)
     if isinstance(grid, CartesianGrid) and grid.boundary == "outflow" and info.mass_drift > 1e-10:
         warnings.warn(

@@ -3,7 +3,7 @@ r"""Zonal densities on :math:`\mathbb S^{d-1}` for any d >= 3: the 1-D mean fiel
 A density on :math:`\mathbb S^{d-1}` that depends only on the polar angle
 :math:`\vartheta \in [0, \pi]` of x against a fixed axis e (here the last coordinate axis,
 :math:`e = e_d`) stays so under rotation-invariant models, and the Transformer PDE becomes a
-conservative 1-D equation in :math:`\vartheta` (docs/math.md §9.16). :class:`ZonalGrid` is
+conservative 1-D equation in :math:`\vartheta` (docs/math.md §9.19). :class:`ZonalGrid` is
 its finite-volume grid, used with :func:`~transformer_pde.solve_meanfield` like the other
 grids; the zonal kernel (the velocity at angle :math:`\vartheta` as a sum over the cells)
 comes from the Funk-Hecke reduction to a 1-D integral, done by Gauss-Jacobi quadrature, so
@@ -64,7 +64,7 @@ def zonal_kernels(ri: RotationInvariant, d: int, theta, theta_src):
     :math:`\sigma_{\vartheta'}` on the parallel :math:`\vartheta'` of :math:`\mathbb S^{d-1}`,
     with :math:`c = \cos\vartheta\cos\vartheta' + \sin\vartheta\sin\vartheta'\,s` and
     :math:`s` the cosine to the meridian of x of the other directions
-    (:math:`s \sim (1-s^2)^{(d-4)/2}`, docs/math.md §9.16):
+    (:math:`s \sim (1-s^2)^{(d-4)/2}`, docs/math.md §9.19):
 
     .. math::
 
@@ -157,7 +157,7 @@ def zonal_kernels_bessel(b: float, d: int, theta, theta_src):
         \frac{\mathbb E_s[s\,e^{zs}]}{\mathbb E_s[e^{zs}]} = \frac{I_{\nu+1}(z)}{I_\nu(z)},
         \qquad \nu = \frac{d-3}{2}
 
-    (docs/math.md §9.16): the readable reference the quadrature is tested against, valid
+    (docs/math.md §9.19): the readable reference the quadrature is tested against, valid
     where the scaled Bessel functions do not underflow (moderate d: ``ive(nu, z)`` is about
     :math:`(z/2)^\nu/\Gamma(\nu+1)` for small z).
 
@@ -202,7 +202,7 @@ def zonal_kernels_bessel(b: float, d: int, theta, theta_src):
 
 
 class ZonalGrid(Grid):
-    r"""Zonal densities on :math:`\mathbb S^{d-1}`: cells in the polar angle (docs/math.md §9.16).
+    r"""Zonal densities on :math:`\mathbb S^{d-1}`: cells in the polar angle (docs/math.md §9.19).
 
     A zonal measure on :math:`\mathbb S^{d-1}` (axisymmetric about :math:`e = e_d`) is stored
     as the density :math:`p(\vartheta)` **of its polar angle** :math:`\vartheta` (w.r.t.

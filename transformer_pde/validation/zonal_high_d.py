@@ -1,6 +1,6 @@
 """The mean field on S^{d-1} in high d: growth rates of the uniform state, the concentration of attention.
 
-Theory (docs/math.md §9.16): for zonal densities on S^{d-1} (axisymmetric about e = e_d) the
+Theory (docs/math.md §9.19): for zonal densities on S^{d-1} (axisymmetric about e = e_d) the
 Transformer PDE is a 1-D conservation law in the polar angle (tp.ZonalGrid, any d >= 3). Linearised
 about the uniform measure, a perturbation eps C_l^{(d-2)/2}(cos theta) grows at
 lambda_l = l (l + d - 2) I_{l+mu}(beta) / (beta I_mu(beta)), mu = (d - 2)/2 (SA, Q = K = V = I,
@@ -42,7 +42,7 @@ from transformer_pde.checks import Validation, check_close, check_range, run
 __all__ = ["VALIDATION", "measure", "checks", "figure"]
 
 NAME = "zonal_high_d"
-THEORY = ("Zonal mean field on S^{d-1} (docs/math.md §9.16): the 1-D PDE on tp.ZonalGrid grows the "
+THEORY = ("Zonal mean field on S^{d-1} (docs/math.md §9.19): the 1-D PDE on tp.ZonalGrid grows the "
           "uniform state's degree-l mode at l(l+d-2) I_{l+mu}(beta)/(beta I_mu(beta)) within 1% for "
           "d = 4 .. 1024, "
           "and the mean attention cosine on the uniform measure is I_{mu+1}(beta)/I_mu(beta) (grid and "
