@@ -37,7 +37,7 @@ PACKAGE_DIR = Path(transformer_pde.__file__).resolve().parent
 NAMES = [
     "anisotropy", "circle_convergence", "equiangular", "gaussian_particles", "grid_vs_gaussian",
     "long_context", "lost_in_the_middle", "metastability", "million_tokens", "noise", "paper_a",
-    "phase_diagram", "sphere_clustering", "sphere_convergence",
+    "phase_diagram", "sphere_clustering", "sphere_convergence", "zonal_high_d",
 ]
 #: the fastest quick validation (measured: about 2.5 s of work, 5 s with the interpreter's start)
 CHEAP = "paper_a"

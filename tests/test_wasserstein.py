@@ -563,7 +563,7 @@ def test_bad_input_errors():
         tw.gaussian([0, 0], np.eye(3), [0, 0], np.eye(2))
     with pytest.raises(TypeError, match="density must be a transformer_pde Density"):
         tw.to_density([0.0], u.values)
-    with pytest.raises(TypeError, match="CircleGrid, CartesianGrid or SphereGrid"):
+    with pytest.raises(TypeError, match="CircleGrid, CartesianGrid, SphereGrid or ZonalGrid"):
         tw.to_density([0.0], Density.uniform(CausalCircleGrid(2, 8)))
     with pytest.raises(ValueError, match="method must be one of"):
         tw.to_density([0.0], u, method="sinkhorn")

@@ -42,6 +42,7 @@ from .meanfield import (
     Density,
     DensityTrajectory,
     SphereGrid,
+    ZonalGrid,
     solve_axisymmetric,
     solve_meanfield,
 )
@@ -129,6 +130,7 @@ __all__ = [
     "CausalCircleGrid",
     "CartesianGrid",
     "SphereGrid",
+    "ZonalGrid",
     "Density",
     "DensityTrajectory",
     "solve_meanfield",

@@ -37,6 +37,7 @@ from .geometry import Sphere
 from .integrate import Trajectory
 from .meanfield import CartesianGrid, CausalCircleGrid, CircleGrid, Density, DensityTrajectory, SphereGrid
 from .meanfield.axisymmetric import AxisymmetricGrid
+from .meanfield.zonal import ZonalGrid
 
 __all__ = [
     "circle_angles",
@@ -452,7 +453,7 @@ def plot_density(result, *, ax=None, k: int = -1, **kwargs):
     A kymograph (density against time, with a colorbar) on a
     :class:`~transformer_pde.CircleGrid`, a :class:`~transformer_pde.CausalCircleGrid`
     (the density of all positions, :math:`\int\rho\,ds`), a 1-D
-    :class:`~transformer_pde.CartesianGrid` and an axisymmetric grid (colatitude); a map at
+    :class:`~transformer_pde.CartesianGrid` and an axisymmetric or zonal grid (the polar angle); a map at
     the saved time ``k`` on a :class:`~transformer_pde.SphereGrid` and a 2-D
     :class:`~transformer_pde.CartesianGrid`.
 
@@ -486,7 +487,7 @@ def plot_density(result, *, ax=None, k: int = -1, **kwargs):
     'angle $\\theta$ [rad]'
     """
     t, density, grid = _density_run(result, "plot_density", (CircleGrid, CausalCircleGrid, SphereGrid,
-                                                              CartesianGrid, AxisymmetricGrid))
+                                                              CartesianGrid, AxisymmetricGrid, ZonalGrid))
     if isinstance(grid, (CircleGrid, CausalCircleGrid)):
         return plot_circle_density(result, ax=ax, **kwargs)
     if isinstance(grid, SphereGrid):
@@ -499,6 +500,14 @@ def plot_density(result, *, ax=None, k: int = -1, **kwargs):
         ax.set_ylim(np.pi, 0.0)
         ax.set_xlabel("$t$")
         ax.set_ylabel(r"colatitude $\vartheta$ [rad]")
+        return ax
+    if isinstance(grid, ZonalGrid):
+        image = ax.pcolormesh(_edges(t), grid.theta_edges, density.T, cmap=kwargs.get("cmap", "magma"),
+                              shading="flat")
+        ax.figure.colorbar(image, ax=ax, label=r"polar-angle density $p(t, \vartheta)$")
+        ax.set_ylim(np.pi, 0.0)
+        ax.set_xlabel("$t$")
+        ax.set_ylabel(f"polar angle $\\vartheta$ on $S^{{{grid.dim - 1}}}$ [rad]")
         return ax
     edges = [np.linspace(lo, hi, m + 1) for (lo, hi), m in zip(grid.bounds, grid.shape, strict=True)]
     cmap = kwargs.get("cmap", "magma")
@@ -1420,7 +1429,7 @@ def _movie_tokens(traj: Trajectory, system: int, fig: Figure):
 
 def _movie_density(sol: DensityTrajectory, fig: Figure):
     t, density, grid = _density_run(sol, "movie", (CircleGrid, CausalCircleGrid, SphereGrid, CartesianGrid,
-                                                   AxisymmetricGrid))
+                                                   AxisymmetricGrid, ZonalGrid))
     ax = fig.add_subplot(1, 1, 1)
     if isinstance(grid, SphereGrid):
         plot_sphere_density(sol, k=0, ax=ax)
@@ -1450,12 +1459,12 @@ def _movie_density(sol: DensityTrajectory, fig: Figure):
             return t[k]
         return ax, update, len(t)
     coords = {CircleGrid: lambda g: g.angles, AxisymmetricGrid: lambda g: g.theta,
-              CartesianGrid: lambda g: g.axes[0]}[type(grid)](grid)
+              ZonalGrid: lambda g: g.theta, CartesianGrid: lambda g: g.axes[0]}[type(grid)](grid)
     (line,) = ax.plot(coords, density[0], color="k")
     ax.set_ylim(0.0, 1.05 * density.max())
     ax.set_xlim(coords[0], coords[-1])
     ax.set_xlabel({CircleGrid: r"angle $\theta$ [rad]", AxisymmetricGrid: r"colatitude $\vartheta$ [rad]",
-                   CartesianGrid: "$x$"}[type(grid)])
+                   ZonalGrid: r"polar angle $\vartheta$ [rad]", CartesianGrid: "$x$"}[type(grid)])
     ax.set_ylabel(r"density $\rho$")
 
     def update(k):

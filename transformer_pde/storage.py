@@ -81,7 +81,7 @@ _FORMAT = "transformer_pde"
 _MODEL_CLASSES = (
     "SoftmaxAttention", "ALiBiAttention", "L2Attention", "UnnormalizedAttention",
     "SigmoidAttention", "SinkhornAttention", "MultiHeadAttention", "Layers", "TokenDynamics",
-    "CircleGrid", "CausalCircleGrid", "CartesianGrid", "SphereGrid",
+    "CircleGrid", "CausalCircleGrid", "CartesianGrid", "SphereGrid", "ZonalGrid",
 )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
-from scipy.special import expi, ive, spherical_in
+from scipy.special import expi, gammaln, ive, spherical_in
 
 from . import _validation as _v
 from .gaussian import blow_up_time, gaussian_closed_form
@@ -212,16 +212,98 @@ def circle_growth_rate(k, beta: float, model: str = "SA"):
     return k**2 * ive(k, beta) * np.exp(beta) / beta
 
 
-def sphere_growth_rate(l, beta: float, model: str = "SA"):
-    r"""Growth rate of a degree-l spherical harmonic of the uniform density on :math:`\mathbb S^2`.
+def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
+    r"""Growth rate of a degree-l spherical harmonic of the uniform density on :math:`\mathbb S^{d-1}`.
 
-    docs/math.md §8: :math:`\lambda_l^{SA} = l(l+1)\,i_l(\beta)/(\beta\,i_0(\beta))`,
-    :math:`\lambda_l^{USA} = l(l+1)\,i_l(\beta)/\beta` (:math:`i_l` modified spherical Bessel).
+    docs/math.md §8 (d = 3) and §9.19 (any d): linearising about the uniform probability
+    :math:`\sigma`, a perturbation :math:`\varepsilon Y_l` (any spherical harmonic of degree l,
+    e.g. the zonal :math:`C_l^{(d-2)/2}(\cos\vartheta)`) grows at
+
+    .. math::
+
+        \lambda_l^{SA} = \frac{l(l+d-2)}{\beta}\,\frac{I_{l+\nu}(\beta)}{I_\nu(\beta)}, \qquad
+        \lambda_l^{USA} = \lambda_l^{SA}\;\Gamma(\nu+1)\Big(\frac2\beta\Big)^{\nu} I_\nu(\beta),
+        \qquad \nu = \frac{d-2}{2},
+
+    the Funk-Hecke coefficients of :math:`e^{\beta t}` (:math:`\beta > 0`). d = 3 gives
+    :math:`l(l+1)\,i_l(\beta)/(\beta\,i_0(\beta))` (:math:`i_l` modified spherical Bessel)
+    and d = 2 the circle's :func:`circle_growth_rate`. The Bessel ratio is a product of
+    :math:`I_{\mu+1}/I_\mu` by backward recurrence (:func:`_bessel_ratio`), so nothing
+    underflows at d = 1024.
+
+    Parameters
+    ----------
+    l : int or array_like of int
+        Degrees >= 0.
+    beta : float
+        Inverse temperature, > 0.
+    model : {"SA", "USA"}
+    d : int
+        Ambient dimension, >= 2.
+
+    Returns
+    -------
+    float or ndarray, shape of l
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bool(np.isclose(sphere_growth_rate(1, 2.0, d=2), circle_growth_rate(1, 2.0), rtol=1e-13))
+    True
+    >>> round(float(sphere_growth_rate(1, 1.0, d=1024)), 4)   # about (d - 1) / d for beta << d
+    0.999
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
-    l = np.asarray(l, dtype=int)
-    rate = l * (l + 1) * spherical_in(l, beta) / beta
-    return rate / spherical_in(0, beta) if model == "SA" else rate
+    d = _dimension(d)
+    given = np.asarray(l, dtype=float)
+    if not np.all(np.isfinite(given)) or np.any(given != np.round(given)) or np.any(given < 0):
+        raise ValueError(f"l must be integer degrees >= 0, got {l!r}")
+    l = given.astype(int)
+    if d == 3:
+        rate = l * (l + 1) * spherical_in(l, beta) / beta
+        return rate / spherical_in(0, beta) if model == "SA" else rate
+    nu = 0.5 * (d - 2)
+    ls = np.atleast_1d(l).astype(int)
+    top = int(ls.max())
+    ratios = _bessel_ratio(nu + np.arange(top), beta)  # I_{nu+k+1} / I_nu+k, k = 0..top-1
+    prod = np.concatenate([[1.0], np.cumprod(ratios)])  # I_{nu+l} / I_nu
+    rate = ls * (ls + d - 2) * prod[ls] / beta
+    if model == "USA":
+        rate = rate * np.exp(gammaln(nu + 1.0) + nu * np.log(2.0 / beta) + _log_bessel_i(nu, beta))
+    return rate.reshape(l.shape) if l.ndim else float(rate[0])
+
+
+def _bessel_ratio(mu, x: float, extra: int | None = None) -> np.ndarray:
+    r""":math:`I_{\mu+1}(x)/I_\mu(x)` for each :math:`\mu \ge 0` by backward recurrence.
+
+    :math:`r_\mu = x / (2(\mu+1) + x\,r_{\mu+1})`, started ``extra`` orders above from
+    Amos's bound :math:`r_\mu \approx x/(\mu + 1 + \sqrt{(\mu+1)^2 + x^2})`; the
+    starting error is damped by the product of the ratios below it (each < 1), so 60 + 2x
+    orders give round-off accuracy.
+    """
+    mu = np.atleast_1d(np.asarray(mu, dtype=float))
+    steps = int(60 + 2.0 * x) if extra is None else extra
+    top = mu + steps
+    r = x / (top + 1.0 + np.sqrt((top + 1.0) ** 2 + x * x))
+    for k in range(steps, 0, -1):
+        m = mu + k - 1
+        r = x / (2.0 * (m + 1.0) + x * r)
+    return r
+
+
+def _log_bessel_i(nu: float, x: float) -> float:
+    r""":math:`\log I_\nu(x)` for x > 0: from ``ive`` where it does not underflow, else by ratios.
+
+    Below the underflow, :math:`I_\nu = I_{\nu_0}\prod_{k<\nu-\nu_0} r_{\nu_0+k}` with
+    :math:`\nu_0 = \nu - \lfloor\nu\rfloor` (where ``ive`` is accurate) and the ratios
+    :math:`r_m = I_{m+1}/I_m` of :func:`_bessel_ratio`.
+    """
+    value = ive(nu, x)
+    if value > 1e-280:
+        return float(np.log(value) + x)
+    base = nu - np.floor(nu)
+    ratios = _bessel_ratio(base + np.arange(int(np.floor(nu))), x)
+    return float(np.log(ive(base, x)) + x + np.sum(np.log(ratios)))
 
 
 def fastest_circle_mode(beta: float, k_max: int = 1000) -> int:

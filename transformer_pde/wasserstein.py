@@ -49,6 +49,7 @@ from . import _validation as _v
 from .meanfield.density import Density
 from .meanfield.grids import CartesianGrid, CircleGrid
 from .meanfield.sphere import SphereGrid
+from .meanfield.zonal import ZonalGrid
 
 __all__ = ["circle", "particles", "sphere_sliced", "gaussian", "to_density"]
 
@@ -558,6 +559,10 @@ def gaussian(mean_a, cov_a, mean_b, cov_b) -> float:
 # ---------------------------------------------------------------------------------------
 # particles against a grid density
 # ---------------------------------------------------------------------------------------
+#: cells of a ZonalGrid density with less mass than this are dropped by :func:`to_density`
+POLAR_MASS_FLOOR = 1e-13
+
+
 def _density_masses(density: Density) -> np.ndarray:
     mass = (density.values * density.grid.volumes).ravel()
     total = float(mass.sum())
@@ -596,6 +601,10 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
       :math:`W_2(\rho, \rho_h) \le h/\sqrt{12}` per dimension on a Cartesian grid. O(n N)
       memory and network-simplex time for n points and N cells of positive mass (refused above
       ``EMD_MAX_ENTRIES``).
+    - on a :class:`~transformer_pde.meanfield.zonal.ZonalGrid` (``"exact"``, the default, or
+      ``"cells"``): :math:`W_p` between the points' polar angles and the density of the
+      polar angle, on the line (a lower bound of :math:`W_p` on the sphere: the angle to
+      the axis is 1-Lipschitz in the geodesic distance).
     - ``"sliced"`` (:class:`SphereGrid` only): :func:`sphere_sliced` between the points and
       :math:`\rho_h` (:math:`SSW_p`, not :math:`W_p`; Monte Carlo over ``n_projections``
       great circles from ``rng``; plus the same O(h) discretisation bias), in
@@ -637,18 +646,20 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
         kind = "line" if grid.dim == 1 else "plane"
     elif isinstance(grid, SphereGrid):
         kind = "sphere"
+    elif isinstance(grid, ZonalGrid):
+        kind = "polar"
     else:
         raise TypeError(
-            f"density must live on a CircleGrid, CartesianGrid or SphereGrid, got {grid!r}"
+            f"density must live on a CircleGrid, CartesianGrid, SphereGrid or ZonalGrid, got {grid!r}"
         )
-    default = "exact" if kind in ("circle", "line") else "cells"
+    default = "exact" if kind in ("circle", "line", "polar") else "cells"
     method = default if method is None else method
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
-    if method == "exact" and kind not in ("circle", "line"):
+    if method == "exact" and kind not in ("circle", "line", "polar"):
         raise ValueError(
-            f"method='exact' is available on a CircleGrid and a 1-D CartesianGrid, not on {grid!r}; "
-            "use 'cells' (or 'sliced' on the sphere)"
+            f"method='exact' is available on a CircleGrid, a 1-D CartesianGrid and a ZonalGrid, not on "
+            f"{grid!r}; use 'cells' (or 'sliced' on the sphere)"
         )
     if method == "sliced" and kind != "sphere":
         raise ValueError(f"method='sliced' is available on a SphereGrid only, got {grid!r}")
@@ -677,6 +688,21 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
             qr = _Quantile.cells(edges, np.full(grid.shape[0], grid.h[0]), mass)
         else:
             qr = _Quantile.atoms(grid.axes[0].copy(), mass)
+        return _root(_lifted_cost(qx, qr, p), p)
+
+    if kind == "polar":  # W_p of the polar angles: the density is one of the angle
+        theta = grid.polar_angle(x)
+        w = _v.as_weights(weights, len(theta), "weights")
+        qx = _Quantile.atoms(theta, w)
+        # high-d densities reach masses like 1e-197 in the pole cells: their quantile slopes
+        # h / mass are ill-conditioned, so cells below POLAR_MASS_FLOOR are dropped (moving
+        # W_p^p by at most pi^p * n_cells * POLAR_MASS_FLOOR)
+        mass = np.where(mass >= POLAR_MASS_FLOOR, mass, 0.0)
+        mass = mass / mass.sum()
+        if method == "exact":
+            qr = _Quantile.cells(grid.theta_edges[:-1].copy(), np.full(grid.n_cells, grid.h), mass)
+        else:
+            qr = _Quantile.atoms(grid.theta.copy(), mass)
         return _root(_lifted_cost(qx, qr, p), p)
 
     centers = np.asarray(grid.centers, dtype=np.float64).reshape(-1, grid.dim)

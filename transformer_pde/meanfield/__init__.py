@@ -13,6 +13,7 @@ from .field import face_velocity
 from .grids import CartesianGrid, CausalCircleGrid, CircleGrid, Grid
 from .solver import DensityTrajectory, MassLossWarning, MeanFieldInfo, solve_meanfield
 from .sphere import SphereGrid
+from .zonal import ZonalGrid
 
 __all__ = [
     "Grid",
@@ -21,6 +22,7 @@ __all__ = [
     "CartesianGrid",
     "SphereGrid",
     "AxisymmetricGrid",
+    "ZonalGrid",
     "solve_axisymmetric",
     "Density",
     "face_velocity",

@@ -47,7 +47,14 @@ class Density:
     # -- constructors ------------------------------------------------------------
     @classmethod
     def uniform(cls, grid: Grid) -> Density:
-        """The uniform probability density on the grid (on a causal grid: uniform in s and theta)."""
+        """The uniform probability density on the grid (on a causal grid: uniform in s and theta).
+
+        On a :class:`~transformer_pde.meanfield.zonal.ZonalGrid` the uniform measure of the
+        sphere (its polar-angle density, :meth:`~transformer_pde.meanfield.zonal.ZonalGrid.uniform_values`).
+        """
+        uniform = getattr(grid, "uniform_values", None)
+        if uniform is not None:
+            return cls(grid, uniform())
         return cls(grid, np.full(grid.shape, 1.0 / grid.volumes.sum()))
 
     @classmethod
@@ -118,8 +125,11 @@ class Density:
         These are the moments of :math:`\mu = \sum_c \rho_c|c|\delta_{x_c}`, normalised by the mass.
         """
         w = (self.values * self.grid.volumes).ravel()
-        x = np.asarray(self.grid.centers).reshape(-1, self.grid.dim)
         w = w / w.sum()
+        own = getattr(self.grid, "moments_of", None)  # a grid whose cells are not points (ZonalGrid)
+        if own is not None:
+            return own(w)
+        x = np.asarray(self.grid.centers).reshape(-1, self.grid.dim)
         mean = w @ x
         xc = x - mean
         return mean, (xc * w[:, None]).T @ xc

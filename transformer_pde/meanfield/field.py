@@ -193,6 +193,9 @@ def check_model(dyn: TokenDynamics, grid: Grid) -> None:
     if dyn.dim is not None and dyn.dim != grid.dim:
         raise ValueError(f"the attention acts on d={dyn.dim} but {grid!r} lives in d={grid.dim}")
     causal = any(h.causal for h in _heads(dyn.attention))
+    grid_check = getattr(grid, "check_model", None)  # a grid with its own model conditions (ZonalGrid)
+    if grid_check is not None:
+        grid_check(dyn)
     if causal and not isinstance(grid, CausalCircleGrid):
         raise ValueError(
             "masked (causal) attention has a mean-field equation on (s, theta): use "
@@ -377,6 +380,10 @@ class _HeadVelocity:
                 f"field='fast' needs rotation-invariant heads (Q, K, V multiples of I; not "
                 f"Sinkhorn) on a grid with a fast path, got {head!r} on {grid!r}"
             )
+        if self.fast is None and not getattr(grid, "has_quadrature", True):
+            raise ValueError(
+                f"{grid!r} has no quadrature path (its cells stand for whole parallels): use "
+                f"field='fast' or 'auto' with rotation-invariant heads, got field={field!r} for {head!r}")
         self.tensor = None
         if self.fast is None:
             from .separable import TensorQuadrature
