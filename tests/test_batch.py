@@ -75,6 +75,9 @@ def test_batch_equals_separate_calls_every_method_and_norm(method, norm, rng):
         assert np.abs(np.linalg.norm(traj.x, axis=-1) - 1.0).max() <= 1e-14
 
 
+# slow: it compiles the parallel batch kernels (not cached on disk, ~6 s in every cold run);
+# the serial batch kernels are checked against separate calls in the default suite
+@pytest.mark.slow
 @pytest.mark.parallel
 def test_parallel_batch_kernel_equals_serial_and_separate_calls(rng):
     """Above the serial threshold (B n^2 > 32^2 pairs) the parallel kernel is timed and used."""

@@ -101,6 +101,7 @@ def test_demo_circle_fastest_mode(quick_demo):
     assert quick_demo[1]["runs"]["circle"]["k_star"] == 4
 
 
+@pytest.mark.slow  # three demo runs (~8 s); the run files it uses are checked bit for bit in test_runfile
 def test_demo_is_reproducible(tmp_path):
     a = demo.run_demo(tmp_path / "a", n=8, T=2.0, seed=5)
     b = demo.run_demo(tmp_path / "b", n=8, T=2.0, seed=5)

@@ -121,6 +121,10 @@ def test_same_result_serial_parallel_adaptive(variant):
     np.testing.assert_allclose(ref, att.velocity_reference(x), rtol=0, atol=1e-12)
 
 
+# slow: it compiles the parallel float32 kernels, which nothing else in the default suite
+# needs (~10 s of a cold CI run); the serial float32 kernels are checked in
+# tests/test_kernels_float32.py
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda: tp.SoftmaxAttention(2.0), lambda: tp.UnnormalizedAttention(2.0)])
 def test_float32_serial_and_parallel_agree(make):
     """The float32 kernels too: serial and parallel run the same row code (to float32 round-off)."""
