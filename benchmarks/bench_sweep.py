@@ -5,9 +5,13 @@ than running them one after the other: the sweep's workers each use one kernel t
 and one BLAS thread (``tp.sweep``'s default pool), so 4 processes x 1 thread do not
 oversubscribe the cores the way 4 processes x 2 threads would.
 
-One run: softmax attention on S^2 (beta = 1, post-LN), n = 128 tokens from a seeded
-uniform draw, rk4 with dt = 0.05 to T = 20 (400 steps), a run-file task: the size of a
-point of a phase diagram. The 16 runs are
+One run: softmax attention on S^2 (beta = 1, post-LN), n = 64 tokens from a seeded
+uniform draw, rk4 with dt = 0.05 to T = 200 (4000 steps, about a second), a run-file
+task: a point of a phase diagram or of a metastability study (small n, long times).
+Starting a worker process (importing NumPy, SciPy, Numba and the package, loading the
+kernels from the disk cache) costs about 2 s of CPU, so a sweep of runs much shorter
+than that cannot beat running them in one process; for large n the kernels of one
+process already use both cores, and a sweep gains only the per-step Python time. The 16 runs are
 a grid of 4 beta values x 4 seeds. ``ours`` is ``tp.sweep(spec, grid, max_workers=4)``
 (worker start-up included); ``other`` runs the same 16 tasks in this process, one after
 the other, with the default threads. Each is timed ``repeats`` times, interleaved;
@@ -54,8 +58,8 @@ T = {T}
 dt = 0.05
 n_saved = 11
 """
-CASE = {"n": 128, "T": 20.0, "repeats": 3}
-QUICK = {"n": 128, "T": 20.0, "repeats": 1}
+CASE = {"n": 64, "T": 200.0, "repeats": 3}
+QUICK = {"n": 64, "T": 200.0, "repeats": 1}
 GRID = {"model.beta": [1.0, 2.0, 4.0, 8.0], "initial.seed": [0, 1, 2, 3]}
 
 
