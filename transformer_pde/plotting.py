@@ -1125,6 +1125,17 @@ def plot_phase_diagram(x, y, values, *, ax=None, xlabel: str = "$t$", ylabel: st
     return ax
 
 
+def _model_and_tokens(result, x, k, system: int, who: str):
+    """``(model, tokens (n, d), title suffix)`` of a Trajectory at frame k, or of a model and x."""
+    if isinstance(result, Trajectory):
+        _, xs = _path(result, None, None, who, system)
+        k = _frame(k, len(result.t), who)
+        return result.dynamics, xs[k], f" at $t = {result.t[k]:g}$"
+    if x is None:
+        raise TypeError(f"{who}: give a Trajectory, or a model and tokens x (n, d)")
+    return result, x, ""
+
+
 def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system: int = 0, ax=None,
                           sort: bool = False, cmap: str = "viridis"):
     r"""Draw the attention matrix :math:`P_{ij}` of a state, with a colorbar.
@@ -1170,14 +1181,7 @@ def plot_attention_matrix(result, x=None, *, k: int = -1, head: int = 0, system:
     >>> ax.images[0].get_array().sum(axis=1).round(12).tolist()
     [1.0, 1.0]
     """
-    if isinstance(result, Trajectory):
-        _, xs = _path(result, None, None, "plot_attention_matrix", system)
-        k = _frame(k, len(result.t), "plot_attention_matrix")
-        model, x, when = result.dynamics, xs[k], f" at $t = {result.t[k]:g}$"
-    else:
-        if x is None:
-            raise TypeError("plot_attention_matrix: give a Trajectory, or a model and tokens x (n, d)")
-        model, when = result, ""
+    model, x, when = _model_and_tokens(result, x, k, system, "plot_attention_matrix")
     P = np.asarray(attention_matrix(model, x))
     if P.ndim == 3:
         if not 0 <= head < P.shape[0]:
@@ -1809,14 +1813,7 @@ def plot_attention_links(result, x=None, *, k: int = -1, head: int = 0, system: 
     """
     from matplotlib.colors import to_rgba
 
-    if isinstance(result, Trajectory):
-        _, xs = _path(result, None, None, "plot_attention_links", system)
-        k = _frame(k, len(result.t), "plot_attention_links")
-        model, x, when = result.dynamics, xs[k], f" at $t = {result.t[k]:g}$"
-    else:
-        if x is None:
-            raise TypeError("plot_attention_links: give a Trajectory, or a model and tokens x (n, d)")
-        model, when = result, ""
+    model, x, when = _model_and_tokens(result, x, k, system, "plot_attention_links")
     min_weight = float(min_weight)
     if not 0.0 <= min_weight < 1.0:
         raise ValueError(f"min_weight must lie in [0, 1), got {min_weight}")
