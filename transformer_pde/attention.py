@@ -1052,6 +1052,22 @@ class SinkhornAttention(Attention):
         return out
 
 
+def _common_dim_batch(parts, what: str) -> tuple[int | None, int | None]:
+    """The token dimension d and batch size B that all ``parts`` (heads, layers) share.
+
+    None where no part fixes it; a ValueError naming ``what`` when two parts disagree.
+    """
+    dims = {p.dim for p in parts if p.dim is not None}
+    if len(dims) > 1:
+        raise ValueError(f"all {what} must act on the same dimension d, got d in {sorted(dims)}")
+    batches = {p.batch for p in parts if p.batch is not None}
+    if len(batches) > 1:
+        raise ValueError(
+            f"all batched {what} must hold the same number of systems B, got B in {sorted(batches)}"
+        )
+    return (dims.pop() if dims else None), (batches.pop() if batches else None)
+
+
 class MultiHeadAttention:
     r"""Multi-head attention: the sum of its heads' outputs.
 
@@ -1082,19 +1098,12 @@ class MultiHeadAttention:
                     f"heads[{h}] must be a single-head attention object (e.g. SoftmaxAttention), "
                     f"got {type(head).__name__}"
                 )
-        dims = {head.dim for head in heads if head.dim is not None}
-        if len(dims) > 1:
-            raise ValueError(f"all heads must act on the same dimension d, got d in {sorted(dims)}")
-        batches = {head.batch for head in heads if head.batch is not None}
-        if len(batches) > 1:
-            raise ValueError(
-                f"all batched heads must hold the same number of systems B, got B in {sorted(batches)}"
-            )
+        dim, batch = _common_dim_batch(heads, "heads")
         self.heads = tuple(heads)
-        self.dim = dims.pop() if dims else None
+        self.dim = dim
         self.causal = any(head.causal for head in heads)
         #: number of systems B when a head has per-system parameters, else None
-        self.batch: int | None = batches.pop() if batches else None
+        self.batch: int | None = batch
 
     def __eq__(self, other) -> bool:
         """Same variant with equal parameters (arrays elementwise)."""
@@ -1216,19 +1225,12 @@ class Layers:
                 f"times must be strictly increasing, but times[{k}]={arr[k]:g} >= "
                 f"times[{k + 1}]={arr[k + 1]:g}"
             )
-        dims = {att.dim for att in attentions if att.dim is not None}
-        if len(dims) > 1:
-            raise ValueError(f"all layers must act on the same dimension d, got d in {sorted(dims)}")
-        batches = {att.batch for att in attentions if att.batch is not None}
-        if len(batches) > 1:
-            raise ValueError(
-                f"all batched layers must hold the same number of systems B, got B in {sorted(batches)}"
-            )
+        dim, batch = _common_dim_batch(attentions, "layers")
         self.attentions = tuple(attentions)
         self.times = arr
-        self.dim: int | None = dims.pop() if dims else None
+        self.dim: int | None = dim
         #: number of systems B when a layer has per-system parameters, else None
-        self.batch: int | None = batches.pop() if batches else None
+        self.batch: int | None = batch
         self.causal = any(att.causal for att in attentions)
 
     @property
