@@ -25,8 +25,10 @@ inline the whole tree into their Numba IR, so compiling takes a third of the tim
 installation and CI run pays it) at the same speed for large n. One level of calls
 only: a jitted caller links in and optimises again the code of its callees, so a row
 core called through a second jitted function compiled ~1.7x longer. The price is one
-call per row: about 35 % more time at n = 32 (the batched kernels of many small
-systems), nothing measurable at n = 4096.
+call per row: about 35 % more time at n = 32, nothing measurable at n = 4096; the
+batches of many small systems therefore call :func:`softmax_system` / :func:`exp_system`,
+which inline the one-pass row (:func:`_small_row_sums`) and take their scratch from the
+caller (1.5x faster per system at n = 32).
 
 A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
 per thread, in L1 cache; never an n x n array); block sums are added to float64
@@ -87,6 +89,8 @@ from numba.extending import intrinsic, overload
 __all__ = [
     "softmax_field",
     "softmax_field_serial",
+    "softmax_system",
+    "exp_system",
     "weight_rows",
     "exp_field",
     "exp_field_serial",
@@ -418,13 +422,12 @@ def _gap_overload(buf):
     return lambda buf: g
 
 
-@numba.njit(cache=True, nogil=True)
-def _source_stats(kyT, colw, causal):
-    """The bounds of :func:`_row_sums`, a (3, p) array: max_l |ky_l|, max_l colw_l and
-    its first index, over l <= j for each j (p = n) if ``causal`` (a causal row i then
-    depends on the sources l <= i only), else over all sources (p = 1)."""
+@numba.njit(inline="always")
+def _fill_source_stats(kyT, colw, causal, stats):
+    """Write the bounds of :func:`_row_sums` into ``stats`` (3, >= p): max_l |ky_l|,
+    max_l colw_l and its first index, over l <= j for each j (p = n) if ``causal`` (a
+    causal row i then depends on the sources l <= i only), else over all sources (p = 1)."""
     n = kyT.shape[1]
-    stats = np.empty((3, n if causal else 1))
     k2 = 0.0
     c = -np.inf
     t = 0
@@ -447,6 +450,12 @@ def _source_stats(kyT, colw, causal):
     return stats
 
 
+@numba.njit(cache=True, nogil=True)
+def _source_stats(kyT, colw, causal):
+    """The bounds of :func:`_row_sums` as a new (3, p) array (:func:`_fill_source_stats`)."""
+    return _fill_source_stats(kyT, colw, causal, np.empty((3, kyT.shape[1] if causal else 1)))
+
+
 @numba.njit(inline="always")
 def _logit(qx, i, kyT, colw, j):
     """colw_j + <qx_i, ky_j> in float64 (one logit)."""
@@ -456,8 +465,7 @@ def _logit(qx, i, kyT, colw, j):
     return s
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
-def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
+def _fused_row_py(qx, i, kyT, vyT, colw, nj, shift, acc):
     """One pass for k, d <= 3 (the circle and S^2): returns sum_j w_j and sets
     acc[c] = sum_j w_j vyT[c, j], w_j = exp(colw_j + <qx_i, ky_j> - shift) (j < nj),
     the weights never stored.
@@ -500,6 +508,29 @@ def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
     return total
 
 
+_fused_row = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)(_fused_row_py)
+#: the same loop inlined into its caller, for :func:`_small_row_sums`
+_fused_row_inlined = numba.njit(inline="always")(_fused_row_py)
+
+
+@numba.njit(inline="always")
+def _one_pass_shift(qx, i, kyT, colw, nj, stats, top):
+    """The one-pass shift b_i of :func:`_row_sums` where it is safe, else ``inf``."""
+    if nj < 1 or top == -np.inf:
+        return np.inf
+    last = nj - 1
+    qn = 0.0
+    for c in range(qx.shape[1]):
+        qn += np.float64(qx[i, c]) ** 2
+    p = min(last, stats.shape[1] - 1)
+    b = stats[1, p] + np.sqrt(qn) * stats[0, p]
+    top_j = int(stats[2, p])
+    lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
+    if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
+        return b
+    return np.inf
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
 def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
     """Sums over the sources j < nj of target i, block by block, in one pass where safe.
@@ -514,18 +545,7 @@ def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
     (``top = -inf``: never); no maximum, no rescaling, and for k, d <= 3 the fused loop
     of :func:`_fused_row`. Otherwise online: m = max_j s_j by the online log-sum-exp.
     """
-    shift = np.inf
-    if nj >= 1 and top > -np.inf:
-        last = nj - 1
-        qn = 0.0
-        for c in range(qx.shape[1]):
-            qn += np.float64(qx[i, c]) ** 2
-        p = min(last, stats.shape[1] - 1)
-        b = stats[1, p] + np.sqrt(qn) * stats[0, p]
-        top_j = int(stats[2, p])
-        lower = max(_logit(qx, i, kyT, colw, last), _logit(qx, i, kyT, colw, top_j))
-        if b - lower <= _gap(colw) and b <= top:  # false for NaN (all weights 0)
-            shift = b
+    shift = _one_pass_shift(qx, i, kyT, colw, nj, stats, top)
     online = shift == np.inf
     if not online and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
         return shift, _fused_row(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
@@ -550,6 +570,20 @@ def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
     return m, total
 
 
+@numba.njit(inline="always")
+def _small_row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
+    """:func:`_row_sums` with its one-pass loop (k, d <= 3) inlined into the caller.
+
+    For the batches of small systems (:mod:`transformer_pde._kernels.batched`): at
+    n = 32 the two calls per row of :func:`_row_sums` cost as much as the row's
+    arithmetic. Rows that need the online pass, or larger k, d, call :func:`_row_sums`.
+    """
+    shift = _one_pass_shift(qx, i, kyT, colw, nj, stats, top)
+    if shift != np.inf and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
+        return shift, _fused_row_inlined(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
+    return _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top)
+
+
 def _scratch(like, nd):
     """Per-row scratch: a block of logits (dtype of ``like``), float64 accumulators."""
     raise NotImplementedError  # pragma: no cover - typed by the overload below
@@ -563,9 +597,9 @@ def _scratch_overload(like, nd):
 
 # -- softmax ----------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+def _softmax_row(row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    _, total = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
+    _, total = row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
     inv = 1.0 / total
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * inv
@@ -590,7 +624,7 @@ def softmax_field(qx, kyT, vyT, colw, causal, out):
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+            _softmax_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
@@ -600,15 +634,15 @@ def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
     stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+        _softmax_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 # -- unnormalised (USA) -----------------------------------------------------------------
 @numba.njit(inline="always")
-def _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+def _exp_row(row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
+    m, _ = row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * scale
@@ -626,7 +660,7 @@ def exp_field(qx, kyT, vyT, colw, causal, out):
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+            _exp_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
@@ -636,7 +670,29 @@ def exp_field_serial(qx, kyT, vyT, colw, causal, out):
     stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+        _exp_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+    return out
+
+
+# -- one small system, for batches ------------------------------------------------------
+@numba.njit(**_SERIAL)
+def softmax_system(qx, kyT, vyT, colw, causal, out, buf, acc, stats):
+    """:func:`softmax_field_serial` with the scratch and the source bounds' array
+    (``stats``, (3, n) if causal else (3, 1)) given, and the one-pass rows inlined
+    (:func:`_small_row_sums`): what a batch of many small systems calls per system
+    (one call per system, where :func:`softmax_field_serial` makes two per row)."""
+    _fill_source_stats(kyT, colw, causal, stats)
+    for i in range(qx.shape[0]):
+        _softmax_row(_small_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+    return out
+
+
+@numba.njit(**_SERIAL)
+def exp_system(qx, kyT, vyT, colw, causal, out, buf, acc, stats):
+    """:func:`exp_field_serial` as :func:`softmax_system` is :func:`softmax_field_serial`."""
+    _fill_source_stats(kyT, colw, causal, stats)
+    for i in range(qx.shape[0]):
+        _exp_row(_small_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
