@@ -277,6 +277,10 @@ def bench():
     sys.modules.pop(spec.name, None)
 
 
+# slow: the quick benchmark times every case idle, beside one and two busy processes and
+# concurrently (~13 s, 7 % of the default suite's budget); the harness is still checked
+# by CI's slow set
+@pytest.mark.slow
 def test_bench_contention_quick(bench, capsys, tmp_path):
     out_json = tmp_path / "sub" / "contention.json"
     status = bench.main(["--quick", "--json", str(out_json)])
