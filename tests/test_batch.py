@@ -309,6 +309,8 @@ def test_compiled_projection_and_retraction_match_numpy(shape, rng):
     assert np.abs(np.linalg.norm(y, axis=-1) - 1.0).max() <= 4 * np.finfo(float).eps  # in place
     strided = v[..., ::2]  # not contiguous: the NumPy formulas
     assert np.array_equal(sphere._project_fast(x[..., ::2], strided), sphere.project(x[..., ::2], strided))
+    zero = np.zeros(shape)  # a row of norm 0 gives NaN, as 0 / 0 in the NumPy formula (the
+    assert np.isnan(sphere._retract_fresh(zero)).all()  # steppers' finiteness check catches it)
 
 
 # ---------------------------------------------------------------------------------------
