@@ -111,6 +111,62 @@ def test_kernel_matches_reference(name, d, kind, weighted, rng):
     assert rel_err(v, v_ref) <= 1e-12
 
 
+def _count_pairs_kernel(monkeypatch):
+    """Count the calls of the symmetric-pairs kernel (serial and parallel)."""
+    from transformer_pde._kernels import attention as k
+
+    calls = []
+    for name in ("symmetric_field", "symmetric_field_serial"):
+        real = getattr(k, name)
+        monkeypatch.setattr(k, name, lambda *a, _real=real: calls.append(1) or _real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("n", [2, 3, 33, 600])  # 600 > BLOCK: rows of several blocks
+@pytest.mark.parametrize("case", ["sa-circle", "usa-sphere", "l2-plane", "sa-AtA", "sa-cluster-1e3"])
+def test_symmetric_pairs_kernel_matches_reference(case, n, monkeypatch, rng):
+    """Targets = sources and Q^T K symmetric: each pair's weight is computed once
+    (docs/math.md §9.14). Against the dense reference and the generic kernel (targets a
+    copy of the sources), with zero and unequal weights; the cluster at beta = 1e3 is the
+    hardest case of the shared shift (every weight but the near-diagonal ones underflows)."""
+    d = 3 if case in ("usa-sphere", "sa-cluster-1e3") else 2
+    x = random_sphere(rng, n, d)
+    if case == "sa-circle":
+        att = tp.SoftmaxAttention(3.0, summation="exact")
+    elif case == "usa-sphere":
+        att = tp.UnnormalizedAttention(2.0, V=rng.normal(size=(d, d)), summation="exact")
+    elif case == "l2-plane":
+        att, x = tp.L2Attention(1.5), rng.normal(size=(n, d))
+    elif case == "sa-AtA":  # Q = K = A: Q^T K = A^T A, symmetric bit for bit
+        a = rng.normal(size=(d, d))
+        att, x = tp.SoftmaxAttention(1.0, Q=a, K=a, summation="exact"), rng.normal(size=(n, d))
+    else:
+        x = x[0] + 1e-3 * rng.normal(size=(n, d))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        att = tp.SoftmaxAttention(1e3, summation="exact")
+    mass = rng.uniform(0.2, 2.0, size=n)
+    mass[n // 2] = 0.0
+    calls = _count_pairs_kernel(monkeypatch)
+    v = att.velocity(x, weights=mass)
+    assert calls  # the symmetric-pairs kernel did this one
+    generic = att._exact_field(x, x.copy(), mass / mass.sum())  # not the same array: generic rows
+    assert len(calls) == 1
+    # sums of up to n terms in other orders: ~ n eps relative (600 eps ~ 1.3e-13)
+    assert rel_err(v, att.velocity_reference(x, weights=mass)) <= 1e-12
+    assert rel_err(v, generic) <= 1e-12
+
+
+def test_symmetric_pairs_kernel_hands_over_where_the_shared_shift_fails(monkeypatch, rng):
+    """Tokens of very different norms in R^2 at beta = 50: one shift for all rows would
+    leave the small tokens' rows below exp(-600), so the generic rows do it."""
+    x = np.concatenate([rng.normal(size=(20, 2)), 5.0 * rng.normal(size=(20, 2))])
+    att = tp.SoftmaxAttention(50.0)
+    calls = _count_pairs_kernel(monkeypatch)
+    v = att.velocity(x)
+    assert not calls
+    assert rel_err(v, att.velocity_reference(x)) <= 1e-12
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_zero_mass_tokens_do_not_act(name, rng):
     """A source of mass 0 has no influence: dropping it leaves every other velocity."""

@@ -213,7 +213,7 @@ def _spy(monkeypatch):
     seen = []
     from transformer_pde._kernels import attention as k
 
-    for name in ("softmax_field", "exp_field", "sigmoid_field", "sinkhorn_potentials"):
+    for name in ("softmax_field", "exp_field", "symmetric_field", "sigmoid_field", "sinkhorn_potentials"):
         real = getattr(k, name)
 
         def wrapper(*args, _real=real, _name=name):

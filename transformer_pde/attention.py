@@ -61,19 +61,51 @@ __all__ = [
 ]
 
 
-def _softmax(qx, kx, vx, colw, causal, out):
+def _softmax(qx, kx, vx, colw, causal, out, pairs=False):
     """out_i = sum_j softmax_j(<qx_i, kx_j> + colw_j) vx_j: fused kernel or BLAS tiles.
 
     ``colw`` (float64) is shifted by its maximum (softmax does not change) so that the
     logits carry no large common offset (log(1/n) for uniform weights) into the rounding
-    of a float32 computation; it is then cast to the dtype of ``qx``.
+    of a float32 computation; it is then cast to the dtype of ``qx``. ``pairs``: the
+    targets are the sources and <qx_i, kx_j> = <qx_j, kx_i> (:func:`_symmetric_pairs`).
     """
     colw = (colw - np.max(colw)).astype(qx.dtype)
+    if pairs and _symmetric_pairs(qx, kx, vx, colw, True, out):
+        return
     if _fused(qx, vx):
         _threads.run(_name("softmax", qx), len(qx) * len(kx), _k.softmax_field_serial,
                      _k.softmax_field, qx, _t(kx), _t(vx), colw, causal, out)
     else:
         _tiled(qx, kx, vx, colw, _k.SOFTMAX, 0.0, causal, out)
+
+
+def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
+    r"""The field of a token set on itself by the symmetric-pairs kernel, if it applies.
+
+    When the targets are the sources and :math:`\langle qx_i, kx_j\rangle = \langle qx_j,
+    kx_i\rangle` (:meth:`Attention._pairs_symmetric`), each weight
+    :math:`e_{ij} = e^{\langle qx_i, kx_j\rangle - b}` serves the pair (i, j) and (j, i),
+    so the kernel computes half the exponentials (docs/math.md §9.14). It takes one shift
+    b for all rows, the Cauchy-Schwarz bound :math:`\max_i|qx_i|\max_j|kx_j|`, so it
+    applies where every row keeps a weight of at least :math:`e^{-600}` relative to b
+    (checked through the logits to the row itself and to the source of largest weight),
+    for USA where :math:`e^{b}` is finite, and for float64 with k, d <= 3 (the fused
+    kernels' sizes). Returns False, having done nothing, where it does not apply.
+    """
+    if qx.dtype != np.float64 or not (qx.shape[1] <= 3 and 1 <= vx.shape[1] <= 3) or len(qx) < 2:
+        return False
+    b = float(np.sqrt(np.max(np.einsum("ic,ic->i", qx, qx)) * np.max(np.einsum("jc,jc->j", kx, kx))))
+    top = int(np.argmax(colw))
+    with np.errstate(invalid="ignore"):  # -inf + finite for sources of zero weight
+        lower = np.maximum(np.einsum("ic,ic->i", qx, kx) + colw, qx @ kx[top] + colw[top])
+    if not (np.isfinite(b) and np.all(b - lower <= _k._GAP64) and (normalize or b <= _k._EXP_TOP)):
+        return False
+    with np.errstate(under="ignore"):
+        a = np.exp(colw)
+    scale = 1.0 if normalize else float(np.exp(b))
+    _threads.run("pairs", len(qx) * len(kx) // 2, _k.symmetric_field_serial, _k.symmetric_field,
+                 qx, _t(kx), _t(vx), a, b, normalize, scale, out)
+    return True
 
 
 def _name(kernel: str, qx: np.ndarray) -> str:
@@ -614,8 +646,30 @@ class Attention:
             if len(targets) > 1:
                 self._kernel(weights[:-1], qx[1:], kx[:-1], vx[:-1], out[1:], True)
             return out
-        self._kernel(weights, qx, kx, vx, out, causal)
+        if targets is sources and not causal and self._pairs_symmetric():
+            self._kernel(weights, qx, kx, vx, out, causal, pairs=True)
+        else:
+            self._kernel(weights, qx, kx, vx, out, causal)
         return out
+
+    #: whether ``_kernel`` takes ``pairs=True`` (the symmetric-pairs kernel)
+    _pairs_kernel = False
+
+    def _pairs_symmetric(self) -> bool:
+        """Whether the kernel may use the symmetric pairs (:func:`_symmetric_pairs`).
+
+        True when <Qx, Ky> = <Qy, Kx> for all x, y (Q^T K symmetric, exactly in float64),
+        for one system (not a batched model).
+        """
+        if not self._pairs_kernel or self.batch is not None:
+            return False
+        if self.Q is None and self.K is None:
+            return True
+        d = (self.Q if self.Q is not None else self.K).shape[1]
+        q = np.eye(d) if self.Q is None else self.Q
+        k = np.eye(d) if self.K is None else self.K
+        m = q.T @ k
+        return bool(np.array_equal(m, m.T))
 
     def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -716,8 +770,10 @@ class SoftmaxAttention(_FastSummation, Attention):
         out[first:] = np.exp(log_softmax(logits[first:], axis=1))
         return out
 
-    def _kernel(self, weights, qx, kx, vx, out, causal):
-        _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out)
+    _pairs_kernel = True
+
+    def _kernel(self, weights, qx, kx, vx, out, causal, pairs=False):
+        _softmax(qx, kx, vx, _log_weights(weights) + self._column_bias(kx), causal, out, pairs)
 
     def _kernel_batch(self, weights, qx, kx, vx, out, causal):
         colw = _log_weights(weights) + self._column_bias(kx)
@@ -893,13 +949,17 @@ class UnnormalizedAttention(_FastSummation, Attention):
         w = weights[None, :] * np.exp(qx @ kx.T)
         return np.where(_causal_mask(len(x), self.include_self), w, 0.0) if self.causal else w
 
-    def _kernel(self, weights, qx, kx, vx, out, causal):
+    _pairs_kernel = True
+
+    def _kernel(self, weights, qx, kx, vx, out, causal, pairs=False):
         # the largest weight is factored out (exactly 0 shift for uniform weights), so
         # that float32 logits carry no log(1/n) offset into their rounding
         logw = _log_weights(weights)
         top = np.max(logw)
         colw = (logw - top).astype(qx.dtype)
-        if _fused(qx, vx):
+        if pairs and _symmetric_pairs(qx, kx, vx, colw, False, out):
+            pass
+        elif _fused(qx, vx):
             _threads.run(_name("exp", qx), len(qx) * len(kx), _k.exp_field_serial,
                          _k.exp_field, qx, _t(kx), _t(vx), colw, causal, out)
         else:

@@ -90,6 +90,8 @@ __all__ = [
     "softmax_field",
     "softmax_field_serial",
     "softmax_system",
+    "symmetric_field",
+    "symmetric_field_serial",
     "exp_system",
     "weight_rows",
     "exp_field",
@@ -693,6 +695,178 @@ def exp_system(qx, kyT, vyT, colw, causal, out, buf, acc, stats):
     _fill_source_stats(kyT, colw, causal, stats)
     for i in range(qx.shape[0]):
         _exp_row(_small_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+    return out
+
+
+# -- symmetric pairs: the targets are the sources and <qx_i, ky_j> = <qx_j, ky_i> -------
+@numba.njit(inline="always")
+def _q3(qx, i):
+    """qx_i as three components (zeros beyond k)."""
+    k = qx.shape[1]
+    return qx[i, 0], qx[i, 1] if k > 1 else 0.0, qx[i, 2] if k > 2 else 0.0
+
+
+@numba.njit(inline="always")
+def _sym_one(i, q0, q1, q2, ai, j_lo, j_hi, kyT3, vyT3, a, shift, tu):
+    """Row i against the sources j_lo <= j < j_hi: returns its sums (total, acc0..2) and
+    adds a_i e_ij (and times vy_i) to the column sums ``tu`` (4, n) of those j."""
+    k0, k1, k2 = kyT3
+    v0, v1, v2 = vyT3
+    w0, w1, w2 = ai * v0[i], ai * v1[i], ai * v2[i]
+    t, u0, u1, u2 = tu[0], tu[1], tu[2], tu[3]
+    total, a0, a1, a2 = 0.0, 0.0, 0.0, 0.0
+    for b0 in range(j_lo, j_hi, BLOCK):
+        nb = min(BLOCK, j_hi - b0)
+        kb0, kb1, kb2 = k0[b0 : b0 + nb], k1[b0 : b0 + nb], k2[b0 : b0 + nb]
+        vb0, vb1, vb2 = v0[b0 : b0 + nb], v1[b0 : b0 + nb], v2[b0 : b0 + nb]
+        ab, tb = a[b0 : b0 + nb], t[b0 : b0 + nb]
+        ub0, ub1, ub2 = u0[b0 : b0 + nb], u1[b0 : b0 + nb], u2[b0 : b0 + nb]
+        s, s0, s1, s2 = 0.0, 0.0, 0.0, 0.0
+        for j in range(nb):
+            e = _exp(q0 * kb0[j] + q1 * kb1[j] + q2 * kb2[j] - shift)
+            w = ab[j] * e
+            s += w
+            s0 += w * vb0[j]
+            s1 += w * vb1[j]
+            s2 += w * vb2[j]
+            tb[j] += ai * e
+            ub0[j] += e * w0
+            ub1[j] += e * w1
+            ub2[j] += e * w2
+        total += s
+        a0 += s0
+        a1 += s1
+        a2 += s2
+    return total, a0, a1, a2
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu):
+    """The pairs j <= i of the rows i = c, c + chunks, ... (k, d <= 3, float64).
+
+    Each e_ij = exp(<qx_i, ky_j> - shift) is computed once: row i gains a_j e_ij (and
+    times vy_j), row j < i gains a_i e_ij (and times vy_i), in ``tu`` (4, n): the float64
+    sums of this chunk (total, then the three components). Rows go two at a time, i < i2
+    (the next row of the chunk), over the sources j < i together, so that each column
+    sum is loaded and stored once for both; then row i2 alone over i <= j < i2. Row sums
+    are taken block by block as in :func:`_row_sums`; a column sum of a chunk adds
+    n / chunks terms. k or d below 3 repeat the first component with a zero factor (as
+    in :func:`_fused_row`).
+    """
+    n, k = qx.shape
+    d = vyT.shape[0]
+    r1, r2 = min(1, k - 1), min(2, k - 1)
+    c1, c2 = min(1, d - 1), min(2, d - 1)
+    kyT3 = (kyT[0], kyT[r1], kyT[r2])
+    vyT3 = (vyT[0], vyT[c1], vyT[c2])
+    k0, k1, k2 = kyT3
+    v0, v1, v2 = vyT3
+    t, u0, u1, u2 = tu[0], tu[1], tu[2], tu[3]
+    for i in range(c, n, 2 * chunks):
+        p0, p1, p2 = _q3(qx, i)
+        ai = a[i]
+        i2 = i + chunks
+        if i2 >= n:  # the chunk's last row, alone
+            total, a0, a1, a2 = _sym_one(i, p0, p1, p2, ai, 0, i, kyT3, vyT3, a, shift, tu)
+        else:
+            q0, q1, q2 = _q3(qx, i2)
+            bi = a[i2]
+            wa0, wa1, wa2 = ai * v0[i], ai * v1[i], ai * v2[i]
+            wb0, wb1, wb2 = bi * v0[i2], bi * v1[i2], bi * v2[i2]
+            total, a0, a1, a2 = 0.0, 0.0, 0.0, 0.0
+            total2, b0_, b1_, b2_ = 0.0, 0.0, 0.0, 0.0
+            for j0 in range(0, i, BLOCK):
+                nb = min(BLOCK, i - j0)
+                kb0, kb1, kb2 = k0[j0 : j0 + nb], k1[j0 : j0 + nb], k2[j0 : j0 + nb]
+                vb0, vb1, vb2 = v0[j0 : j0 + nb], v1[j0 : j0 + nb], v2[j0 : j0 + nb]
+                ab, tb = a[j0 : j0 + nb], t[j0 : j0 + nb]
+                ub0, ub1, ub2 = u0[j0 : j0 + nb], u1[j0 : j0 + nb], u2[j0 : j0 + nb]
+                sa, sa0, sa1, sa2 = 0.0, 0.0, 0.0, 0.0
+                sb, sb0, sb1, sb2 = 0.0, 0.0, 0.0, 0.0
+                for j in range(nb):
+                    x0, x1, x2 = kb0[j], kb1[j], kb2[j]
+                    ea = _exp(p0 * x0 + p1 * x1 + p2 * x2 - shift)
+                    eb = _exp(q0 * x0 + q1 * x1 + q2 * x2 - shift)
+                    y0, y1, y2 = vb0[j], vb1[j], vb2[j]
+                    wa, wb = ab[j] * ea, ab[j] * eb
+                    sa += wa
+                    sa0 += wa * y0
+                    sa1 += wa * y1
+                    sa2 += wa * y2
+                    sb += wb
+                    sb0 += wb * y0
+                    sb1 += wb * y1
+                    sb2 += wb * y2
+                    tb[j] += ai * ea + bi * eb
+                    ub0[j] += ea * wa0 + eb * wb0
+                    ub1[j] += ea * wa1 + eb * wb1
+                    ub2[j] += ea * wa2 + eb * wb2
+                total += sa
+                a0 += sa0
+                a1 += sa1
+                a2 += sa2
+                total2 += sb
+                b0_ += sb0
+                b1_ += sb1
+                b2_ += sb2
+            s, s0, s1, s2 = _sym_one(i2, q0, q1, q2, bi, i, i2, kyT3, vyT3, a, shift, tu)
+            e = _exp(q0 * k0[i2] + q1 * k1[i2] + q2 * k2[i2] - shift) * bi  # the pair (i2, i2)
+            t[i2] += total2 + s + e
+            u0[i2] += b0_ + s0 + e * v0[i2]
+            u1[i2] += b1_ + s1 + e * v1[i2]
+            u2[i2] += b2_ + s2 + e * v2[i2]
+        e = _exp(p0 * k0[i] + p1 * k1[i] + p2 * k2[i] - shift) * ai  # the pair (i, i), once
+        t[i] += total + e
+        u0[i] += a0 + e * v0[i]
+        u1[i] += a1 + e * v1[i]
+        u2[i] += a2 + e * v2[i]
+
+
+@numba.njit(inline="always")
+def _sym_finish(tu, normalize, scale, out):
+    """out_i = (sum over chunks of the component sums) / (of the totals) (softmax), or
+    times ``scale`` (USA)."""
+    n, d = out.shape
+    for i in range(n):
+        t = 0.0
+        for c in range(tu.shape[0]):
+            t += tu[c, 0, i]
+        f = 1.0 / t if normalize else scale
+        for r in range(d):
+            v = 0.0
+            for c in range(tu.shape[0]):
+                v += tu[c, r + 1, i]
+            out[i, r] = v * f
+
+
+@numba.njit(**_JIT)
+def symmetric_field(qx, kyT, vyT, a, shift, normalize, scale, out):
+    """The softmax (``normalize``) or unnormalised (times ``scale``) field of a token set
+    on itself when <qx_i, ky_j> = <qx_j, ky_i>: out_i = sum_j a_j e_ij vy_j / sum_j a_j e_ij,
+    or scale sum_j a_j e_ij vy_j, e_ij = exp(<qx_i, ky_j> - shift) computed once per pair.
+
+    ``a`` (n,) the source weights (exp of the log-weights), ``shift`` >= every logit; k,
+    d <= 3, float64. The chunks of rows are those of :func:`_n_chunks`, the same for this
+    kernel and :func:`symmetric_field_serial`, which thus give the same numbers.
+    """
+    n = qx.shape[0]
+    chunks = _n_chunks(n)
+    tu = np.zeros((chunks, 4, n))
+    for c in numba.prange(chunks):
+        _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
+    _sym_finish(tu, normalize, scale, out)
+    return out
+
+
+@numba.njit(**_SERIAL)
+def symmetric_field_serial(qx, kyT, vyT, a, shift, normalize, scale, out):
+    """:func:`symmetric_field` on the calling thread only (releases the GIL)."""
+    n = qx.shape[0]
+    chunks = _n_chunks(n)
+    tu = np.zeros((chunks, 4, n))
+    for c in range(chunks):
+        _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
+    _sym_finish(tu, normalize, scale, out)
     return out
 
 
