@@ -5,7 +5,10 @@ Rows (medians of interleaved repeats, one run; ratio = other / ours, a speed-up)
 - ``pairs/s``: SA and USA at d = 3 (tokens uniform on S^2, beta = 1): one
   ``att.velocity(x)`` against the dense NumPy reference, with all threads and with one
   (``tp.num_threads(1)``); ``pairs_per_s`` = n^2 / time. Targets: 1e9 pairs/s on the two
-  cores, 5e8 on one.
+  cores, 5e8 on one. Two kernels: with Q = K = I the *symmetric pairs* (each pair's
+  exponential once for both rows, docs/math.md §9.14), and the *generic rows* (every
+  pair of every row), timed with Q a fixed rotation of S^2 (Q^T K not symmetric; the
+  same cost as any other Q).
 - ``d = 64``: the BLAS-tile path against the dense reference, with all threads (the
   tiles on as many Python threads, if the thread chooser finds that faster) and with
   one; target 2x.
@@ -93,10 +96,15 @@ def _row(section, case, ours_s, other, other_s, target, holds, **extra) -> dict:
     return row
 
 
-def _attention(variant: str):
+#: a fixed rotation of R^3 (by 0.3 rad about the z axis): as Q it makes Q^T K = Q^T not
+#: symmetric, so velocity() takes the generic rows
+_ROTATION = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0], [0.0, 0.0, 1.0]])
+
+
+def _attention(variant: str, Q=None):
     # summation="exact": on S^2 these models would otherwise use fast summation (bench_fastsum)
-    return (tp.SoftmaxAttention(1.0, summation="exact") if variant == "SA"
-            else tp.UnnormalizedAttention(1.0, summation="exact"))
+    cls = tp.SoftmaxAttention if variant == "SA" else tp.UnnormalizedAttention
+    return cls(1.0, Q=Q, summation="exact")
 
 
 def _float32_error(att, x, v32, v64) -> float:
@@ -113,19 +121,20 @@ def measure(quick: bool = False, baseline: str | None = None) -> list[dict]:
     pairs = float(n) * n
     threads = tp.get_num_threads()
     for variant in ("SA", "USA"):
-        att = _attention(variant)
-        x = _sphere(n, 3)
-        t_all, t_ref = _interleaved([partial(att.velocity, x),
-                                     partial(att.velocity_reference, x)], repeats)
-        rows.append(_row("pairs/s", f"{variant} d=3 n={n}, {threads} threads", t_all,
-                         "dense NumPy reference", t_ref, "1e9 pairs/s (2 cores)",
-                         pairs / t_all >= 1e9, pairs_per_s=pairs / t_all))
-        with tp.num_threads(1):
-            t_one, t_ref1 = _interleaved([partial(att.velocity, x),
-                                          partial(att.velocity_reference, x)], repeats)
-        rows.append(_row("pairs/s", f"{variant} d=3 n={n}, 1 thread", t_one,
-                         "dense NumPy reference", t_ref1, "5e8 pairs/s (1 core)",
-                         pairs / t_one >= 5e8, pairs_per_s=pairs / t_one))
+        for kernel, att in (("symmetric pairs", _attention(variant)),
+                            ("generic rows", _attention(variant, Q=_ROTATION))):
+            x = _sphere(n, 3)
+            t_all, t_ref = _interleaved([partial(att.velocity, x),
+                                         partial(att.velocity_reference, x)], repeats)
+            rows.append(_row("pairs/s", f"{variant} d=3 n={n}, {kernel}, {threads} threads", t_all,
+                             "dense NumPy reference", t_ref, "1e9 pairs/s (2 cores)",
+                             pairs / t_all >= 1e9, pairs_per_s=pairs / t_all))
+            with tp.num_threads(1):
+                t_one, t_ref1 = _interleaved([partial(att.velocity, x),
+                                              partial(att.velocity_reference, x)], repeats)
+            rows.append(_row("pairs/s", f"{variant} d=3 n={n}, {kernel}, 1 thread", t_one,
+                             "dense NumPy reference", t_ref1, "5e8 pairs/s (1 core)",
+                             pairs / t_one >= 5e8, pairs_per_s=pairs / t_one))
     for variant in ("SA", "USA"):
         att = _attention(variant)
         x = _sphere(n, 64)
@@ -141,8 +150,8 @@ def measure(quick: bool = False, baseline: str | None = None) -> list[dict]:
                          "dense NumPy reference", t_ref1, "(tiles on one thread)", None,
                          pairs_per_s=pairs / t_one))
     for variant in ("SA", "USA"):
-        att = _attention(variant)
-        for d in (3, 64):
+        for d in (3, 64):  # float64 on the generic rows too (the symmetric pairs are float64 only)
+            att = _attention(variant, Q=_ROTATION if d == 3 else None)
             x = _sphere(n, d)
             t32, t64 = _interleaved([partial(att.velocity, x, dtype=np.float32),
                                      partial(att.velocity, x)], repeats)
