@@ -401,8 +401,7 @@ def particles(x, y, p=2, a_weights=None, b_weights=None, metric: str = "euclidea
         :math:`W_p` (not :math:`W_p^p`).
     """
     p = _as_order(p)
-    if metric not in ("euclidean", "geodesic"):
-        raise ValueError(f"metric must be 'euclidean' or 'geodesic', got {metric!r}")
+    _v.as_choice(metric, "metric", ("euclidean", "geodesic"))
     x = _as_points(x, "x")
     y = _as_points(y, "y")
     if x.shape[1] != y.shape[1]:
@@ -653,9 +652,7 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
             f"density must live on a CircleGrid, CartesianGrid, SphereGrid or ZonalGrid, got {grid!r}"
         )
     default = "exact" if kind in ("circle", "line", "polar") else "cells"
-    method = default if method is None else method
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
+    method = default if method is None else _v.as_choice(method, "method", _METHODS)
     if method == "exact" and kind not in ("circle", "line", "polar"):
         raise ValueError(
             f"method='exact' is available on a CircleGrid, a 1-D CartesianGrid and a ZonalGrid, not on "

@@ -566,11 +566,11 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     cfl = _v.as_positive(cfl, "cfl")
     if cfl > 0.5:
         raise ValueError(f"cfl must be in (0, 0.5] (positivity of the MUSCL scheme), got {cfl}")
-    if not isinstance(field, str) or field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
-    if not isinstance(method, str) or method not in METHODS:
+    _v.as_choice(field, "field", FIELDS)
+    if isinstance(method, str) and method not in METHODS:
         raise ValueError(f"method (the time stepper) must be one of {METHODS}, got {method!r}; "
                          f"the field algorithm is field= {FIELDS}")
+    _v.as_choice(method, "method", METHODS)
     max_steps = _v.as_positive_int(max_steps, "max_steps")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
     dyn._check_span(t0, t1)
