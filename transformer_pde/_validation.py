@@ -213,6 +213,8 @@ def as_matrix(value, name: str, shape: tuple[int | None, int | None]) -> np.ndar
     if arr.ndim != 2 or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=True)):
         want = "(" + ", ".join("k" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
     _check_finite(arr, name)
     return arr
 

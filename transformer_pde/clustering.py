@@ -90,17 +90,20 @@ def _states(obj, name: str = "x") -> tuple[list[tuple[np.ndarray, np.ndarray]], 
         values = obj.values[None] if isinstance(obj, Density) else obj.density
         pts = np.asarray(grid.centers, dtype=float).reshape(-1, grid.dim)
         out = []
-        for rho in values:
+        for k, rho in enumerate(values):
             w = (rho * grid.volumes).ravel()
-            out.append((pts, w / w.sum()))
+            total = w.sum()
+            if not 0.0 < total < np.inf:  # a Density refuses it; a trajectory's arrays may be edited
+                raise ValueError(f"{name} has a state (index {k}) of mass {total:.3g}: the measure "
+                                 "needs a positive, finite mass")
+            out.append((pts, w / total))
         return out, isinstance(obj, Density)
-    x = np.asarray(obj, dtype=float)
+    x = _v.as_real_array(obj, name, nonempty=False, finite=False)
     if x.ndim == 2:
         x = _v.as_tokens(x, name)
         return [(x, np.full(len(x), 1.0 / len(x)))], True
-    if x.ndim == 3 and x.shape[1] >= 1:
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name} must be finite")
+    if x.ndim == 3 and min(x.shape) >= 1:
+        _v.as_real_array(x, name)  # finite, naming the first entry that is not
         n = x.shape[1]
         return [(xk, np.full(n, 1.0 / n)) for xk in x], False
     raise ValueError(

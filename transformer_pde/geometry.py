@@ -123,4 +123,6 @@ def as_geometry(geometry) -> Euclidean | Sphere:
     if isinstance(geometry, (Euclidean, Sphere)):
         return geometry
     table = {"sphere": Sphere, "euclidean": Euclidean}
+    if isinstance(geometry, str) and geometry not in table:
+        raise ValueError(f"geometry must be 'sphere' or 'euclidean', got {geometry!r}")
     return table[_v.as_choice(geometry, "geometry", tuple(table))]()

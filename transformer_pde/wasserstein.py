@@ -460,7 +460,8 @@ def sphere_sliced(x, y, p=2, n_projections: int = 256, rng=None, a_weights=None,
     p : float, default 2
         Order, p >= 1.
     n_projections : int, default 256
-        Number of random great circles.
+        Number of random great circles; ``n_projections * (n + m) * max(d, 2) * 8`` bytes
+        must stay below ``DENSE_LIMIT_BYTES`` (2 GiB), else ``ValueError``.
     rng : numpy.random.Generator or int or None
         Source of the projections.
     a_weights, b_weights : array_like, shape (n,) and (m,), optional
@@ -483,6 +484,12 @@ def sphere_sliced(x, y, p=2, n_projections: int = 256, rng=None, a_weights=None,
     x, y = _check_unit(x, "x"), _check_unit(y, "y")
     a = _v.as_weights(a_weights, len(x), "a_weights")
     b = _v.as_weights(b_weights, len(y), "b_weights")
+    # POT projects every point on every great circle: (n_projections, n + m, 2) floats
+    _v.check_dense_size((n_projections, len(x) + len(y), max(2, x.shape[1])),
+                        f"sphere_sliced with n_projections={n_projections} and n + m = "
+                        f"{len(x) + len(y)} points",
+                        "use fewer n_projections (the relative standard error is about "
+                        "1/sqrt(n_projections): 256 give a few per cent)")
     proj = _stiefel(rng, n_projections, x.shape[1])
     # POT reshapes by its n_projections argument even when given the projections
     turns = ot.sliced_wasserstein_sphere(x, y, a, b, n_projections=n_projections, p=p,
