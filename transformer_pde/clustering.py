@@ -140,13 +140,22 @@ def _link_parameters(threshold, distance):
     return threshold, None if distance is None else _v.as_positive(distance, "distance")
 
 
+def _gram(x: np.ndarray) -> np.ndarray:
+    """The Gram matrix x x^T (n, n) of tokens, refused above the dense limit (2 GiB)."""
+    n = len(x)
+    _v.check_dense_size((n, n), f"the pairwise statistics of n={n} tokens (their Gram matrix)",
+                        "pass a subsample of the tokens (x[::k]); cluster statistics of a "
+                        "subsample estimate those of the whole")
+    return x @ x.T
+
+
 def _components(x: np.ndarray, threshold: float, distance: float | None):
     """``(count, labels)`` of the link graph of tokens x (n, d)."""
     if distance is None:
-        linked = x @ x.T > threshold
+        linked = _gram(x) > threshold
     else:
         sq = np.sum(x * x, axis=1)
-        linked = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T) < distance**2
+        linked = sq[:, None] + sq[None, :] - 2.0 * _gram(x) < distance**2
     return connected_components(linked, directed=False)
 
 
@@ -197,8 +206,8 @@ def _offdiagonal(x: np.ndarray) -> np.ndarray:
     n = len(x)
     if n < 2:
         raise ValueError(f"x must have at least 2 tokens for pairwise statistics, got {n}")
-    iu = np.triu_indices(n, k=1)
-    return (x @ x.T)[iu]
+    gram = _gram(x)
+    return gram[np.triu_indices(n, k=1)]
 
 
 def clustered_pair_fraction(x, threshold: float = PAIR_THRESHOLD):
@@ -500,7 +509,7 @@ def effective_dimension(x, rtol: float = EFFECTIVE_DIMENSION_RTOL):
 
 
 def _link_matrix(x: np.ndarray, threshold: float) -> np.ndarray:
-    return (x @ x.T > threshold).astype(float)
+    return (_gram(x) > threshold).astype(float)
 
 
 def cluster_rank(x, threshold: float = CLUSTER_THRESHOLD):

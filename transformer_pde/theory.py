@@ -126,6 +126,12 @@ def equiangular_rate(rho, n: int, beta: float, model: str = "SA"):
     beta : float
         Inverse temperature.
     model : {"SA", "USA"}
+
+    Returns
+    -------
+    float or ndarray, shape of rho
+        The rate; for USA ``inf`` where :math:`e^{\beta\rho}` exceeds float64 (the true
+        rate, finite, is not representable). SA rates are bounded by :math:`2(1-\rho)(1+(n-1)\rho)/(n-1)`.
     """
     n, beta, model = _n_tokens(n), _v.as_real(beta, "beta"), _model(model)
     with np.errstate(over="ignore"):  # USA at large beta rho: the rate is inf (its limit)
@@ -335,8 +341,9 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     float or ndarray, shape of l
         Finite for SA at every beta (:math:`\to l(l+d-2)/\beta` as :math:`\beta \to \infty`,
         docs/math.md §9.19); for USA ``inf`` where :math:`I_\nu(\beta)` exceeds float64
-        (beta above about 700): the true rate is finite but not representable. Above
-        beta = 500 the case d = 3 uses the ratio form of any d (:math:`i_l` overflows there).
+        (beta above about 700): the true rate is finite but not representable. Outside
+        1e-3 <= beta <= 500 the case d = 3 uses the ratio form of any d (:math:`i_l`
+        overflows above, underflows below).
 
     Examples
     --------
@@ -349,7 +356,7 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     beta, model = _v.as_positive(beta, "beta"), _model(model)
     d = _dimension(d)
     l = _degrees(l, "l").astype(int)
-    if d == 3 and beta <= 500.0:  # below the overflow of i_l(beta) (about e^beta / 2 beta)
+    if d == 3 and 1e-3 <= beta <= 500.0:  # i_l(beta) neither overflows nor underflows
         rate = l * (l + 1) * spherical_in(l, beta) / beta
         return rate / spherical_in(0, beta) if model == "SA" else rate
     nu = 0.5 * (d - 2)
@@ -641,11 +648,15 @@ def noisy_order_parameter(kappa: float, d: int = 2) -> float:
         r = \frac{I_{d/2}(\kappa r)}{I_{d/2-1}(\kappa r)}
 
     (:math:`r = I_1(\kappa r)/I_0(\kappa r)` on the circle): r = 0 for :math:`\kappa \le d`,
-    the positive root for :math:`\kappa > d` (a pitchfork at :math:`\kappa_c = d`).
+    the positive root for :math:`\kappa > d` (a pitchfork at :math:`\kappa_c = d`). Above
+    :math:`\kappa = 10^8` the expansion :math:`r = 1 - (d-1)/(2\kappa) + O(\kappa^{-2})`
+    (from :math:`I_{\nu+1}/I_\nu(x) = 1 - (2\nu+1)/(2x) + O(x^{-2})`) is exact to round-off.
     """
     kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)
     if kappa <= d:
         return 0.0
+    if kappa > 1e8:  # r = 1 - (d-1)/(2 kappa) + O(kappa^-2): exact to round-off here
+        return 1.0 - (d - 1) / (2.0 * kappa)
 
     def gap(r):
         return ive(d / 2.0, kappa * r) / ive(d / 2.0 - 1.0, kappa * r) - r
