@@ -772,7 +772,7 @@ def covariance_rank(results, rtol: float = 1e-6, *, k: int = -1) -> np.ndarray:
     if isinstance(results, GaussianTrajectory):
         results = [results]
     if isinstance(results, np.ndarray):
-        covs = np.asarray(results, dtype=float)
+        covs = _v.as_real_array(results, "results")
     else:
         results = list(results)
         bad = [type(r).__name__ for r in results if not isinstance(r, GaussianTrajectory)]

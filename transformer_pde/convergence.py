@@ -193,7 +193,7 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
     seeds = np.array([int(s) for s in seeds])
     if len(seeds) < 1:
         raise ValueError("seeds must contain at least one seed")
-    times = np.asarray(times, dtype=float)
+    times = _v.as_real_array(times, "times")
     if times.ndim != 1 or times.size == 0 or np.any(times <= 0) or np.any(np.diff(times) <= 0):
         raise ValueError(f"times must be increasing and > 0, got {times}")
     orders = [_v.as_positive(q, "p") for q in (p if isinstance(p, Sequence) else [p])]

@@ -341,10 +341,7 @@ def _square_size(cov, name: str) -> int:
 
 
 def _check_t_eval(t_eval, name: str = "t_eval") -> np.ndarray:
-    try:
-        t = np.atleast_1d(np.asarray(t_eval, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a 1-D array of times, got {t_eval!r}") from None
+    t = np.atleast_1d(_v.as_real_array(t_eval, name, nonempty=False, finite=False))
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of times, got shape {t.shape}")
     if not np.all(np.isfinite(t)):

@@ -295,8 +295,8 @@ def circle_growth_rate(k, beta: float, model: str = "SA"):
     docs/math.md §2.4: :math:`\lambda_k^{SA} = k^2 I_k(\beta)/(\beta I_0(\beta))`,
     :math:`\lambda_k^{USA} = k^2 I_k(\beta)/\beta` (:math:`\beta > 0`).
 
-    Returns ``inf`` for USA where :math:`I_k(\beta)` exceeds float64 (beta above about
-    713): the true rate, about :math:`k^2e^\beta/\beta^{3/2}`, is finite but not
+    Returns ``inf`` for USA where :math:`e^\beta` exceeds float64 (beta above about
+    709.8): the true rate, about :math:`k^2e^\beta/\beta^{3/2}`, is finite but not
     representable. SA rates are finite for every beta (:math:`\to k^2/\beta`).
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
@@ -891,7 +891,7 @@ def retrieval_profile(s_prime, t, beta: float, k: int = 1, method: str = "closed
     >>> bool(np.all(np.diff(p) < 0))
     True
     """
-    sp = np.asarray(s_prime, dtype=float)
+    sp = _v.as_real_array(s_prime, "s_prime", finite=False)  # the range check names NaN
     flat = [causal_correlation(1.0, float(x), t, beta, k, method) for x in sp.ravel()]
     return np.asarray(flat).reshape(sp.shape)
 
