@@ -504,12 +504,16 @@ class Attention:
         return check_finite_output(out, repr(self))
 
     def velocity_reference(self, x, weights=None) -> np.ndarray:
-        """Attention output computed densely in NumPy, shape (n, d). See :meth:`matrix`."""
+        """Attention output computed densely in NumPy, shape (n, d). See :meth:`matrix`.
+
+        The readable reference of :meth:`velocity`, arithmetic included: where the weights
+        overflow it returns the inf/NaN rows that the plain formula gives (tests locate
+        the first bad token with it), while :meth:`velocity` and :meth:`matrix` raise
+        ``FloatingPointError`` naming that token.
+        """
         x, weights = self._check_dense(x, weights, "velocity_reference")
         _, _, vx = self._projections(x)
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named just below
-            out = self._matrix_reference(x, weights) @ vx
-        return check_finite_output(out, repr(self))
+        return self._matrix_reference(x, weights) @ vx
 
     def velocity(self, x, weights=None, dtype=None) -> np.ndarray:
         r"""Attention output from the Numba kernel, shape (n, d). See :meth:`matrix`.
