@@ -54,7 +54,8 @@ REFUSED = [
     # non-finite or meaningless results once returned quietly
     ("usa-matrix-overflow", lambda: tp.UnnormalizedAttention(1000).matrix(X3),
      FloatingPointError, "it overflows float64"),
-    ("usa-velocity-overflow", lambda: tp.UnnormalizedAttention(1000).velocity(X3),
+    ("usa-heads-matrix-overflow",
+     lambda: tp.MultiHeadAttention([tp.UnnormalizedAttention(1000)] * 2).matrix(X3),
      FloatingPointError, "it overflows float64"),
     ("zero-mass-density", lambda: tp.Density(tp.CircleGrid(8), np.zeros(8)),
      ValueError, "values must have a positive, finite total mass"),
