@@ -175,6 +175,8 @@ def check_dense_size(shape, name: str, alternative: str, itemsize: int = 8) -> N
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
     if not np.all(np.isfinite(arr)):
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must be finite, got {arr[()]}")
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
             f"{name} must be finite, but entry {tuple(int(b) for b in bad)} is {arr[tuple(bad)]}"
