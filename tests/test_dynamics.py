@@ -253,7 +253,7 @@ def test_bad_construction():
     att = tp.SoftmaxAttention(1.0)
     with pytest.raises(ValueError, match="geometry must be 'sphere' or 'euclidean'"):
         tp.TokenDynamics(att, geometry="torus")
-    with pytest.raises(ValueError, match="geometry must be"):
+    with pytest.raises(TypeError, match="geometry must be a string"):
         tp.TokenDynamics(att, geometry=None)
     with pytest.raises(ValueError, match="norm must be one of"):
         tp.TokenDynamics(att, norm="layer")

@@ -217,7 +217,7 @@ def test_fast_on_ineligible_raises(rng, make, x_kind, match):
 
 @pytest.mark.parametrize("kw, err, match", [
     (dict(summation="fastest"), ValueError, "summation must be one of"),
-    (dict(summation=None), ValueError, "summation must be one of"),
+    (dict(summation=None), TypeError, "summation must be a string, one of"),
     (dict(tol=0.0), ValueError, "tol must be"),
     (dict(tol=-1e-3), ValueError, "tol must be"),
     (dict(tol=2.0), ValueError, "tol must be"),

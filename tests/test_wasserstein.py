@@ -573,7 +573,7 @@ def test_bad_input_errors():
         tw.to_density(x3, Density.uniform(SphereGrid(4)), method="exact")
     with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
         tw.to_density(np.zeros((2, 2)), Density.uniform(SphereGrid(4)))
-    with pytest.raises(ValueError, match="density must have positive mass"):
+    with pytest.raises(ValueError, match="values must have a positive, finite total mass"):
         tw.to_density([0.0], Density(grid, np.zeros(8)))
     with pytest.raises(ValueError, match="EMD_MAX_ENTRIES"):
         tw.particles(np.zeros((20_000, 1)), np.zeros((20_000, 1)))

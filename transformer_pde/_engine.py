@@ -330,22 +330,19 @@ class PIController:
 
 def check_times(t_span, t_eval, default_count: int = 101):
     """Validate ``t_span = (t0, t1)`` and the saved times; returns ``(t0, t1, t_eval)``."""
-    try:
-        t0, t1 = t_span
-    except (TypeError, ValueError):
-        raise TypeError(f"t_span must be a pair (t0, t1), got {t_span!r}") from None
-    t0, t1 = _v.as_real(t0, "t_span[0]"), _v.as_real(t1, "t_span[1]")
-    if not t1 > t0:
-        raise ValueError(f"t_span must satisfy t0 < t1 (forward in time), got ({t0}, {t1})")
+    t0, t1 = _v.as_time_span(t_span, "t_span")
     if t_eval is None:
         return t0, t1, np.linspace(t0, t1, default_count)
-    t_eval = np.atleast_1d(np.asarray(t_eval, dtype=np.float64))
+    t_eval = np.atleast_1d(_v.as_real_array(t_eval, "t_eval", nonempty=False, finite=False))
     if t_eval.ndim != 1 or t_eval.size == 0:
         raise ValueError(f"t_eval must be a non-empty 1-D array of times, got shape {t_eval.shape}")
-    if not np.all(np.isfinite(t_eval)):
-        raise ValueError("t_eval must be finite")
+    _v.as_real_array(t_eval, "t_eval")  # finite, naming the first entry that is not
     if np.any(np.diff(t_eval) <= 0):
-        raise ValueError("t_eval must be strictly increasing")
+        k = int(np.argmax(np.diff(t_eval) <= 0))
+        raise ValueError(
+            f"t_eval must be strictly increasing, got t_eval[{k}] = {t_eval[k]} >= "
+            f"t_eval[{k + 1}] = {t_eval[k + 1]}"
+        )
     if t_eval[0] < t0 or t_eval[-1] > t1:
         raise ValueError(
             f"t_eval must lie inside t_span=({t0}, {t1}), got times from {t_eval[0]} to {t_eval[-1]}"

@@ -45,6 +45,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import expit, ive, roots_legendre, spherical_in
 
+from . import _validation as _v
+
 __all__ = [
     "SummationReport",
     "SUMMATIONS",
@@ -141,8 +143,7 @@ _EXACT = SummationReport("exact", reason="summation='exact'")
 
 def check_summation(summation, tol) -> tuple[str, float]:
     """Validate the ``summation`` and ``tol`` keywords of an attention model."""
-    if not isinstance(summation, str) or summation not in SUMMATIONS:
-        raise ValueError(f"summation must be one of {SUMMATIONS}, got {summation!r}")
+    _v.as_choice(summation, "summation", SUMMATIONS)
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)):
         raise TypeError(f"tol must be a positive real number, got {tol!r} ({type(tol).__name__})")
     tol = float(tol)

@@ -373,6 +373,12 @@ class Attention:
     summation: str = "exact"
 
     def __init__(self, beta: float = 1.0, Q=None, K=None, V=None):
+        if type(self) is Attention:
+            raise TypeError(
+                "Attention is the base class of the attention variants and has no weights of its "
+                "own; use SoftmaxAttention, UnnormalizedAttention, L2Attention, SigmoidAttention, "
+                "SinkhornAttention or ALiBiAttention"
+            )
         sizes = {}
         if np.ndim(beta) == 0:
             self.beta = _v.as_real(beta, "beta")
@@ -493,15 +499,24 @@ class Attention:
         """``(beta Q x, K x, V x)`` as contiguous (n, k), (n, k), (n, d) arrays."""
         return (self._query(x),) + self._keys_values(x)
 
+    def _check_dense(self, x, weights, view: str):
+        """:meth:`_check`, and refuse an (n, n) array above the dense limit (naming velocity())."""
+        x, weights = self._check(x, weights)
+        n = x.shape[0]
+        _v.check_dense_size((n, n), f"{type(self).__name__}.{view} with n={n} tokens",
+                            "use velocity(), which never forms the matrix (O(n d) memory), "
+                            "or fewer tokens")
+        return x, weights
+
     def logits(self, x, weights=None) -> np.ndarray:
         r"""Dense logits :math:`\ell_{ij} = \beta\langle Qx_i, Kx_j\rangle`, shape (n, n)."""
-        x, _ = self._check(x, weights)
+        x, _ = self._check_dense(x, weights, "logits")
         qx, kx, _ = self._projections(x)
         return qx @ kx.T
 
     # -- the three views --------------------------------------------------------------
     def matrix(self, x, weights=None) -> np.ndarray:
-        """Dense weight matrix W, shape (n, n), with ``A_i = sum_j W_ij V x_j``.
+        r"""Dense weight matrix W, shape (n, n), with ``A_i = sum_j W_ij V x_j``.
 
         Parameters
         ----------
@@ -509,13 +524,26 @@ class Attention:
             Tokens.
         weights : array_like, shape (n,), optional
             Nonnegative token weights (normalised to sum 1); uniform ``1/n`` by default.
+
+        Raises ``FloatingPointError`` where an entry overflows float64 (unnormalized and
+        sigmoid weights grow like :math:`e^{\beta\langle Qx, Ky\rangle}`), as
+        :meth:`velocity` does, and ``ValueError`` when the (n, n) array would exceed
+        ``DENSE_LIMIT_BYTES`` (2 GiB, n > 16384): :meth:`velocity` never forms it.
         """
-        x, weights = self._check(x, weights)
-        return self._matrix_reference(x, weights)
+        x, weights = self._check_dense(x, weights, "matrix")
+        with np.errstate(over="ignore"):  # an overflow is named just below
+            out = self._matrix_reference(x, weights)
+        return check_finite_output(out, repr(self))
 
     def velocity_reference(self, x, weights=None) -> np.ndarray:
-        """Attention output computed densely in NumPy, shape (n, d). See :meth:`matrix`."""
-        x, weights = self._check(x, weights)
+        """Attention output computed densely in NumPy, shape (n, d). See :meth:`matrix`.
+
+        The readable reference of :meth:`velocity`, arithmetic included: where the weights
+        overflow it returns the inf/NaN rows that the plain formula gives (tests locate
+        the first bad token with it), while :meth:`velocity` and :meth:`matrix` raise
+        ``FloatingPointError`` naming that token.
+        """
+        x, weights = self._check_dense(x, weights, "velocity_reference")
         _, _, vx = self._projections(x)
         return self._matrix_reference(x, weights) @ vx
 
@@ -672,10 +700,12 @@ class Attention:
         return bool(np.array_equal(m, m.T))
 
     def _matrix_reference(self, x, weights):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define its weight matrix "
+                                  "(_matrix_reference); a variant must")
 
     def _kernel(self, weights, qx, kx, vx, out, causal):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define its kernel (_kernel); "
+                                  "a variant must")
 
 
 class _FastSummation:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["main", "build_parser", "DEFAULT_OUT", "DEFAULT_VALIDATION_OUT"]
+__all__ = ["main", "build_parser", "COMMANDS", "DEFAULT_OUT", "DEFAULT_VALIDATION_OUT"]
 
 #: default folder of ``transformer-pde demo``, relative to the working directory
 DEFAULT_OUT = "transformer_pde_demo"
@@ -56,6 +56,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one would silently mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a path, got {text!r}; write . for the working directory"
+        )
+    return text
+
+
+#: the sub-commands, in the order of the usage text
+COMMANDS = ("demo", "validate", "run", "sweep", "plot")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``transformer-pde`` (sub-commands demo, validate, run, sweep, plot)."""
     parser = argparse.ArgumentParser(
@@ -73,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "random positions on the circle and on the sphere S^2, and write "
                     "tokens.png and summary.json into a folder.",
     )
-    demo.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+    demo.add_argument("--out", metavar="DIR", type=_path, default=DEFAULT_OUT,
                       help=f"folder to write into, created if missing (default: ./{DEFAULT_OUT})")
     demo.add_argument("--quick", action="store_true",
                       help="fewer tokens and a shorter time (n=32, T=15) unless given")
@@ -98,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                     f"write report.md into a folder, by default ./{DEFAULT_VALIDATION_OUT}/ "
                     "(relative to the working directory). Works from any directory.",
     )
-    val.add_argument("--out", metavar="DIR", default=DEFAULT_VALIDATION_OUT,
+    val.add_argument("--out", metavar="DIR", type=_path, default=DEFAULT_VALIDATION_OUT,
                      help=f"folder for the report and results, created if missing "
                           f"(default: ./{DEFAULT_VALIDATION_OUT})")
     val.add_argument("--quick", action="store_true",
                      help="the small, fast mode (a few minutes for all thirteen)")
-    val.add_argument("--dir", metavar="DIR", default=None,
+    val.add_argument("--dir", metavar="DIR", type=_path, default=None,
                      help="run the *.py scripts of this folder instead (your own validations, each "
                           "taking --quick and --out DIR and writing NAME.json; default: the package's)")
     val.add_argument("--only", metavar="NAME", nargs="+", default=None,
@@ -120,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Run files are data, never executed.",
     )
     run.add_argument("runfile", metavar="STUDY.toml", help="the run file")
-    run.add_argument("--output", metavar="DIR", default=None,
+    run.add_argument("--output", metavar="DIR", type=_path, default=None,
                      help="folder to write into (default: output.dir of the run file, else "
                           "./STUDY_results)")
     run.add_argument("--resume", action="store_true",
@@ -136,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "recorded with its error; the others finish.",
     )
     swp.add_argument("runfile", metavar="STUDY.toml", help="the run file, with a [sweep] section")
-    swp.add_argument("--output", metavar="FILE", default=None,
+    swp.add_argument("--output", metavar="FILE", type=_path, default=None,
                      help="HDF5 file of the sweep (default: ./STUDY_sweep.h5)")
     swp.add_argument("--resume", action="store_true", help="compute only the points FILE lacks")
     swp.add_argument("--workers", metavar="N", type=_int_at_least(1), default=None,
@@ -156,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "W against n for convergence studies, the points for sweeps.",
     )
     plot.add_argument("paths", metavar="RESULT.h5|DIR", nargs="+", help="result files or folders")
-    plot.add_argument("--out", metavar="DIR", default=None,
+    plot.add_argument("--out", metavar="DIR", type=_path, default=None,
                       help="folder for the PNG files (default: beside each result file)")
     return parser
 
@@ -284,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raised by argparse (status 2 for invalid arguments, 0 otherwise).
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if a not in ("-h", "--help", "--version")), None)
+    if first is not None and first.startswith("-") and first not in COMMANDS:
+        parser.error(f"unrecognized option {first!r} before COMMAND: COMMAND is one of "
+                     f"{', '.join(COMMANDS)} (options go after it: transformer-pde COMMAND --help)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo  # lazily: parsing --help stays fast

@@ -90,17 +90,20 @@ def _states(obj, name: str = "x") -> tuple[list[tuple[np.ndarray, np.ndarray]], 
         values = obj.values[None] if isinstance(obj, Density) else obj.density
         pts = np.asarray(grid.centers, dtype=float).reshape(-1, grid.dim)
         out = []
-        for rho in values:
+        for k, rho in enumerate(values):
             w = (rho * grid.volumes).ravel()
-            out.append((pts, w / w.sum()))
+            total = w.sum()
+            if not 0.0 < total < np.inf:  # a Density refuses it; a trajectory's arrays may be edited
+                raise ValueError(f"{name} has a state (index {k}) of mass {total:.3g}: the measure "
+                                 "needs a positive, finite mass")
+            out.append((pts, w / total))
         return out, isinstance(obj, Density)
-    x = np.asarray(obj, dtype=float)
+    x = _v.as_real_array(obj, name, nonempty=False, finite=False)
     if x.ndim == 2:
         x = _v.as_tokens(x, name)
         return [(x, np.full(len(x), 1.0 / len(x)))], True
-    if x.ndim == 3 and x.shape[1] >= 1:
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name} must be finite")
+    if x.ndim == 3 and min(x.shape) >= 1:
+        _v.as_real_array(x, name)  # finite, naming the first entry that is not
         n = x.shape[1]
         return [(xk, np.full(n, 1.0 / n)) for xk in x], False
     raise ValueError(
@@ -137,13 +140,22 @@ def _link_parameters(threshold, distance):
     return threshold, None if distance is None else _v.as_positive(distance, "distance")
 
 
+def _gram(x: np.ndarray) -> np.ndarray:
+    """The Gram matrix x x^T (n, n) of tokens, refused above the dense limit (2 GiB)."""
+    n = len(x)
+    _v.check_dense_size((n, n), f"the pairwise statistics of n={n} tokens (their Gram matrix)",
+                        "pass a subsample of the tokens (x[::k]); cluster statistics of a "
+                        "subsample estimate those of the whole")
+    return x @ x.T
+
+
 def _components(x: np.ndarray, threshold: float, distance: float | None):
     """``(count, labels)`` of the link graph of tokens x (n, d)."""
     if distance is None:
-        linked = x @ x.T > threshold
+        linked = _gram(x) > threshold
     else:
         sq = np.sum(x * x, axis=1)
-        linked = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T) < distance**2
+        linked = sq[:, None] + sq[None, :] - 2.0 * _gram(x) < distance**2
     return connected_components(linked, directed=False)
 
 
@@ -194,8 +206,8 @@ def _offdiagonal(x: np.ndarray) -> np.ndarray:
     n = len(x)
     if n < 2:
         raise ValueError(f"x must have at least 2 tokens for pairwise statistics, got {n}")
-    iu = np.triu_indices(n, k=1)
-    return (x @ x.T)[iu]
+    gram = _gram(x)
+    return gram[np.triu_indices(n, k=1)]
 
 
 def clustered_pair_fraction(x, threshold: float = PAIR_THRESHOLD):
@@ -497,7 +509,7 @@ def effective_dimension(x, rtol: float = EFFECTIVE_DIMENSION_RTOL):
 
 
 def _link_matrix(x: np.ndarray, threshold: float) -> np.ndarray:
-    return (x @ x.T > threshold).astype(float)
+    return (_gram(x) > threshold).astype(float)
 
 
 def cluster_rank(x, threshold: float = CLUSTER_THRESHOLD):
@@ -760,7 +772,7 @@ def covariance_rank(results, rtol: float = 1e-6, *, k: int = -1) -> np.ndarray:
     if isinstance(results, GaussianTrajectory):
         results = [results]
     if isinstance(results, np.ndarray):
-        covs = np.asarray(results, dtype=float)
+        covs = _v.as_real_array(results, "results")
     else:
         results = list(results)
         bad = [type(r).__name__ for r in results if not isinstance(r, GaussianTrajectory)]

@@ -84,10 +84,34 @@ class ConvergenceStudy(Result):
     info: dict = field(default_factory=dict, repr=False)
 
     def fit(self, k: int, level: float = 0.95) -> RateFit:
-        """The rate at time ``t[k]``: slope of log W vs log n over all (n, seed) pairs."""
+        """The rate at time ``t[k]``: slope of log W vs log n over all (n, seed) pairs.
+
+        ``k`` is an index of ``t`` (negative from the end); ``level`` lies in (0, 1). With
+        only two (n, seed) pairs the fit has no residual degree of freedom and the
+        interval is ``(-inf, inf)`` (the slope is exact, its uncertainty unknown). Needs
+        two different n and every distance positive (log W).
+        """
+        nt = len(self.t)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer index of the study's times t (0..{nt - 1}), "
+                            f"got {k!r} of type {type(k).__name__}")
+        if not -nt <= k < nt:
+            raise ValueError(f"k must be an index of the {nt} times t (-{nt}..{nt - 1}), got {k}")
+        level = _v.as_real(level, "level")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level (a confidence level) must lie in (0, 1), got {level}")
+        if len(np.unique(self.n)) < 2:
+            raise ValueError(f"a rate needs at least two token counts n, got n = {list(self.n)}")
+        dist = self.distance[:, :, k]
+        if not np.all(dist > 0.0) or not np.all(np.isfinite(dist)):
+            i, s = np.argwhere(~(dist > 0.0) | ~np.isfinite(dist))[0]
+            raise ValueError(f"the distance at n={self.n[i]}, seed index {s}, t={self.t[k]:g} is "
+                             f"{dist[i, s]}: log W needs positive finite distances")
         logn = np.repeat(np.log(self.n), self.distance.shape[1])
-        logw = np.log(self.distance[:, :, k]).ravel()
+        logw = np.log(dist).ravel()
         res = stats.linregress(logn, logw)
+        if len(logn) <= 2:
+            return RateFit(res.slope, -np.inf, np.inf, res.intercept, level)
         half = stats.t.ppf(0.5 + level / 2.0, len(logn) - 2) * res.stderr
         return RateFit(res.slope, res.slope - half, res.slope + half, res.intercept, level)
 
@@ -169,7 +193,7 @@ def meanfield_convergence(dyn: TokenDynamics, rho0: Density, n_values, times, *,
     seeds = np.array([int(s) for s in seeds])
     if len(seeds) < 1:
         raise ValueError("seeds must contain at least one seed")
-    times = np.asarray(times, dtype=float)
+    times = _v.as_real_array(times, "times")
     if times.ndim != 1 or times.size == 0 or np.any(times <= 0) or np.any(np.diff(times) <= 0):
         raise ValueError(f"times must be increasing and > 0, got {times}")
     orders = [_v.as_positive(q, "p") for q in (p if isinstance(p, Sequence) else [p])]

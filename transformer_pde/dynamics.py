@@ -95,9 +95,9 @@ class TokenDynamics:
             self.norm = "none"
         else:
             norm = "post" if norm is None else norm
-            if norm not in NORMS:
+            if isinstance(norm, str) and norm not in NORMS:
                 raise ValueError(f"norm must be one of {NORMS} on the sphere, got {norm!r}")
-            self.norm = norm
+            self.norm = _v.as_choice(norm, "norm", NORMS)
         if callable(alpha):
             self.alpha = alpha
         else:

@@ -91,8 +91,7 @@ def random_weights(kind: str, d: int, rng, batch: int | None = None) -> dict:
     >>> att.batch
     4
     """
-    if not isinstance(kind, str) or kind not in WEIGHT_KINDS:
-        raise ValueError(f"kind must be one of {WEIGHT_KINDS}, got {kind!r}")
+    _v.as_choice(kind, "kind", WEIGHT_KINDS)
     d = _v.as_positive_int(d, "d")
     if batch is not None:
         batch = _v.as_positive_int(batch, "batch")

@@ -341,10 +341,7 @@ def _square_size(cov, name: str) -> int:
 
 
 def _check_t_eval(t_eval, name: str = "t_eval") -> np.ndarray:
-    try:
-        t = np.atleast_1d(np.asarray(t_eval, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a 1-D array of times, got {t_eval!r}") from None
+    t = np.atleast_1d(_v.as_real_array(t_eval, name, nonempty=False, finite=False))
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of times, got shape {t.shape}")
     if not np.all(np.isfinite(t)):
@@ -697,7 +694,11 @@ def gaussian_closed_form(dyn: TokenDynamics, mean0, cov0, t) -> GaussianTrajecto
     :math:`L_0W\operatorname{diag}(1/(1 - (t - t_0)\lambda))W^\top L_0^\top` with
     :math:`L_0^\top SL_0 = W\operatorname{diag}(\lambda)W^\top`, :math:`\Sigma_0 = L_0L_0^\top`.
     No closed form is known for the mean when A is not symmetric; it is integrated from
-    its linear ODE (DOP853, rtol 1e-13) with the closed-form covariance.
+    its linear ODE (DOP853, rtol 1e-13) with the closed-form covariance. When the
+    covariance blows up (:math:`\lambda_{\max} > 0`) the ODE is solved in the clock
+    :math:`s = -\log(1 - (t - t_0)\lambda_{\max})`, in which its coefficient stays bounded up
+    to the blow-up, so times just before :math:`t^*` cost a number of steps that grows
+    like :math:`\log` of the distance to :math:`t^*`, not like its inverse.
 
     Parameters
     ----------
@@ -748,9 +749,23 @@ def gaussian_closed_form(dyn: TokenDynamics, mean0, cov0, t) -> GaussianTrajecto
     mean = np.empty((len(t), d))
     mean[0] = mean0
     n_evals = 0
-    if len(t) > 1:
+    if len(t) > 1 and lmax > 0.0:
+        # clock s = -log(1 - tau lmax): dtau/ds = e^{-s}/lmax, and 1 - tau lam_i =
+        # e^{-s} + (1 - e^{-s})(1 - lam_i/lmax) without the cancellation of 1 - tau lam_i
+        rel = 1.0 - lam / lmax
+
+        def rhs(s, m):
+            q = np.exp(-s)
+            cov_s = _sym((F / (q + (1.0 - q) * rel)) @ F.T)
+            return q / lmax * (c_sum * m + cov_s @ (A_eff @ m))
+
+        s_eval = -np.log1p(-(t - t[0]) * lmax)
+        sol = solve_ivp(rhs, (0.0, float(s_eval[-1])), mean0, method="DOP853", t_eval=s_eval,
+                        rtol=1e-13, atol=1e-15)
+    elif len(t) > 1:
         sol = solve_ivp(lambda s, m: c_sum * m + cov_at(s - t[0]) @ (A_eff @ m), (t[0], t[-1]),
                         mean0, method="DOP853", t_eval=t, rtol=1e-13, atol=1e-15)
+    if len(t) > 1:
         if sol.status != 0:  # pragma: no cover - a linear ODE with a bounded coefficient
             raise FloatingPointError(f"gaussian_closed_form: the mean ODE failed: {sol.message}")
         mean[:] = sol.y.T

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _validation as _v
 from ._kernels import stepping as _ks
 
 __all__ = ["Euclidean", "Sphere", "SPHERE_TOL", "as_geometry"]
@@ -121,8 +122,7 @@ def as_geometry(geometry) -> Euclidean | Sphere:
     """A geometry object from ``"sphere"``, ``"euclidean"`` or an instance."""
     if isinstance(geometry, (Euclidean, Sphere)):
         return geometry
-    if isinstance(geometry, str):
-        table = {"sphere": Sphere, "euclidean": Euclidean}
-        if geometry in table:
-            return table[geometry]()
-    raise ValueError(f"geometry must be 'sphere' or 'euclidean', got {geometry!r}")
+    table = {"sphere": Sphere, "euclidean": Euclidean}
+    if isinstance(geometry, str) and geometry not in table:
+        raise ValueError(f"geometry must be 'sphere' or 'euclidean', got {geometry!r}")
+    return table[_v.as_choice(geometry, "geometry", tuple(table))]()

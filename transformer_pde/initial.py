@@ -300,8 +300,7 @@ def cluster_tokens(n: int, centers, spread: float, rng, geometry: str = "sphere"
     sigma = _v.as_real(spread, "spread")
     if sigma < 0.0:
         raise ValueError(f"spread must be >= 0, got {sigma}")
-    if geometry not in ("sphere", "euclidean"):
-        raise ValueError(f"geometry must be 'sphere' or 'euclidean', got {geometry!r}")
+    _v.as_choice(geometry, "geometry", ("sphere", "euclidean"))
     rng = _v.as_rng(rng)
     k = c.shape[0]
     sizes = np.full(k, n // k)

@@ -502,8 +502,8 @@ def energy_staircase(s, energy, *, rtol: float = 0.05, min_length: float = 0.0,
     >>> st.levels.tolist(), np.round(st.lengths, 6).tolist()
     ([0.0, 1.0, 2.0], [0.9, 0.9, 0.9])
     """
-    s = np.asarray(s, dtype=float)
-    energy = np.asarray(energy, dtype=float)
+    s = _v.as_real_array(s, "s", nonempty=False, finite=False)
+    energy = _v.as_real_array(energy, "energy", nonempty=False, finite=False)
     if s.ndim != 1 or energy.shape != s.shape or len(s) < 2:
         raise ValueError(f"s and energy must be 1-D arrays of one length >= 2, got shapes {s.shape} "
                          f"and {energy.shape}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
-from scipy.special import expi, gammaln, ive, spherical_in
+from scipy.special import exp1, expi, gammaln, ive, spherical_in
 
 from . import _validation as _v
 from .gaussian import blow_up_time, gaussian_closed_form
@@ -51,9 +51,54 @@ _MODELS = ("SA", "USA")
 
 
 def _model(model: str) -> str:
-    if model not in _MODELS:
-        raise ValueError(f"model must be one of {_MODELS}, got {model!r}")
-    return model
+    return _v.as_choice(model, "model", _MODELS)
+
+
+def _times(t) -> np.ndarray:
+    """Saved times of an ODE solution: a non-empty 1-D array, finite, nondecreasing, >= 0."""
+    t = np.atleast_1d(_v.as_real_array(t, "t", finite=False))
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D array of times, got shape {t.shape}")
+    _v.as_real_array(t, "t")  # non-empty and finite (an infinite time has no solver steps)
+    if np.any(t < 0) or np.any(np.diff(t) < 0):
+        raise ValueError(f"t must be nondecreasing times >= 0, got {t}")
+    return t
+
+
+def _expi_scaled(x):
+    r""":math:`e^{-x}\,\mathrm{Ei}(x)` for x > 0 without overflow.
+
+    Up to x = 700 directly; above, the asymptotic series :math:`\sum_{k<40} k!/x^{k+1}`,
+    whose terms decrease up to k = x, so its error (about the first omitted term,
+    :math:`40!/700^{41}`, relative to 1/x) is far below round-off.
+    """
+    x = np.asarray(x, dtype=float)
+    big = x > 700.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        direct = expi(np.where(big, 1.0, x)) * np.exp(-np.where(big, 1.0, x))
+    xb = np.where(big, x, 1.0)
+    term, series = 1.0 / xb, np.zeros_like(xb)
+    for k in range(40):
+        series = series + term
+        term = term * (k + 1) / xb
+    return np.where(big, series, direct)
+
+
+def _exp1_scaled(x):
+    r""":math:`e^{x}\,E_1(x)` for x > 0 without underflow (:math:`E_1(x) = -\mathrm{Ei}(-x)`).
+
+    Up to x = 700 directly; above, the alternating asymptotic series
+    :math:`\sum_{k<40} (-1)^k k!/x^{k+1}` (error below its first omitted term).
+    """
+    x = np.asarray(x, dtype=float)
+    big = x > 700.0
+    direct = exp1(np.where(big, 1.0, x)) * np.exp(np.where(big, 1.0, x))
+    xb = np.where(big, x, 1.0)
+    term, series = 1.0 / xb, np.zeros_like(xb)
+    for k in range(40):
+        series = series + term
+        term = -term * (k + 1) / xb
+    return np.where(big, series, direct)
 
 
 def _n_tokens(n) -> int:
@@ -81,9 +126,16 @@ def equiangular_rate(rho, n: int, beta: float, model: str = "SA"):
     beta : float
         Inverse temperature.
     model : {"SA", "USA"}
+
+    Returns
+    -------
+    float or ndarray, shape of rho
+        The rate; for USA ``inf`` where :math:`e^{\beta\rho}` exceeds float64 (the true
+        rate, finite, is not representable). SA rates are bounded by :math:`2(1-\rho)(1+(n-1)\rho)/(n-1)`.
     """
     n, beta, model = _n_tokens(n), _v.as_real(beta, "beta"), _model(model)
-    return _rate(np.asarray(rho, dtype=float), n, beta, model)
+    with np.errstate(over="ignore"):  # USA at large beta rho: the rate is inf (its limit)
+        return _rate(_v.as_real_array(rho, "rho"), n, beta, model)
 
 
 def _rate(rho, n: int, beta: float, model: str):
@@ -119,15 +171,26 @@ def equiangular_rho(t, n: int, beta: float, model: str = "SA", rho0: float = 0.0
     rho0 = _v.as_real(rho0, "rho0")
     if not -1.0 / (n - 1) <= rho0 <= 1.0:
         raise ValueError(f"rho0 must lie in [-1/(n-1), 1] = [{-1 / (n - 1):.6g}, 1], got {rho0}")
-    t = np.atleast_1d(np.asarray(t, dtype=float))
-    if t.ndim != 1 or np.any(t < 0) or np.any(np.diff(t) < 0):
-        raise ValueError("t must be a 1-D array of nondecreasing times >= 0")
+    t = _times(t)
     if beta == 0.0 and rho0 < 1.0:
         c = (1.0 + (n - 1) * rho0) / (1.0 - rho0) * np.exp(2.0 * t)
         return (c - 1.0) / (c + n - 1.0)
     sol = solve_ivp(lambda _, y: _rate(y, n, beta, model), (0.0, float(t[-1])), [rho0],
                     method="DOP853", t_eval=t, rtol=1e-13, atol=1e-15)
+    _check_solved(sol, float(t[-1]), f"beta={beta:g} (model {model}, n={n})")
     return sol.y[0]
+
+
+def _check_solved(sol, t_end: float, what: str) -> None:
+    """Refuse a DOP853 run that stopped early (it returns fewer saved times than asked)."""
+    if sol.status != 0:
+        reached = float(sol.t[-1]) if len(sol.t) else 0.0
+        raise ValueError(
+            f"the equiangular ODE at {what} cannot be integrated to t={t_end:g}: DOP853 stopped "
+            f"at t={reached:.6g} ({sol.message}); at large beta rho jumps within a time of order "
+            "e^(beta (1 - rho)) (SA) or 1/beta (USA): use a smaller beta, or equiangular_time "
+            "for the time at which a given rho is reached"
+        )
 
 
 def equiangular_time(rho, n: int, beta: float, model: str = "SA"):
@@ -146,21 +209,46 @@ def equiangular_time(rho, n: int, beta: float, model: str = "SA"):
         + e^{\frac{\beta}{n-1}}\Big(\mathrm{Ei}\big(-\tfrac{\beta(1+(n-1)\rho)}{n-1}\big)
         - \mathrm{Ei}\big(-\tfrac\beta{n-1}\big)\Big)\Big],
 
-    for :math:`\beta > 0` and :math:`0 \le \rho < 1`.
+    for :math:`\beta > 0` and :math:`0 \le \rho < 1`. Both are evaluated with the scaled
+    integrals :math:`E(x) = e^{-x}\mathrm{Ei}(x)`, :math:`F(x) = e^xE_1(x)`:
+
+    .. math::
+
+        t_{USA} = \tfrac12\big[E(\beta) - e^{-\beta\rho}E(\beta(1-\rho))
+        + F(\tfrac\beta{n-1}) - e^{-\beta\rho}F(\tfrac{\beta(1+(n-1)\rho)}{n-1})\big],
+
+    and :math:`t_{SA}` the logarithm plus :math:`\tfrac{e^\beta}{n}` times the same bracket,
+    so nothing overflows at large beta (docs/math.md §4.4).
+
+    Returns
+    -------
+    float or ndarray, shape of rho
+        The time; ``inf`` for SA where :math:`e^\beta` times the bracket exceeds float64
+        (beta beyond about 700: the SA rate from rho = 0 is about :math:`e^{-\beta}`, so
+        the true time is finite but above 1.8e308).
+
+    Examples
+    --------
+    >>> round(float(equiangular_time(0.5, 4, 1e3, "USA")), 7)   # about n / (2 beta) - 4 / beta^2
+    0.001996
+    >>> float(equiangular_time(0.5, 4, 1e3, "SA"))              # about e^beta / beta: beyond float64
+    inf
     """
     n, beta, model = _n_tokens(n), _v.as_real(beta, "beta"), _model(model)
     if beta <= 0.0:
         raise ValueError(f"beta must be > 0 for the Ei formulas (beta = 0 has a closed form), got {beta}")
-    rho = np.asarray(rho, dtype=float)
+    rho = _v.as_real_array(rho, "rho")
     if np.any(rho < 0.0) or np.any(rho >= 1.0):
-        raise ValueError("rho must lie in [0, 1)")
+        raise ValueError(f"rho must lie in [0, 1), got {rho}")
     m = n - 1
-    bracket = (np.exp(beta * n / m if model == "SA" else beta / m)
-               * (expi(-beta * (1.0 + m * rho) / m) - expi(-beta / m)))
-    near = expi(beta) - expi(beta * (1.0 - rho))
-    if model == "SA":
-        return m / (2.0 * n) * np.log((1.0 + m * rho) / (1.0 - rho)) + (near + bracket) / (2.0 * n)
-    return 0.5 * (np.exp(-beta) * near + bracket)
+    damp = np.exp(-beta * rho)
+    bracket = (_expi_scaled(beta) - damp * _expi_scaled(beta * (1.0 - rho))
+               + _exp1_scaled(beta / m) - damp * _exp1_scaled(beta * (1.0 + m * rho) / m))
+    if model == "USA":
+        return 0.5 * bracket
+    with np.errstate(over="ignore"):  # e^beta beyond float64: the time is inf (documented)
+        scale = np.exp(beta) / (2.0 * n)
+        return m / (2.0 * n) * np.log((1.0 + m * rho) / (1.0 - rho)) + scale * bracket
 
 
 def long_context_cosine(n, beta, rho):
@@ -177,10 +265,12 @@ def long_context_cosine(n, beta, rho):
     With :math:`\beta = \gamma\log n` and :math:`n\to\infty` the limit is 1, :math:`4\rho/(1+3\rho)`
     or :math:`\rho` for :math:`\gamma <, =, > \gamma_c = 1/(1-\rho)`.
     """
-    n = np.asarray(n, dtype=float)
-    beta, rho = np.asarray(beta, dtype=float), np.asarray(rho, dtype=float)
-    if np.any(n < 2) or np.any(rho <= -1.0) or np.any(rho >= 1.0):
-        raise ValueError("need n >= 2 and rho in (-1, 1)")
+    n = _v.as_real_array(n, "n")
+    beta, rho = _v.as_real_array(beta, "beta"), _v.as_real_array(rho, "rho")
+    if np.any(n < 2):
+        raise ValueError(f"n must be >= 2, got {n}")
+    if np.any(rho <= -1.0) or np.any(rho >= 1.0):
+        raise ValueError(f"rho must lie in (-1, 1), got {rho}")
     a = 1.0 / (1.0 + (n - 1.0) * np.exp(-beta * (1.0 - rho)))
     b = (1.0 - a) / (n - 1.0)
     num = rho + (1.0 - rho) * (2.0 * a * b + (n - 2.0) * b**2)
@@ -193,9 +283,9 @@ def critical_gamma(rho):
 
     See docs/math.md §4.6.
     """
-    rho = np.asarray(rho, dtype=float)
+    rho = _v.as_real_array(rho, "rho")
     if np.any(rho >= 1.0):
-        raise ValueError("rho must be < 1")
+        raise ValueError(f"rho must be < 1, got {rho}")
     return 1.0 / (1.0 - rho)
 
 
@@ -204,12 +294,17 @@ def circle_growth_rate(k, beta: float, model: str = "SA"):
 
     docs/math.md §2.4: :math:`\lambda_k^{SA} = k^2 I_k(\beta)/(\beta I_0(\beta))`,
     :math:`\lambda_k^{USA} = k^2 I_k(\beta)/\beta` (:math:`\beta > 0`).
+
+    Returns ``inf`` for USA where :math:`e^\beta` exceeds float64 (beta above about
+    709.8): the true rate, about :math:`k^2e^\beta/\beta^{3/2}`, is finite but not
+    representable. SA rates are finite for every beta (:math:`\to k^2/\beta`).
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
-    k = np.asarray(k, dtype=float)
+    k = _degrees(k, "k")
     if model == "SA":
         return k**2 * ive(k, beta) / (beta * ive(0, beta))
-    return k**2 * ive(k, beta) * np.exp(beta) / beta
+    with np.errstate(over="ignore"):
+        return k**2 * ive(k, beta) * np.exp(beta) / beta
 
 
 def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
@@ -244,6 +339,11 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     Returns
     -------
     float or ndarray, shape of l
+        Finite for SA at every beta (:math:`\to l(l+d-2)/\beta` as :math:`\beta \to \infty`,
+        docs/math.md §9.19); for USA ``inf`` where :math:`I_\nu(\beta)` exceeds float64
+        (beta above about 700): the true rate is finite but not representable. Outside
+        1e-3 <= beta <= 500 the case d = 3 uses the ratio form of any d (:math:`i_l`
+        overflows above, underflows below).
 
     Examples
     --------
@@ -255,11 +355,8 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     """
     beta, model = _v.as_positive(beta, "beta"), _model(model)
     d = _dimension(d)
-    given = np.asarray(l, dtype=float)
-    if not np.all(np.isfinite(given)) or np.any(given != np.round(given)) or np.any(given < 0):
-        raise ValueError(f"l must be integer degrees >= 0, got {l!r}")
-    l = given.astype(int)
-    if d == 3:
+    l = _degrees(l, "l").astype(int)
+    if d == 3 and 1e-3 <= beta <= 500.0:  # i_l(beta) neither overflows nor underflows
         rate = l * (l + 1) * spherical_in(l, beta) / beta
         return rate / spherical_in(0, beta) if model == "SA" else rate
     nu = 0.5 * (d - 2)
@@ -269,8 +366,21 @@ def sphere_growth_rate(l, beta: float, model: str = "SA", d: int = 3):
     prod = np.concatenate([[1.0], np.cumprod(ratios)])  # I_{nu+l} / I_nu
     rate = ls * (ls + d - 2) * prod[ls] / beta
     if model == "USA":
-        rate = rate * np.exp(gammaln(nu + 1.0) + nu * np.log(2.0 / beta) + _log_bessel_i(nu, beta))
+        with np.errstate(over="ignore"):  # above float64: inf (documented in Returns)
+            rate = rate * np.exp(gammaln(nu + 1.0) + nu * np.log(2.0 / beta) + _log_bessel_i(nu, beta))
     return rate.reshape(l.shape) if l.ndim else float(rate[0])
+
+
+def _degrees(k, name: str) -> np.ndarray:
+    """Integer degrees >= 0 (a scalar or an array), as float64."""
+    given = _v.as_real_array(k, name)
+    if np.any(given != np.round(given)) or np.any(given < 0):
+        raise ValueError(f"{name} must be integer degrees >= 0, got {k!r}")
+    return given
+
+
+#: the most backward-recurrence steps of :func:`_bessel_ratio` (60 + 2x of them are needed)
+_MAX_RECURRENCE = 2_000_000
 
 
 def _bessel_ratio(mu, x: float, extra: int | None = None) -> np.ndarray:
@@ -282,7 +392,19 @@ def _bessel_ratio(mu, x: float, extra: int | None = None) -> np.ndarray:
     orders give round-off accuracy.
     """
     mu = np.atleast_1d(np.asarray(mu, dtype=float))
+    if extra is None and x > 1000.0:
+        # far above the orders: I_mu(x) e^{-x} ~ 1/sqrt(2 pi x) does not underflow, and
+        # ive's ratio has round-off accuracy; the recurrence is for what remains
+        lo, hi = ive(mu, x), ive(mu + 1.0, x)
+        good = (lo > 1e-250) & (hi > 1e-250)
+        if np.all(good):
+            return hi / lo
     steps = int(60 + 2.0 * x) if extra is None else extra
+    if steps > _MAX_RECURRENCE:
+        raise ValueError(
+            f"beta = {x:g} with orders up to {mu.max():g}: the Bessel ratios I_(mu+1)/I_mu would "
+            f"need {steps} recurrence steps (limit {_MAX_RECURRENCE}); use beta <= 1e6 or lower orders"
+        )
     top = mu + steps
     r = x / (top + 1.0 + np.sqrt((top + 1.0) ** 2 + x * x))
     for k in range(steps, 0, -1):
@@ -369,14 +491,13 @@ def equiangular_normalized_rate(rho, r, t: float, n: int, beta: float, norm: str
     (float, float)
     """
     n, beta = _n_tokens(n), _v.as_real(beta, "beta")
-    return _normalized_rate(float(rho), float(r), _v.as_real(t, "t"), n, beta, _norm_scheme(norm),
+    rho, r = _v.as_real(rho, "rho"), _v.as_positive(r, "r")
+    return _normalized_rate(rho, r, _v.as_real(t, "t"), n, beta, _norm_scheme(norm),
                             alpha, _v.as_real(tau, "tau"))
 
 
 def _norm_scheme(norm: str) -> str:
-    if norm not in _NORM_SCHEMES:
-        raise ValueError(f"norm must be one of {_NORM_SCHEMES}, got {norm!r}")
-    return norm
+    return _v.as_choice(norm, "norm", _NORM_SCHEMES)
 
 
 def _normalized_rate(rho, r, t, n, beta, norm, alpha, tau):
@@ -434,9 +555,7 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
         raise ValueError(f"rho0 must lie in [-1/(n-1), 1) = [{-1 / (n - 1):.6g}, 1), got {rho0}")
     if not callable(alpha):
         alpha = _v.as_positive(alpha, "alpha")
-    t = np.atleast_1d(np.asarray(t, dtype=float))
-    if t.ndim != 1 or np.any(t < 0) or np.any(np.diff(t) < 0):
-        raise ValueError("t must be a 1-D array of nondecreasing times >= 0")
+    t = _times(t)
     norm = _norm_scheme(norm)
 
     def rhs(time, y):
@@ -450,6 +569,7 @@ def equiangular_normalized(t, n: int, beta: float, norm: str = "post", *, rho0: 
         inside = (t >= lo) & (t <= hi)
         stops = np.unique(np.append(t[inside], hi))
         sol = solve_ivp(rhs, (lo, hi), y, method="DOP853", t_eval=stops, rtol=1e-13, atol=1e-15)
+        _check_solved(sol, hi, f"beta={beta:g} (norm {norm}, n={n})")
         out[:, inside] = sol.y[:, np.searchsorted(stops, t[inside])]
         y = sol.y[:, -1]
     return out[0], out[1]
@@ -465,12 +585,14 @@ def merge_time_scale(beta: float, rho_max):
     (docs/math.md §4.3, Bruno-Pasqualotto-Agazzi).
 
     k equally spaced clusters on the circle have :math:`\rho_{\max} = \cos(2\pi/k)`.
+    Returns ``inf`` where :math:`\beta(1-\rho_{\max}) > 709` (the scale exceeds float64).
     """
     beta = _v.as_real(beta, "beta")
-    rho_max = np.asarray(rho_max, dtype=float)
+    rho_max = _v.as_real_array(rho_max, "rho_max")
     if np.any(np.abs(rho_max) > 1.0):
-        raise ValueError("rho_max must lie in [-1, 1]")
-    return np.exp(beta * (1.0 - rho_max))
+        raise ValueError(f"rho_max must lie in [-1, 1], got {rho_max}")
+    with np.errstate(over="ignore"):
+        return np.exp(beta * (1.0 - rho_max))
 
 
 def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
@@ -493,7 +615,8 @@ def metastable_time(beta: float, n: int, alpha: float, epsilon: float) -> float:
         raise ValueError(f"alpha (an inner product bound) must lie in [-1, 1), got {alpha}")
     if epsilon >= 1.0 / 16.0:
         raise ValueError(f"epsilon must lie in (0, 1/16), got {epsilon}")
-    return float(epsilon / n * np.exp((1.0 - alpha) * beta))
+    with np.errstate(over="ignore"):  # inf where the bound exceeds float64 (it then says: forever)
+        return float(epsilon / n * np.exp((1.0 - alpha) * beta))
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,11 +648,15 @@ def noisy_order_parameter(kappa: float, d: int = 2) -> float:
         r = \frac{I_{d/2}(\kappa r)}{I_{d/2-1}(\kappa r)}
 
     (:math:`r = I_1(\kappa r)/I_0(\kappa r)` on the circle): r = 0 for :math:`\kappa \le d`,
-    the positive root for :math:`\kappa > d` (a pitchfork at :math:`\kappa_c = d`).
+    the positive root for :math:`\kappa > d` (a pitchfork at :math:`\kappa_c = d`). Above
+    :math:`\kappa = 10^8` the expansion :math:`r = 1 - (d-1)/(2\kappa) + O(\kappa^{-2})`
+    (from :math:`I_{\nu+1}/I_\nu(x) = 1 - (2\nu+1)/(2x) + O(x^{-2})`) is exact to round-off.
     """
     kappa, d = _v.as_positive(kappa, "kappa"), _dimension(d)
     if kappa <= d:
         return 0.0
+    if kappa > 1e8:  # r = 1 - (d-1)/(2 kappa) + O(kappa^-2): exact to round-off here
+        return 1.0 - (d - 1) / (2.0 * kappa)
 
     def gap(r):
         return ive(d / 2.0, kappa * r) / ive(d / 2.0 - 1.0, kappa * r) - r
@@ -554,9 +681,9 @@ def noisy_growth_rate(kappa: float, d: int = 2) -> float:
 # -- causal tokens on the circle: linear response and pair correlations ------------------
 def _causal_tau(t, beta, k, model) -> np.ndarray:
     """The causal linearisation's clock tau = lambda_k t (lambda_k: :func:`circle_growth_rate`)."""
-    t = np.asarray(t, dtype=float)
-    if np.any(t < 0) or not np.all(np.isfinite(t)):
-        raise ValueError(f"t must be finite and >= 0, got {t}")
+    t = _v.as_real_array(t, "t")
+    if np.any(t < 0):
+        raise ValueError(f"t must be >= 0, got {t}")
     k = _v.as_positive_int(k, "k")
     return circle_growth_rate(k, beta, model) * t
 
@@ -572,7 +699,7 @@ def _bessel_f(tau, lag):
 
 
 def _positions(s, name) -> np.ndarray:
-    s = np.asarray(s, dtype=float)
+    s = _v.as_real_array(s, name, finite=False)
     if np.any(~np.isfinite(s)) or np.any(s <= 0) or np.any(s > 1):
         raise ValueError(f"{name} must lie in (0, 1] (positions i/n in the sequence), got {s}")
     return s
@@ -725,8 +852,7 @@ def causal_correlation(s, s_prime, t, beta: float, k: int = 1, method: str = "cl
     if not s_prime < s:
         raise ValueError(f"s_prime must be < s (the source before the target), got s={s}, "
                          f"s_prime={s_prime}")
-    if method not in ("closed", "quadrature"):
-        raise ValueError(f"method must be 'closed' or 'quadrature', got {method!r}")
+    _v.as_choice(method, "method", ("closed", "quadrature"))
     tau = float(_causal_tau(float(t), beta, k, "SA"))
     a = np.log(s / s_prime)
     integral = (_correlation_integral_closed if method == "closed" else _correlation_integral_quad)
@@ -765,7 +891,7 @@ def retrieval_profile(s_prime, t, beta: float, k: int = 1, method: str = "closed
     >>> bool(np.all(np.diff(p) < 0))
     True
     """
-    sp = np.asarray(s_prime, dtype=float)
+    sp = _v.as_real_array(s_prime, "s_prime", finite=False)  # the range check names NaN
     flat = [causal_correlation(1.0, float(x), t, beta, k, method) for x in sp.ravel()]
     return np.asarray(flat).reshape(sp.shape)
 

@@ -159,7 +159,16 @@ class _Quantile:
 
 
 def _mean_abs_pow(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
-    r"""Mean of :math:`|t|^p` for t uniform between a and b (a == b allowed), elementwise."""
+    r"""Mean of :math:`|t|^p` for t uniform between a and b (a == b allowed), elementwise.
+
+    An overflow of :math:`|t|^p` (large p) gives inf or NaN entries, which :func:`_root`
+    refuses with a message naming p.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _mean_abs_pow_raw(a, b, p)
+
+
+def _mean_abs_pow_raw(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     if p == 2.0:
         return (a * a + a * b + b * b) / 3.0
     ua, ub = np.abs(a), np.abs(b)
@@ -214,7 +223,8 @@ def _lifted_cost(qa: _Quantile, qb: _Quantile, p: float, shift: float = 0.0,
         offset = period * (k0 + back)
         b_lo = b_lo + offset
         b_hi = b_hi + offset
-    return float(np.sum((hi - lo) * _mean_abs_pow(a_lo - b_lo, a_hi - b_hi, p)))
+    with np.errstate(invalid="ignore"):  # 0 * inf of an overflow: NaN, refused by _root
+        return float(np.sum((hi - lo) * _mean_abs_pow(a_lo - b_lo, a_hi - b_hi, p)))
 
 
 def _golden_min(f, lo: float, hi: float, tol: float) -> tuple[float, float]:
@@ -277,6 +287,12 @@ def _circle_cost(qa: _Quantile, qb: _Quantile, p: float) -> float:
 
 
 def _root(cost: float, p: float) -> float:
+    """:math:`W_p` from :math:`W_p^p`; a cost that overflowed (huge p) is refused, never returned."""
+    if not np.isfinite(cost):
+        raise ValueError(
+            f"p={p:g} is too large for these distances: |x - y|^p overflows float64 in the "
+            "transport cost; use a smaller p (W_p increases towards W_inf as p grows)"
+        )
     return float(max(cost, 0.0) ** (1.0 / p))
 
 
@@ -349,13 +365,22 @@ def _geodesic_matrix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return 2.0 * np.arctan2(cdist(x, y, "euclidean"), cdist(x, -y, "euclidean"))
 
 
-def _emd_cost(a: np.ndarray, b: np.ndarray, dist: np.ndarray, p: float) -> float:
-    """W_p^p of the discrete measures a, b with ground distance ``dist`` (ot.emd2)."""
-    cost = dist if p == 1.0 else dist**p
+def _emd_distance(a: np.ndarray, b: np.ndarray, dist: np.ndarray, p: float) -> float:
+    r"""W_p of the discrete measures a, b with ground distance ``dist`` (ot.emd2).
+
+    The costs are ``(dist / s)^p`` with s the largest distance, and
+    :math:`W_p = s\,(\min \sum \pi (d/s)^p)^{1/p}` (the optimal plan does not depend on
+    s): no overflow for large p or large distances.
+    """
+    scale = float(np.max(dist)) if dist.size else 0.0
+    if scale == 0.0:
+        return 0.0
+    with np.errstate(under="ignore"):
+        cost = dist / scale if p == 1.0 else (dist / scale) ** p
     value, log = ot.emd2(a, b, np.ascontiguousarray(cost), numItermax=10**9, log=True)
     if log.get("result_code", 1) != 1:
         raise RuntimeError(f"ot.emd2 did not reach an optimal plan: {log.get('warning')}")
-    return float(value)
+    return scale * _root(float(value), p)
 
 
 def _check_emd_size(n: int, m: int, hint: str) -> None:
@@ -401,8 +426,7 @@ def particles(x, y, p=2, a_weights=None, b_weights=None, metric: str = "euclidea
         :math:`W_p` (not :math:`W_p^p`).
     """
     p = _as_order(p)
-    if metric not in ("euclidean", "geodesic"):
-        raise ValueError(f"metric must be 'euclidean' or 'geodesic', got {metric!r}")
+    _v.as_choice(metric, "metric", ("euclidean", "geodesic"))
     x = _as_points(x, "x")
     y = _as_points(y, "y")
     if x.shape[1] != y.shape[1]:
@@ -416,7 +440,7 @@ def particles(x, y, p=2, a_weights=None, b_weights=None, metric: str = "euclidea
         dist = _geodesic_matrix(_check_unit(x, "x"), _check_unit(y, "y"))
     else:
         dist = _euclidean_matrix(x, y)
-    return _root(_emd_cost(a, b, dist, p), p)
+    return _emd_distance(a, b, dist, p)
 
 
 def _stiefel(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -461,7 +485,8 @@ def sphere_sliced(x, y, p=2, n_projections: int = 256, rng=None, a_weights=None,
     p : float, default 2
         Order, p >= 1.
     n_projections : int, default 256
-        Number of random great circles.
+        Number of random great circles; ``n_projections * (n + m) * max(d, 2) * 8`` bytes
+        must stay below ``DENSE_LIMIT_BYTES`` (2 GiB), else ``ValueError``.
     rng : numpy.random.Generator or int or None
         Source of the projections.
     a_weights, b_weights : array_like, shape (n,) and (m,), optional
@@ -484,6 +509,12 @@ def sphere_sliced(x, y, p=2, n_projections: int = 256, rng=None, a_weights=None,
     x, y = _check_unit(x, "x"), _check_unit(y, "y")
     a = _v.as_weights(a_weights, len(x), "a_weights")
     b = _v.as_weights(b_weights, len(y), "b_weights")
+    # POT projects every point on every great circle: (n_projections, n + m, 2) floats
+    _v.check_dense_size((n_projections, len(x) + len(y), max(2, x.shape[1])),
+                        f"sphere_sliced with n_projections={n_projections} and n + m = "
+                        f"{len(x) + len(y)} points",
+                        "use fewer n_projections (the relative standard error is about "
+                        "1/sqrt(n_projections): 256 give a few per cent)")
     proj = _stiefel(rng, n_projections, x.shape[1])
     # POT reshapes by its n_projections argument even when given the projections
     turns = ot.sliced_wasserstein_sphere(x, y, a, b, n_projections=n_projections, p=p,
@@ -653,9 +684,7 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
             f"density must live on a CircleGrid, CartesianGrid, SphereGrid or ZonalGrid, got {grid!r}"
         )
     default = "exact" if kind in ("circle", "line", "polar") else "cells"
-    method = default if method is None else method
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
+    method = default if method is None else _v.as_choice(method, "method", _METHODS)
     if method == "exact" and kind not in ("circle", "line", "polar"):
         raise ValueError(
             f"method='exact' is available on a CircleGrid, a 1-D CartesianGrid and a ZonalGrid, not on "
@@ -721,4 +750,4 @@ def to_density(x, density, p=2, *, weights=None, method: str | None = None,
         dist = _geodesic_matrix(_check_unit(pts, "x"), centers)
     else:
         dist = _euclidean_matrix(pts, centers)
-    return _root(_emd_cost(w, mass, dist, p), p)
+    return _emd_distance(w, mass, dist, p)

@@ -25,19 +25,27 @@ class Density:
     grid : Grid
         The grid.
     values : array_like, shape grid.shape
-        Nonnegative, finite values (a density w.r.t. length/area); not renormalised.
+        Nonnegative, finite values (a density w.r.t. length/area) with a positive, finite
+        total mass; not renormalised. A zero-mass density is refused: it has no velocity
+        field (the softmax average divides by the mass) and no order parameter.
     """
 
     def __init__(self, grid: Grid, values):
         if not isinstance(grid, Grid):
             raise TypeError(f"grid must be a grid such as tp.CircleGrid(256), got {type(grid).__name__}")
-        values = np.asarray(values, dtype=np.float64)
+        values = _v.as_real_array(values, "values", nonempty=False, finite=False)
         if values.shape != grid.shape:
             raise ValueError(f"values must have the grid's shape {grid.shape}, got {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise ValueError("values must be finite")
+        _v.as_real_array(values, "values")  # finite, naming the first cell that is not
         if np.any(values < 0.0):
             raise ValueError(f"values must be nonnegative (a density), got minimum {values.min():.3g}")
+        mass = float(np.sum(values * grid.volumes))
+        if not 0.0 < mass < np.inf:
+            raise ValueError(
+                f"values must have a positive, finite total mass sum(values * grid.volumes), got "
+                f"{mass:.3g}" + (" (zero mass: a density needs at least one positive cell)"
+                                 if mass == 0.0 else "")
+            )
         self.grid = grid
         self.values = values
 
@@ -68,7 +76,7 @@ class Density:
         """
         coords = grid.coordinates
         values = f(*coords) if isinstance(grid, CausalCircleGrid) else f(coords)
-        values = np.asarray(values, dtype=np.float64)
+        values = _v.as_real_array(values, "f(grid.coordinates)", nonempty=False, finite=False)
         if values.shape != grid.shape:
             raise ValueError(
                 f"f must return one value per cell, shape {grid.shape}; got shape {values.shape}"

@@ -117,7 +117,14 @@ class DensityTrajectory(Result):
     info: MeanFieldInfo = field(repr=False)
 
     def at(self, k: int) -> Density:
-        """The k-th saved density as a :class:`Density`."""
+        """The k-th saved density as a :class:`Density` (k an index of ``t``; negative from the end)."""
+        nt = len(self.t)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer index of the saved times t (0..{nt - 1}), got "
+                            f"{k!r} of type {type(k).__name__}; for a time T use "
+                            "at(int(np.argmin(abs(sol.t - T))))")
+        if not -nt <= k < nt:
+            raise ValueError(f"k must be an index of the {nt} saved times (-{nt}..{nt - 1}), got {k}")
         return Density(self.grid, self.density[k])
 
     def plot(self, ax=None, **kwargs):
@@ -179,6 +186,14 @@ class _FiniteVolume(_engine.Problem):
             self.diff = (li, ri, self.areas[self.interior] / (dyn.kappa * dist))
             coef = np.zeros(len(self.areas))
             coef[self.interior] = self.diff[2]
+        #: the largest rate at which diffusion empties a cell, sum_f |f| / (kappa delta_f |c|):
+        #: every step obeys h * rate <= _CFL_MAX, so a run needs >= T * this / _CFL_MAX steps
+        self.diffusion_rate = 0.0
+        if self.diff is not None:
+            with np.errstate(over="ignore"):
+                out = np.bincount(self.diff[0], self.diff[2], self.n) + np.bincount(
+                    self.diff[1], self.diff[2], self.n)
+                self.diffusion_rate = float(np.max(out * self._inv_vol))
         self._coef = np.ascontiguousarray(coef, dtype=float)
         self._areas = np.ascontiguousarray(self.areas, dtype=float)
         self._left = np.ascontiguousarray(self.left, dtype=np.int64)
@@ -566,11 +581,11 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     cfl = _v.as_positive(cfl, "cfl")
     if cfl > 0.5:
         raise ValueError(f"cfl must be in (0, 0.5] (positivity of the MUSCL scheme), got {cfl}")
-    if not isinstance(field, str) or field not in FIELDS:
-        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
-    if not isinstance(method, str) or method not in METHODS:
+    _v.as_choice(field, "field", FIELDS)
+    if isinstance(method, str) and method not in METHODS:
         raise ValueError(f"method (the time stepper) must be one of {METHODS}, got {method!r}; "
                          f"the field algorithm is field= {FIELDS}")
+    _v.as_choice(method, "method", METHODS)
     max_steps = _v.as_positive_int(max_steps, "max_steps")
     t0, t1, t_eval = _engine.check_times(t_span, t_eval)
     dyn._check_span(t0, t1)
@@ -583,6 +598,15 @@ def solve_meanfield(dyn: TokenDynamics, rho0: Density, t_span, *, t_eval=None, c
     problem = _FiniteVolume(dyn, grid, field, info, float(rho @ np.asarray(grid.volumes).ravel()))
     info.min_density = float(rho.min())
     problem.start_at(t0)
+    with np.errstate(over="ignore"):
+        fewest = (float(t_eval[-1]) - t0) * problem.diffusion_rate / _CFL_MAX
+    if fewest > max_steps:
+        raise ValueError(
+            f"kappa={dyn.kappa:g} gives a diffusion rate 1/kappa * |f|/(delta |c|) of "
+            f"{problem.diffusion_rate:.3g} per unit time on {grid!r}: the explicit scheme needs "
+            f"at least {fewest:.3g} steps for t_span=({t0:g}, {t1:g}), above max_steps={max_steps}; "
+            "use a larger kappa, a coarser grid or a shorter t_span"
+        )
     controller = _CFLController(cfl, problem.rate_model)
     stepper, done = _SSPRK3(), 0
     if _resume is not None:  # transformer_pde.resume: continue from saved time k
