@@ -132,7 +132,7 @@ def as_choice(value, name: str, allowed) -> str:
 def as_time_span(t_span, name: str = "t_span") -> tuple[float, float]:
     """``(t0, t1)``: finite, ``t0 < t1``, with a length that float64 can subdivide.
 
-    The length must be a normal float64 (>= 2.2e-308) and at least ``2**20`` units in the
+    The length must be a normal float64 (>= 2.2e-308) and at least ``2**10`` units in the
     last place of ``max(|t0|, |t1|)``: below that, steps and saved times between t0 and t1
     are not representable (t0 + h rounds to t0 or t1).
     """
