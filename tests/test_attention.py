@@ -112,26 +112,31 @@ def test_kernel_matches_reference(name, d, kind, weighted, rng):
 
 
 def _count_pairs_kernel(monkeypatch):
-    """Count the calls of the symmetric-pairs kernel (serial and parallel)."""
+    """Count the calls of the symmetric-pairs kernels (compiled, and the BLAS tiles' weights)."""
     from transformer_pde._kernels import attention as k
 
     calls = []
-    for name in ("symmetric_field", "symmetric_field_serial"):
+    for name in ("symmetric_field", "symmetric_field_serial", "exp_shifted"):
         real = getattr(k, name)
         monkeypatch.setattr(k, name, lambda *a, _real=real: calls.append(1) or _real(*a))
     return calls
 
 
 @pytest.mark.parametrize("n", [2, 3, 33, 600])  # 600 > BLOCK: rows of several blocks
-@pytest.mark.parametrize("case", ["sa-circle", "usa-sphere", "l2-plane", "sa-AtA", "sa-cluster-1e3"])
+@pytest.mark.parametrize("case", ["sa-circle", "usa-sphere", "l2-plane", "sa-AtA", "sa-cluster-1e3",
+                                  "sa-d64-tiles", "usa-d64-tiles"])
 def test_symmetric_pairs_kernel_matches_reference(case, n, monkeypatch, rng):
     """Targets = sources and Q^T K symmetric: each pair's weight is computed once
     (docs/math.md §9.14). Against the dense reference and the generic kernel (targets a
     copy of the sources), with zero and unequal weights; the cluster at beta = 1e3 is the
     hardest case of the shared shift (every weight but the near-diagonal ones underflows)."""
-    d = 3 if case in ("usa-sphere", "sa-cluster-1e3") else 2
+    d = 3 if case in ("usa-sphere", "sa-cluster-1e3") else 64 if "d64" in case else 2
     x = random_sphere(rng, n, d)
-    if case == "sa-circle":
+    if case == "sa-d64-tiles":  # k + d = 128: BLAS tiles, 600 = two full tiles and a part
+        att = tp.SoftmaxAttention(4.0)
+    elif case == "usa-d64-tiles":
+        att = tp.UnnormalizedAttention(2.0)
+    elif case == "sa-circle":
         att = tp.SoftmaxAttention(3.0, summation="exact")
     elif case == "usa-sphere":
         att = tp.UnnormalizedAttention(2.0, V=rng.normal(size=(d, d)), summation="exact")
@@ -148,9 +153,10 @@ def test_symmetric_pairs_kernel_matches_reference(case, n, monkeypatch, rng):
     mass[n // 2] = 0.0
     calls = _count_pairs_kernel(monkeypatch)
     v = att.velocity(x, weights=mass)
-    assert calls  # the symmetric-pairs kernel did this one
+    assert calls  # the symmetric pairs did this one
+    done = len(calls)
     generic = att._exact_field(x, x.copy(), mass / mass.sum())  # not the same array: generic rows
-    assert len(calls) == 1
+    assert len(calls) == done
     # sums of up to n terms in other orders: ~ n eps relative (600 eps ~ 1.3e-13)
     assert rel_err(v, att.velocity_reference(x, weights=mass)) <= 1e-12
     assert rel_err(v, generic) <= 1e-12

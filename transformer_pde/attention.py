@@ -80,19 +80,22 @@ def _softmax(qx, kx, vx, colw, causal, out, pairs=False):
 
 
 def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
-    r"""The field of a token set on itself by the symmetric-pairs kernel, if it applies.
+    r"""The field of a token set on itself by the symmetric pairs, if they apply.
 
     When the targets are the sources and :math:`\langle qx_i, kx_j\rangle = \langle qx_j,
     kx_i\rangle` (:meth:`Attention._pairs_symmetric`), each weight
     :math:`e_{ij} = e^{\langle qx_i, kx_j\rangle - b}` serves the pair (i, j) and (j, i),
-    so the kernel computes half the exponentials (docs/math.md §9.14). It takes one shift
-    b for all rows, the Cauchy-Schwarz bound :math:`\max_i|qx_i|\max_j|kx_j|`, so it
-    applies where every row keeps a weight of at least :math:`e^{-600}` relative to b
-    (checked through the logits to the row itself and to the source of largest weight),
-    for USA where :math:`e^{b}` is finite, and for float64 with k, d <= 3 (the fused
-    kernels' sizes). Returns False, having done nothing, where it does not apply.
+    so half the exponentials (and, on the BLAS path, half the logit products) are
+    computed (docs/math.md §9.14). One shift b for all rows, the Cauchy-Schwarz bound
+    :math:`\max_i|qx_i|\max_j|kx_j|`: it applies where every row keeps a weight of at
+    least :math:`e^{-600}` relative to b (checked through the logits to the row itself and
+    to the source of largest weight), for USA where :math:`e^{b}` is finite, and in
+    float64. k, d <= 3: the compiled kernel; k + d above the fused kernels' sizes: BLAS
+    tiles (:func:`_tiled_pairs`); sizes between: the generic fused rows. Returns False,
+    having done nothing, where it does not apply.
     """
-    if qx.dtype != np.float64 or not (qx.shape[1] <= 3 and 1 <= vx.shape[1] <= 3) or len(qx) < 2:
+    small = qx.shape[1] <= 3 and 1 <= vx.shape[1] <= 3
+    if qx.dtype != np.float64 or len(qx) < 2 or not (small or not _fused(qx, vx)):
         return False
     b = float(np.sqrt(np.max(np.einsum("ic,ic->i", qx, qx)) * np.max(np.einsum("jc,jc->j", kx, kx))))
     top = int(np.argmax(colw))
@@ -103,9 +106,79 @@ def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
     with np.errstate(under="ignore"):
         a = np.exp(colw)
     scale = 1.0 if normalize else float(np.exp(b))
-    _threads.run("pairs", len(qx) * len(kx) // 2, _k.symmetric_field_serial, _k.symmetric_field,
-                 qx, _t(kx), _t(vx), a, b, normalize, scale, out)
+    pairs = len(qx) * len(kx) // 2
+    if small:
+        _threads.run("pairs", pairs, _k.symmetric_field_serial, _k.symmetric_field,
+                     qx, _t(kx), _t(vx), a, b, normalize, scale, out)
+    else:
+        _tiled_pairs(qx, kx, vx, a, b, normalize, scale, out)
     return True
+
+
+#: rows of a square tile of the symmetric pairs on the BLAS path (a 256 x 256 float64
+#: tile is 512 KiB: in a core's L2 cache beside its operands)
+_PAIR_TILE = 256
+
+
+def _tiled_pairs(qx, kx, vx, a, shift, normalize, scale, out):
+    """The symmetric pairs by BLAS tiles.
+
+    For row blocks J <= I, the tile E = exp(qx_I kx_J^T - shift) adds E (a v, a)_J to the
+    sums of rows I and, for J < I, E^T (a v, a)_I to those of rows J.
+
+    The tile pairs are dealt in turn to a fixed number of groups (Numba's pool size),
+    each with its own sums, added in group order at the end: one or several Python
+    threads (BLAS and :func:`~transformer_pde._kernels.attention.exp_shifted` release the
+    GIL) give the same numbers.
+    """
+    n, d = vx.shape
+    va = np.empty((n, d + 1))
+    va[:, :d] = a[:, None] * vx
+    va[:, d] = a
+    starts = range(0, n, _PAIR_TILE)
+    tiles = [(i0, j0) for i0 in starts for j0 in starts if j0 <= i0]
+    groups = numba.config.NUMBA_NUM_THREADS
+    sums = np.zeros((groups, n, d + 1))
+    _threads.run("tiles-pairs", n * n // 2, _pair_groups_serial, _pair_groups_parallel,
+                 qx, kx, va, shift, tiles, sums)
+    total = sums.sum(axis=0)
+    if normalize:
+        out[:] = total[:, :d] / total[:, d:]
+    else:
+        out[:] = total[:, :d] * scale
+
+
+def _pair_group(qx, kx, va, shift, tiles, sums, g):
+    """The tiles g, g + groups, ... of :func:`_tiled_pairs` into ``sums[g]``."""
+    acc = sums[g]
+    for i0, j0 in tiles[g :: len(sums)]:
+        rows, cols = slice(i0, i0 + _PAIR_TILE), slice(j0, j0 + _PAIR_TILE)
+        tile = _k.exp_shifted(qx[rows] @ kx[cols].T, shift)
+        acc[rows] += tile @ va[cols]
+        if j0 < i0:
+            acc[cols] += tile.T @ va[rows]
+
+
+def _pair_groups_serial(qx, kx, va, shift, tiles, sums):
+    for g in range(len(sums)):
+        _pair_group(qx, kx, va, shift, tiles, sums, g)
+
+
+def _pair_groups_parallel(qx, kx, va, shift, tiles, sums):
+    """:func:`_pair_groups_serial` with the groups on as many threads as the limit."""
+    workers = min(_threads.get_num_threads(), len(sums))
+    jobs = [_tile_executor().submit(_pair_groups_of, qx, kx, va, shift, tiles, sums, w, workers)
+            for w in range(1, workers)]
+    try:
+        _pair_groups_of(qx, kx, va, shift, tiles, sums, 0, workers)
+    finally:
+        for job in jobs:
+            job.result()
+
+
+def _pair_groups_of(qx, kx, va, shift, tiles, sums, first, step):
+    for g in range(first, len(sums), step):
+        _pair_group(qx, kx, va, shift, tiles, sums, g)
 
 
 def _name(kernel: str, qx: np.ndarray) -> str:

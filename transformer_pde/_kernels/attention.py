@@ -94,6 +94,7 @@ __all__ = [
     "symmetric_field_serial",
     "exp_system",
     "weight_rows",
+    "exp_shifted",
     "exp_field",
     "exp_field_serial",
     "sigmoid_field",
@@ -985,6 +986,15 @@ def weight_rows(tile, colw, kind, bias, causal, row0, scale):
                 scale[r] = np.exp(np.float64(mx))
         for j in range(nj, n):
             row[j] = 0.0
+    return tile
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def exp_shifted(tile, shift):
+    """tile <- exp(tile - shift) in place (a C-contiguous 2-D float64 tile, tile <= shift):
+    the weights of the BLAS tiles of the symmetric pairs."""
+    for r in range(tile.shape[0]):
+        _exp_block(tile[r], shift)
     return tile
 
 
