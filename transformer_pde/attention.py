@@ -97,12 +97,10 @@ def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
     small = qx.shape[1] <= 3 and 1 <= vx.shape[1] <= 3
     if qx.dtype != np.float64 or len(qx) < 2 or not (small or not _fused(qx, vx)):
         return False
-    b = float(np.sqrt(np.max(np.einsum("ic,ic->i", qx, qx)) * np.max(np.einsum("jc,jc->j", kx, kx))))
-    top = int(np.argmax(colw))
-    with np.errstate(invalid="ignore"):  # -inf + finite for sources of zero weight
-        lower = np.maximum(np.einsum("ic,ic->i", qx, kx) + colw, qx @ kx[top] + colw[top])
-    if not (np.isfinite(b) and np.all(b - lower <= _k._GAP64) and (normalize or b <= _k._EXP_TOP)):
+    b = _pairs_shift(qx, kx, colw, normalize)
+    if b is None:
         return False
+    b = float(b)
     with np.errstate(under="ignore"):
         a = np.exp(colw)
     scale = 1.0 if normalize else float(np.exp(b))
@@ -112,6 +110,43 @@ def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
                      qx, _t(kx), _t(vx), a, b, normalize, scale, out)
     else:
         _tiled_pairs(qx, kx, vx, a, b, normalize, scale, out)
+    return True
+
+
+def _pairs_shift(qx, kx, colw, normalize):
+    """The shared shift b of the symmetric pairs, or None where it does not apply.
+
+    One b per system of a batch (B, n, k); None where it leaves some row below e^-600
+    (or, for USA, e^b overflows).
+    """
+    b = np.sqrt(np.max(np.einsum("...ic,...ic->...i", qx, qx), axis=-1)
+                * np.max(np.einsum("...jc,...jc->...j", kx, kx), axis=-1))
+    top = np.argmax(colw, axis=-1)[..., None]  # the source of largest weight, per system
+    k_top = np.take_along_axis(kx, top[..., None], axis=-2)  # (..., 1, k)
+    with np.errstate(invalid="ignore"):  # -inf + finite for sources of zero weight
+        lower = np.maximum(np.einsum("...ic,...ic->...i", qx, kx) + colw,
+                           np.einsum("...ic,...jc->...i", qx, k_top)
+                           + np.take_along_axis(colw, top, axis=-1))
+    ok = np.all(np.isfinite(b)) and np.all(b[..., None] - lower <= _k._GAP64)
+    if not ok or not (normalize or np.all(b <= _k._EXP_TOP)):
+        return None
+    return b
+
+
+def _symmetric_pairs_batch(qx, kx, vx, colw, normalize, out) -> bool:
+    """:func:`_symmetric_pairs` for a batch (B, n, .) of small systems (k, d <= 3)."""
+    if qx.dtype != np.float64 or qx.shape[1] < 2 or not (qx.shape[2] <= 3 and 1 <= vx.shape[2] <= 3):
+        return False
+    b = _pairs_shift(qx, kx, colw, normalize)
+    if b is None:
+        return False
+    with np.errstate(under="ignore"):
+        a = np.ascontiguousarray(np.exp(colw))
+    scale = np.ones_like(b) if normalize else np.exp(b)
+    kyT = np.ascontiguousarray(np.swapaxes(kx, 1, 2))
+    vyT = kyT if vx is kx else np.ascontiguousarray(np.swapaxes(vx, 1, 2))
+    _threads.run("pairs-batch", qx.shape[0] * qx.shape[1] * kx.shape[1] // 2, _kb.pairs_batch_serial,
+                 _kb.pairs_batch, qx, kyT, vyT, a, b, normalize, scale, out)
     return True
 
 
@@ -759,13 +794,15 @@ class Attention:
     def _pairs_symmetric(self) -> bool:
         """Whether the kernel may use the symmetric pairs (:func:`_symmetric_pairs`).
 
-        True when <Qx, Ky> = <Qy, Kx> for all x, y (Q^T K symmetric, exactly in float64),
-        for one system (not a batched model).
+        True when <Qx, Ky> = <Qy, Kx> for all x, y: Q^T K symmetric, exactly in float64
+        (a batched model: Q = K = I only).
         """
-        if not self._pairs_kernel or self.batch is not None:
+        if not self._pairs_kernel:
             return False
         if self.Q is None and self.K is None:
             return True
+        if self.batch is not None:
+            return False
         d = (self.Q if self.Q is not None else self.K).shape[1]
         q = np.eye(d) if self.Q is None else self.Q
         k = np.eye(d) if self.K is None else self.K
@@ -881,6 +918,8 @@ class SoftmaxAttention(_FastSummation, Attention):
     def _kernel_batch(self, weights, qx, kx, vx, out, causal):
         colw = _log_weights(weights) + self._column_bias(kx)
         colw = _batch_rows(colw - np.max(colw, axis=-1, keepdims=True), kx)  # as in _softmax
+        if not causal and self._pairs_symmetric() and _symmetric_pairs_batch(qx, kx, vx, colw, True, out):
+            return
         _batched("softmax", _kb.softmax_batch_serial, _kb.softmax_batch, qx, kx, vx, (colw, causal),
                  out, _k.SOFTMAX, colw, 0.0, causal)
 
@@ -1073,6 +1112,9 @@ class UnnormalizedAttention(_FastSummation, Attention):
         logw = _log_weights(weights)
         top = np.max(logw)  # factored out as in _kernel
         colw = _batch_rows(logw - top, kx)
+        if not causal and self._pairs_symmetric() and _symmetric_pairs_batch(qx, kx, vx, colw, False, out):
+            out *= np.exp(top)
+            return
         _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw, causal), out, _k.EXP,
                  colw, 0.0, causal)
         out *= np.exp(top)

@@ -17,7 +17,11 @@ the serial single-system kernel with its one-pass rows inlined (at n = 32 the tw
 per row of the single-system kernel cost as much as the row, and each call of it
 allocates its scratch): the same arithmetic, so a batch gives the separate calls'
 numbers to rounding (measured 6e-16 relative; LLVM may contract the inlined loop
-differently).
+differently). With Q = K = I (per-system beta and V allowed) and no mask, SA and USA
+batches go through ``pairs_batch``: each system by the symmetric pairs of
+:func:`~transformer_pde._kernels.attention.symmetric_field` in one chunk (half the
+exponentials; equal to the separate calls, which use the same pairs in 8 chunks, to
+rounding).
 
 Not cached on disk (``cache=False``): Numba's cache checks only the file of the cached
 function, so a cached batch kernel would keep an old copy of the row kernels it calls
@@ -32,13 +36,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .attention import _n_chunks, _scratch, exp_system, sigmoid_field_serial, softmax_system
+from .attention import _n_chunks, _scratch, _sym_chunk, exp_system, sigmoid_field_serial, softmax_system
 
 __all__ = [
     "softmax_batch",
     "softmax_batch_serial",
     "exp_batch",
     "exp_batch_serial",
+    "pairs_batch",
+    "pairs_batch_serial",
     "sigmoid_batch",
     "sigmoid_batch_serial",
 ]
@@ -93,6 +99,39 @@ def exp_batch_serial(qx, kyT, vyT, colw, causal, out):
     buf, acc, stats = _batch_scratch(qx, vyT, causal)
     for b in range(qx.shape[0]):
         exp_system(qx[b], kyT[b], vyT[b], colw[b], causal, out[b], buf, acc, stats)
+    return out
+
+
+@numba.njit(inline="always")
+def _pairs_system(qx, kyT, vyT, a, shift, normalize, scale, out, tu):
+    """One system by the symmetric pairs (all rows in one chunk), ``tu`` (1, 4, n) scratch."""
+    tu[:] = 0.0
+    _sym_chunk(qx, kyT, vyT, a, shift, 0, 1, tu[0])
+    for i in range(out.shape[0]):
+        f = 1.0 / tu[0, 0, i] if normalize else scale
+        for r in range(out.shape[1]):
+            out[i, r] = tu[0, r + 1, i] * f
+
+
+@numba.njit(**_PARALLEL)
+def pairs_batch(qx, kyT, vyT, a, shift, normalize, scale, out):
+    """out[b] = the symmetric pairs' field of system b (shift[b], scale[b], weights a[b]),
+    systems in parallel (see :func:`~transformer_pde._kernels.attention.symmetric_field`)."""
+    n_sys = qx.shape[0]
+    chunks = _n_chunks(n_sys)
+    for c in numba.prange(chunks):
+        tu = np.empty((1, 4, qx.shape[1]))
+        for b in range(c, n_sys, chunks):
+            _pairs_system(qx[b], kyT[b], vyT[b], a[b], shift[b], normalize, scale[b], out[b], tu)
+    return out
+
+
+@numba.njit(**_SERIAL)
+def pairs_batch_serial(qx, kyT, vyT, a, shift, normalize, scale, out):
+    """:func:`pairs_batch` on the calling thread only (releases the GIL)."""
+    tu = np.empty((1, 4, qx.shape[1]))
+    for b in range(qx.shape[0]):
+        _pairs_system(qx[b], kyT[b], vyT[b], a[b], shift[b], normalize, scale[b], out[b], tu)
     return out
 
 
