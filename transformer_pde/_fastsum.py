@@ -144,10 +144,8 @@ _EXACT = SummationReport("exact", reason="summation='exact'")
 def check_summation(summation, tol) -> tuple[str, float]:
     """Validate the ``summation`` and ``tol`` keywords of an attention model."""
     _v.as_choice(summation, "summation", SUMMATIONS)
-    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)):
-        raise TypeError(f"tol must be a positive real number, got {tol!r} ({type(tol).__name__})")
-    tol = float(tol)
-    if not (np.isfinite(tol) and 0.0 < tol < 1.0):
+    tol = _v.as_real(tol, "tol")
+    if not 0.0 < tol < 1.0:
         raise ValueError(f"tol must be a relative error in (0, 1), got {tol!r}")
     return summation, tol
 

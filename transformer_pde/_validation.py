@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "DENSE_LIMIT_BYTES",
+    "MAX_COUNT",
     "as_real",
     "as_real_array",
     "as_choice",
@@ -69,14 +70,23 @@ def as_positive(value, name: str) -> float:
     return value
 
 
+#: the largest count (of tokens, cells, systems, iterations, ...) a public function takes:
+#: 2**53, the integers float64 holds exactly; far beyond any array that fits in memory
+MAX_COUNT = 2**53
+
+
 def as_positive_int(value, name: str) -> int:
-    """An integer >= 1 (bool rejected)."""
+    """An integer 1 <= value <= :data:`MAX_COUNT` (bool rejected)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(
             f"{name} must be an integer, got {_describe(value)} of type {type(value).__name__}"
         )
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(
+            f"{name} must be at most 2**53 (a count float64 holds exactly), got {_describe(value)}"
+        )
     return int(value)
 
 

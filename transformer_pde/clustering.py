@@ -440,12 +440,12 @@ def _systems(obj, name: str = "x") -> tuple[np.ndarray, str]:
     if isinstance(obj, (Density, DensityTrajectory)):
         raise TypeError(f"{name} must be tokens or a Trajectory (a density has no tokens), "
                         f"got {type(obj).__name__}")
-    x = np.asarray(obj.x if isinstance(obj, Trajectory) else obj, dtype=float)
+    x = _v.as_real_array(obj.x if isinstance(obj, Trajectory) else obj, name, nonempty=False,
+                         finite=False)  # complex and strings refused, naming the parameter
     if x.ndim not in (2, 3, 4) or x.shape[-2] < 1 or x.shape[-1] < 1:
         raise ValueError(f"{name} must be tokens (n, d), a stack (nt, n, d), a batch (nt, B, n, d) "
                          f"or a Trajectory; got an array of shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite")
+    _v.as_real_array(x, name)  # finite, naming the first entry that is not
     kind = {2: "one", 3: "stack", 4: "batch"}[x.ndim]
     return x.reshape(-1, *x.shape[-2:]), kind
 

@@ -93,6 +93,8 @@ class Density:
         Points outside a Cartesian grid are dropped (with their mass). On a causal grid
         use ``from_function`` instead (the positions s are not part of x).
         """
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grid must be a grid such as tp.CircleGrid(256), got {type(grid).__name__}")
         if isinstance(grid, CausalCircleGrid):
             raise TypeError("from_samples needs token positions; on a CausalCircleGrid use from_function")
         x = _v.as_tokens(x, "x", d=grid.dim)
