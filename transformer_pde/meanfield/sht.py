@@ -131,6 +131,11 @@ def _coefficients(kind, b, bias):
             ends, _ = kernel_weights(RotationInvariant("sigmoid", b, 1.0, bias), np.array([-1.0, 1.0]))
             scale = float(ends.max())
         else:
+            # below |b| = 1e-150 the kernel e^{bt - |b|} is that of b = 0 to 1 + O(|b|), while
+            # sqrt(pi / 2|b|) and g = w / b overflow near the smallest floats (hypothesis
+            # found b = 2.2e-309 giving NaN coefficients): take the limit b = 0 there
+            if abs(b) < 1e-150:
+                b = 0.0
             w = _exp_coefficients(b, lmax)
             g = w / b if b != 0.0 else np.zeros(lmax + 1)
             if b == 0.0:
