@@ -14,6 +14,46 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles (README, "Property-based tests"). "ci", the default: derandomized (the
+# examples are a function of each test's source, so every run tries the same ones), a few
+# examples per property, no deadline (timings on a shared machine are noise), failures
+# printed with the @reproduce_failure blob, no example database written. "slow": many more
+# examples from a fresh random seed per run (printed on failure; replay with
+# ``--hypothesis-seed=N``). Selected by HYPOTHESIS_PROFILE, else "slow" when the run selects
+# the slow set (``pytest -m slow``), else "ci".
+settings.register_profile(
+    "ci", derandomize=True, max_examples=15, deadline=None, print_blob=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "slow", max_examples=400, deadline=None, print_blob=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+#: modules whose tests are the properties: ``pytest -m slow`` runs them too, under "slow"
+PROPERTY_MODULES = ("test_properties",)
+
+
+def _slow_selected(config) -> bool:
+    expr = (config.getoption("markexpr", "") or "").replace(" ", "")
+    return "slow" in expr and "notslow" not in expr
+
+
+def pytest_configure(config):
+    profile = os.environ.get("HYPOTHESIS_PROFILE") or ("slow" if _slow_selected(config) else "ci")
+    settings.load_profile(profile)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``-m slow`` the property tests join the slow set (with the "slow" profile)."""
+    if not _slow_selected(config):
+        return
+    for item in items:
+        if item.module.__name__.startswith(PROPERTY_MODULES):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
