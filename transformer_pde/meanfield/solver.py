@@ -455,7 +455,8 @@ class _CFLController:
             lam = min(change / size, self.rate_model) if size > 0.0 else 0.0
         # grow at most 2x a step: lam lags one step behind the field
         limit = np.inf if self.dt_free is None else 2.0 * self.dt_free
-        self.dt_free = min(self.cfl / max(f0.rate, lam), limit)
+        rate = max(f0.rate, lam)  # 0 for a field that vanishes exactly: the density is stationary
+        self.dt_free = min(self.cfl / rate, limit) if rate > 0.0 else limit
         return min(self.dt_free, remaining)
 
     def judge(self, t, rho, h, result: Step):
