@@ -172,13 +172,30 @@ def test_unit_norms_after_simulate(data, d, method, norm, T):
 _BATCHED = ("softmax", "L2", "USA", "sigmoid")
 
 
+def _field_rate(att) -> float:
+    """A bound on the Lipschitz constant of the attention field on unit vectors (1/time).
+
+    |V| (1 + b) per head, b = |beta| |Q| |K| (times e^b for USA, whose weights reach e^b):
+    the bound ``meanfield.field.rate_bound`` uses for the CFL step.
+    """
+    total = 0.0
+    for h in _heads(att):
+        q, k, v = (1.0 if m is None else float(np.linalg.norm(m, 2)) for m in (h.Q, h.K, h.V))
+        b = float(np.max(np.abs(h.beta))) * q * k
+        total += v * (1.0 + b) * (np.exp(b) if isinstance(h, tp.UnnormalizedAttention) else 1.0)
+    return total
+
+
 @given(data=st.data(), d=st.integers(2, 3), method=st.sampled_from(["euler", "heun", "rk4"]),
        T=st.floats(0.01, 0.2), per_system=st.booleans())
 def test_batch_equals_separate_runs(data, d, method, T, per_system):
     """A batch (B, n, d) with fixed steps = the B separate runs, to 1e-12 (simulate's promise).
 
-    Both take the same steps; the batch kernel may sum in another order (n eps per step),
-    and beta <= 10 over T <= 0.2 grows such differences by at most e^{2}: ~1e-14.
+    Both take the same steps; the batch kernel may sum in another order (a few eps of the
+    field per stage). Such differences grow at most like e^{Lip T} (Lip the field's Lipschitz
+    bound, :func:`_field_rate`), so the run is cut to Lip T <= 3 and Lip dt <= 1/2 (inside
+    every stepper's stability region: hypothesis found that euler at Lip dt = 36, a stiff
+    USA cluster, amplifies the last-bit differences to 3e-10): e^3 x 1e-14 ~ 1e-13.
     """
     x0 = data.draw(S.batches(d=d))
     B = len(x0)
@@ -192,7 +209,9 @@ def test_batch_equals_separate_runs(data, d, method, T, per_system):
     else:  # one model shared by the systems (any class, masked, multi-head)
         batched = data.draw(S.attentions(d, max_beta=10.0))
         alone = [batched] * B
-    dt = data.draw(st.sampled_from([0.02, 0.05]))
+    rate = _field_rate(batched)
+    T = min(T, 3.0 / rate)
+    dt = min(data.draw(st.sampled_from([0.02, 0.05])), 0.5 / rate)
     t_eval = [0.0, 0.5 * T, T]
     traj = tp.simulate(tp.TokenDynamics(batched), x0, (0.0, T), t_eval=t_eval, method=method, dt=dt)
     for b in range(B):
@@ -241,6 +260,19 @@ def test_mass_and_positivity(data):
         assert mass[-1] <= mass[0] * (1.0 + 1e-11)
     else:
         assert abs(mass[-1] - mass[0]) <= 1e-11 * mass[0]
+
+
+def test_zero_field_is_stationary():
+    """Found by hypothesis (test_save_load_round_trip's solver run): a field that vanishes
+    exactly (uniform density, one causal fibre, beta = 100, mask j < i) made the CFL
+    controller divide by a zero rate on its second step (ZeroDivisionError). The density is
+    stationary: the run succeeds and keeps it to round-off."""
+    grid = tp.CausalCircleGrid(1, 8)
+    dyn = tp.TokenDynamics(tp.SoftmaxAttention(100.0, causal=True, include_self=False))
+    rho0 = tp.Density.uniform(grid)
+    sol = tp.solve_meanfield(dyn, rho0, (0.0, 0.0099), t_eval=[0.0, 0.0099])
+    assert sol.info.status == "success"
+    assert np.max(np.abs(sol.density[-1] - rho0.values)) <= 4 * EPS * rho0.values.max()
 
 
 @st.composite
@@ -299,7 +331,12 @@ def test_fast_summation_equals_exact(data, d, name, seed):
         kw["bias"] = data.draw(st.floats(-2.0, 2.0))
     fast = _FAST[name](beta, summation="fast", tol=1e-10, **kw)
     exact = _FAST[name](beta, summation="exact", **kw)
-    got, want = fast.velocity(x, w), exact.velocity(x, w)
+    try:
+        got = fast.velocity(x, w)
+    except ValueError as err:  # "fast" refuses, naming why, where its transforms cannot reach tol
+        assume("is not available" not in str(err))  # (sigmoid at beta = 200 on S^2: degree 1494)
+        raise
+    want = exact.velocity(x, w)
     scale = np.full(len(x), abs(v)) if name == "softmax" else abs(v) * (exact.matrix(x, w).sum(axis=1))
     err = np.max(np.abs(got - want), axis=1)
     assert np.all(err <= 1e-10 * scale + 1e-15 * abs(v)), (err / scale).max()
