@@ -547,42 +547,13 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
 
 #: the (callable, parameter, corruption) triples that do not raise a ValueError/TypeError
 #: naming the parameter (found by enumerating every triple of the registry on main after
-#: the boundary layer of issue 13 landed). Fix them at the public boundary, then delete
-#: the entry: tests/test_properties_invalid.py::test_known_bad reports XPASS until then.
+#: the boundary layer of issue 13 and its follow-up for the first findings landed). Fix
+#: them at the public boundary, then delete the entry: until then
+#: tests/test_properties_invalid.py::test_known_bad runs them as xfail (XPASS once fixed).
 #: Value: what happens today.
 KNOWN_BAD: dict[tuple[str, str, str], str] = {
-    ('SoftmaxAttention', 'tol', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('UnnormalizedAttention', 'tol', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('SigmoidAttention', 'tol', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('SinkhornAttention', 'n_iter', 'huge int'): 'accepted',
-    ('CircleGrid', 'n_cells', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('CausalCircleGrid', 'n_positions', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('CausalCircleGrid', 'n_cells', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('SphereGrid', 'n_lat', 'huge int'): 'ValueError not naming it: Maximum allowed size exceeded',
-    ('ZonalGrid', 'n_cells', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('Density.from_samples', 'grid', 'string'): "AttributeError: 'str' object has no attribute 'dim'",
-    ('Density.from_samples', 'grid', 'none'): "AttributeError: 'NoneType' object has no attribute 'dim'",
-    ('Density.from_samples', 'grid', 'number'): "AttributeError: 'int' object has no attribute 'dim'",
-    ('wasserstein.sphere_sliced', 'n_projections', 'huge int'):
-        'OverflowError: int too large to convert to float',
-    ('clustering.effective_dimension', 'x', 'complex'): 'accepted',
-    ('clustering.effective_dimension', 'x', 'string'):
-        "ValueError not naming it: could not convert string to float: 'a'",
-    ('theory.equiangular_rate', 'n', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.equiangular_rho', 'n', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.equiangular_time', 'n', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.sphere_growth_rate', 'd', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.fastest_circle_mode', 'k_max', 'huge int'):
-        'ValueError not naming it: Maximum allowed size exceeded',
-    ('theory.metastable_time', 'n', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.noisy_order_parameter', 'd', 'huge int'): 'accepted',
-    ('theory.critical_kappa', 'd', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('theory.causal_correlation_matrix', 'n', 'huge int'):
-        'ValueError not naming it: Maximum allowed size exceeded',
     ('theory.causal_correlation_matrix', 't', 'string'): 'accepted',
     ('theory.causal_correlation_matrix', 't', 'huge int'): 'OverflowError: int too large to convert to float',
-    ('random_weights', 'batch', 'huge int'): 'ValueError not naming it: Maximum allowed dimension exceeded',
-    ('initial.equiangular_tokens', 'n', 'huge int'): 'OverflowError: int too large to convert to float',
 }
 
 
