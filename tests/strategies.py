@@ -551,10 +551,7 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
 #: them at the public boundary, then delete the entry: until then
 #: tests/test_properties_invalid.py::test_known_bad runs them as xfail (XPASS once fixed).
 #: Value: what happens today.
-KNOWN_BAD: dict[tuple[str, str, str], str] = {
-    ('theory.causal_correlation_matrix', 't', 'string'): 'accepted',
-    ('theory.causal_correlation_matrix', 't', 'huge int'): 'OverflowError: int too large to convert to float',
-}
+KNOWN_BAD: dict[tuple[str, str, str], str] = {}
 
 
 def triples(entry: Entry) -> list[tuple[str, str]]:

@@ -938,7 +938,9 @@ def causal_correlation_matrix(n: int, t: float, beta: float, k: int = 1) -> np.n
     from scipy.linalg import expm
 
     n = _n_tokens(n)
-    tau = float(_causal_tau(float(t), beta, k, "SA"))
+    _v.check_dense_size((n, n), f"causal_correlation_matrix(n={n})",
+                        "take a smaller n (the matrix exponential of an n x n matrix is O(n^3))")
+    tau = float(_causal_tau(_v.as_real(t, "t"), beta, k, "SA"))
     shift = float(np.exp(beta - np.log(ive(0, beta)) - beta))  # e^beta / I_0(beta)
     i = np.arange(1, n + 1, dtype=float)
     a = np.tril(np.ones((n, n)), -1) / (i[:, None] - 1.0 + shift)
