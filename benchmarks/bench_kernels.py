@@ -121,7 +121,7 @@ def _float32_error(att, x, v32, v64) -> float:
 def measure(quick: bool = False, baseline: str | None = None) -> list[dict]:
     """All rows of this benchmark (see the module docstring); quick: n = 2048, 3 repeats."""
     n = 2048 if quick else 4096
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 15
     rows = []
     pairs = float(n) * n
     threads = tp.get_num_threads()

@@ -112,6 +112,22 @@ def test_batched_velocity_matches_reference(name, rng):
             assert np.abs(v[s] - dyn._system(s).velocity(x0[s])).max() <= 1e-12 * scale
 
 
+@pytest.mark.parametrize("cls", [tp.SoftmaxAttention, tp.UnnormalizedAttention])
+def test_symmetric_pairs_batch_hands_a_system_over_to_the_generic_rows(cls, rng):
+    """Q = K = I: each system by the symmetric pairs, except system 1, whose tokens of very
+    different norms (0.5 and 14.8) at beta = 3 leave the small tokens' rows 656 below the
+    shared shift (more than 600): the generic rows in the same call. Every system equals
+    the dense reference."""
+    x = rng.normal(size=(3, 12, 2))
+    x[1] = 0.5 * random_sphere(rng, 12, 2)
+    x[1, 6:] *= 29.6  # |x|^2 = 219: with beta = 3 the shift is 657 (e^657 finite, for USA)
+    att = cls(np.array([1.0, 3.0, 0.2]))
+    dyn = tp.TokenDynamics(att, geometry="euclidean")
+    v, ref = dyn.velocity(x), dyn.velocity_reference(x)
+    for s in range(3):  # USA at beta = 50 reaches e^{50 |x|^2}: relative round-off
+        assert np.abs(v[s] - ref[s]).max() <= 1e-12 * max(1.0, np.abs(ref[s]).max())
+
+
 def test_shared_model_on_a_batch(rng):
     """A model without batched parameters moves every system of a batch (one beta for all)."""
     x0 = _batch_sphere(rng, 5, 6, 2)

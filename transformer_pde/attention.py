@@ -87,66 +87,38 @@ def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
     :math:`e_{ij} = e^{\langle qx_i, kx_j\rangle - b}` serves the pair (i, j) and (j, i),
     so half the exponentials (and, on the BLAS path, half the logit products) are
     computed (docs/math.md §9.14). One shift b for all rows, the Cauchy-Schwarz bound
-    :math:`\max_i|qx_i|\max_j|kx_j|`: it applies where every row keeps a weight of at
-    least :math:`e^{-600}` relative to b (checked through the logits to the row itself and
-    to the source of largest weight), for USA where :math:`e^{b}` is finite, and in
-    float64. k, d <= 3: the compiled kernel; k + d above the fused kernels' sizes: BLAS
-    tiles (:func:`_tiled_pairs`); sizes between: the generic fused rows. Returns False,
-    having done nothing, where it does not apply.
+    :math:`\max_i|qx_i|\max_j|kx_j|`, where it keeps every row's weights in range
+    (:func:`~transformer_pde._kernels.attention.pairs_shift`); float64. k, d <= 3: the
+    compiled kernel; k + d above the fused kernels' sizes: BLAS tiles
+    (:func:`_tiled_pairs`); sizes between: the generic fused rows. Returns False,
+    having done nothing, where they do not apply.
     """
     small = qx.shape[1] <= 3 and 1 <= vx.shape[1] <= 3
     if qx.dtype != np.float64 or len(qx) < 2 or not (small or not _fused(qx, vx)):
         return False
-    b = _pairs_shift(qx, kx, colw, normalize)
-    if b is None:
+    if small:
+        return _threads.run("pairs", len(qx) * len(kx) // 2, _k.symmetric_field_serial,
+                            _k.symmetric_field, qx, _t(kx), _t(vx), colw, normalize, out)
+    b = _k.pairs_shift(qx, _t(kx), colw, normalize)
+    if b == np.inf:
         return False
-    b = float(b)
     with np.errstate(under="ignore"):
         a = np.exp(colw)
-    scale = 1.0 if normalize else float(np.exp(b))
-    pairs = len(qx) * len(kx) // 2
-    if small:
-        _threads.run("pairs", pairs, _k.symmetric_field_serial, _k.symmetric_field,
-                     qx, _t(kx), _t(vx), a, b, normalize, scale, out)
-    else:
-        _tiled_pairs(qx, kx, vx, a, b, normalize, scale, out)
+    _tiled_pairs(qx, kx, vx, a, b, normalize, 1.0 if normalize else float(np.exp(b)), out)
     return True
 
 
-def _pairs_shift(qx, kx, colw, normalize):
-    """The shared shift b of the symmetric pairs, or None where it does not apply.
-
-    One b per system of a batch (B, n, k); None where it leaves some row below e^-600
-    (or, for USA, e^b overflows).
-    """
-    b = np.sqrt(np.max(np.einsum("...ic,...ic->...i", qx, qx), axis=-1)
-                * np.max(np.einsum("...jc,...jc->...j", kx, kx), axis=-1))
-    top = np.argmax(colw, axis=-1)[..., None]  # the source of largest weight, per system
-    k_top = np.take_along_axis(kx, top[..., None], axis=-2)  # (..., 1, k)
-    with np.errstate(invalid="ignore"):  # -inf + finite for sources of zero weight
-        lower = np.maximum(np.einsum("...ic,...ic->...i", qx, kx) + colw,
-                           np.einsum("...ic,...jc->...i", qx, k_top)
-                           + np.take_along_axis(colw, top, axis=-1))
-    ok = np.all(np.isfinite(b)) and np.all(b[..., None] - lower <= _k._GAP64)
-    if not ok or not (normalize or np.all(b <= _k._EXP_TOP)):
-        return None
-    return b
-
-
 def _symmetric_pairs_batch(qx, kx, vx, colw, normalize, out) -> bool:
-    """:func:`_symmetric_pairs` for a batch (B, n, .) of small systems (k, d <= 3)."""
+    """:func:`_symmetric_pairs` for a batch (B, n, .) of small systems (k, d <= 3).
+
+    A system whose shared shift does not apply takes the generic rows in the same call.
+    """
     if qx.dtype != np.float64 or qx.shape[1] < 2 or not (qx.shape[2] <= 3 and 1 <= vx.shape[2] <= 3):
         return False
-    b = _pairs_shift(qx, kx, colw, normalize)
-    if b is None:
-        return False
-    with np.errstate(under="ignore"):
-        a = np.ascontiguousarray(np.exp(colw))
-    scale = np.ones_like(b) if normalize else np.exp(b)
     kyT = np.ascontiguousarray(np.swapaxes(kx, 1, 2))
     vyT = kyT if vx is kx else np.ascontiguousarray(np.swapaxes(vx, 1, 2))
     _threads.run("pairs-batch", qx.shape[0] * qx.shape[1] * kx.shape[1] // 2, _kb.pairs_batch_serial,
-                 _kb.pairs_batch, qx, kyT, vyT, a, b, normalize, scale, out)
+                 _kb.pairs_batch, qx, kyT, vyT, colw, normalize, out)
     return True
 
 

@@ -90,6 +90,7 @@ __all__ = [
     "softmax_field",
     "softmax_field_serial",
     "softmax_system",
+    "pairs_shift",
     "symmetric_field",
     "symmetric_field_serial",
     "exp_system",
@@ -840,35 +841,86 @@ def _sym_finish(tu, normalize, scale, out):
             out[i, r] = v * f
 
 
-@numba.njit(**_JIT)
-def symmetric_field(qx, kyT, vyT, a, shift, normalize, scale, out):
-    """The softmax (``normalize``) or unnormalised (times ``scale``) field of a token set
-    on itself when <qx_i, ky_j> = <qx_j, ky_i>: out_i = sum_j a_j e_ij vy_j / sum_j a_j e_ij,
-    or scale sum_j a_j e_ij vy_j, e_ij = exp(<qx_i, ky_j> - shift) computed once per pair.
+@numba.njit(cache=True, nogil=True)
+def pairs_shift(qx, kyT, colw, normalize):
+    """The shared shift b of the symmetric pairs, or ``inf`` where they do not apply.
 
-    ``a`` (n,) the source weights (exp of the log-weights), ``shift`` >= every logit; k,
-    d <= 3, float64. The chunks of rows are those of :func:`_n_chunks`, the same for this
-    kernel and :func:`symmetric_field_serial`, which thus give the same numbers.
+    b = max_i |qx_i| max_j |ky_j| >= every logit (Cauchy-Schwarz); they apply where every
+    row keeps a weight >= e^-600 relative to b, checked through the logits of row i to
+    itself and to the source of largest ``colw`` (b - max(l_ii + c_i, l_it + c_t) <=
+    :data:`_GAP64`), and for USA (not ``normalize``) where e^b is finite (b <= :data:`_EXP_TOP`).
     """
+    n, k = qx.shape
+    q2, k2 = 0.0, 0.0
+    top = 0
+    for i in range(n):
+        sq, sk = 0.0, 0.0
+        for c in range(k):
+            sq += qx[i, c] * qx[i, c]
+            sk += kyT[c, i] * kyT[c, i]
+        q2, k2 = max(q2, sq), max(k2, sk)
+        if colw[i] > colw[top]:
+            top = i
+    b = np.sqrt(q2 * k2)
+    if not (b <= (np.inf if normalize else _EXP_TOP)):  # also NaN
+        return np.inf
+    for i in range(n):
+        own, to_top = colw[i], colw[top]
+        for c in range(k):
+            own += qx[i, c] * kyT[c, i]
+            to_top += qx[i, c] * kyT[c, top]
+        if not b - max(own, to_top) <= _GAP64:
+            return np.inf
+    return b
+
+
+@numba.njit(inline="always")
+def _pairs_weights(colw, normalize, shift):
+    """The source factors a_j = e^{c_j} and the USA scale e^b (1 for softmax)."""
+    a = np.empty(colw.shape[0])
+    for j in range(colw.shape[0]):
+        a[j] = np.exp(colw[j])
+    return a, (1.0 if normalize else np.exp(shift))
+
+
+@numba.njit(**_JIT)
+def symmetric_field(qx, kyT, vyT, colw, normalize, out):
+    """The softmax (``normalize``) or unnormalised field of a token set on itself when
+    <qx_i, ky_j> = <qx_j, ky_i>, each e_ij = exp(<qx_i, ky_j> - b) computed once per pair:
+    out_i = sum_j a_j e_ij vy_j / sum_j a_j e_ij, or e^b sum_j a_j e_ij vy_j (a_j = e^{colw_j}).
+
+    Returns False, with ``out`` untouched, where the shared shift b does not apply
+    (:func:`pairs_shift`). k, d <= 3, float64. The chunks of rows are those of
+    :func:`_n_chunks`, the same for this kernel and :func:`symmetric_field_serial`, which
+    thus give the same numbers.
+    """
+    shift = pairs_shift(qx, kyT, colw, normalize)
+    if shift == np.inf:
+        return False
+    a, scale = _pairs_weights(colw, normalize, shift)
     n = qx.shape[0]
     chunks = _n_chunks(n)
     tu = np.zeros((chunks, 4, n))
     for c in numba.prange(chunks):
         _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
     _sym_finish(tu, normalize, scale, out)
-    return out
+    return True
 
 
 @numba.njit(**_SERIAL)
-def symmetric_field_serial(qx, kyT, vyT, a, shift, normalize, scale, out):
+def symmetric_field_serial(qx, kyT, vyT, colw, normalize, out):
     """:func:`symmetric_field` on the calling thread only (releases the GIL)."""
+    shift = pairs_shift(qx, kyT, colw, normalize)
+    if shift == np.inf:
+        return False
+    a, scale = _pairs_weights(colw, normalize, shift)
     n = qx.shape[0]
     chunks = _n_chunks(n)
     tu = np.zeros((chunks, 4, n))
     for c in range(chunks):
         _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
     _sym_finish(tu, normalize, scale, out)
-    return out
+    return True
 
 
 # -- sigmoid ----------------------------------------------------------------------------

@@ -36,7 +36,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .attention import _n_chunks, _scratch, _sym_chunk, exp_system, sigmoid_field_serial, softmax_system
+from .attention import (
+    _n_chunks,
+    _scratch,
+    _sym_chunk,
+    exp_system,
+    pairs_shift,
+    sigmoid_field_serial,
+    softmax_system,
+)
 
 __all__ = [
     "softmax_batch",
@@ -103,9 +111,21 @@ def exp_batch_serial(qx, kyT, vyT, colw, causal, out):
 
 
 @numba.njit(inline="always")
-def _pairs_system(qx, kyT, vyT, a, shift, normalize, scale, out, tu):
-    """One system by the symmetric pairs (all rows in one chunk), ``tu`` (1, 4, n) scratch."""
+def _pairs_system(qx, kyT, vyT, colw, normalize, out, tu, aw, buf, acc, stats):
+    """One system by the symmetric pairs (all rows in one chunk; ``tu`` (1, 4, n), ``aw``
+    (n,) scratch), or, where their shared shift does not apply, by the generic rows."""
+    shift = pairs_shift(qx, kyT, colw, normalize)
+    if shift == np.inf:
+        if normalize:
+            softmax_system(qx, kyT, vyT, colw, False, out, buf, acc, stats)
+        else:
+            exp_system(qx, kyT, vyT, colw, False, out, buf, acc, stats)
+        return
+    scale = 1.0 if normalize else np.exp(shift)
     tu[:] = 0.0
+    a = aw[: colw.shape[0]]
+    for j in range(colw.shape[0]):
+        a[j] = np.exp(colw[j])
     _sym_chunk(qx, kyT, vyT, a, shift, 0, 1, tu[0])
     for i in range(out.shape[0]):
         f = 1.0 / tu[0, 0, i] if normalize else scale
@@ -114,24 +134,27 @@ def _pairs_system(qx, kyT, vyT, a, shift, normalize, scale, out, tu):
 
 
 @numba.njit(**_PARALLEL)
-def pairs_batch(qx, kyT, vyT, a, shift, normalize, scale, out):
-    """out[b] = the symmetric pairs' field of system b (shift[b], scale[b], weights a[b]),
-    systems in parallel (see :func:`~transformer_pde._kernels.attention.symmetric_field`)."""
+def pairs_batch(qx, kyT, vyT, colw, normalize, out):
+    """out[b] = the field of system b by the symmetric pairs (or the generic rows where
+    their shift does not apply), systems in parallel (see
+    :func:`~transformer_pde._kernels.attention.symmetric_field`)."""
     n_sys = qx.shape[0]
     chunks = _n_chunks(n_sys)
     for c in numba.prange(chunks):
-        tu = np.empty((1, 4, qx.shape[1]))
+        tu, aw = np.empty((1, 4, qx.shape[1])), np.empty(qx.shape[1])
+        buf, acc, stats = _batch_scratch(qx, vyT, False)
         for b in range(c, n_sys, chunks):
-            _pairs_system(qx[b], kyT[b], vyT[b], a[b], shift[b], normalize, scale[b], out[b], tu)
+            _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw, buf, acc, stats)
     return out
 
 
 @numba.njit(**_SERIAL)
-def pairs_batch_serial(qx, kyT, vyT, a, shift, normalize, scale, out):
+def pairs_batch_serial(qx, kyT, vyT, colw, normalize, out):
     """:func:`pairs_batch` on the calling thread only (releases the GIL)."""
-    tu = np.empty((1, 4, qx.shape[1]))
+    tu, aw = np.empty((1, 4, qx.shape[1])), np.empty(qx.shape[1])
+    buf, acc, stats = _batch_scratch(qx, vyT, False)
     for b in range(qx.shape[0]):
-        _pairs_system(qx[b], kyT[b], vyT[b], a[b], shift[b], normalize, scale[b], out[b], tu)
+        _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw, buf, acc, stats)
     return out
 
 
