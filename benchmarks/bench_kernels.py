@@ -157,7 +157,7 @@ def measure(quick: bool = False, baseline: str | None = None) -> list[dict]:
                              pairs_per_s=pairs / t_one))
     for variant in ("SA", "USA"):
         for d in (3, 64):  # float64 on the generic rows too (the symmetric pairs are float64 only)
-            att = _attention(variant, Q=_ROTATION if d == 3 else None)
+            att = _attention(variant, Q=_ROTATION if d == 3 else _SHIFT64)
             x = _sphere(n, d)
             t32, t64 = _interleaved([partial(att.velocity, x, dtype=np.float32),
                                      partial(att.velocity, x)], repeats)
