@@ -14,8 +14,8 @@ Rows (medians of interleaved repeats, one run; ratio = other / ours, a speed-up)
   pair of every row), timed with Q a fixed rotation of S^2 (Q^T K not symmetric; the
   same cost as any other Q).
 - ``d = 64``: the BLAS-tile path against the dense reference, with all threads (the
-  tiles on as many Python threads) and with one; target 2x. The symmetric pairs (Q = K = I) and the generic tiles (Q the cyclic
-  shift of the coordinates).
+  tiles on as many Python threads) and with one; target 2x. The symmetric pairs
+  (Q = K = I) and the generic tiles (Q the cyclic shift of the coordinates).
 - ``float32``: ``velocity(x, dtype=np.float32)`` against the float64 kernel, with the
   measured error (relative to the sum of the absolute terms, in units of eps32).
 - ``vs baseline`` (``--baseline TREE``, e.g. ``--baseline /path/to/main/checkout``):

@@ -108,18 +108,31 @@ def _symmetric_pairs(qx, kx, vx, colw, normalize, out) -> bool:
     return True
 
 
-def _symmetric_pairs_batch(qx, kx, vx, colw, normalize, out) -> bool:
+def _symmetric_pairs_batch(qx, kx, vx, colw, normalize, out) -> np.ndarray | None:
     """:func:`_symmetric_pairs` for a batch (B, n, .) of small systems (k, d <= 3).
 
-    A system whose shared shift does not apply takes the generic rows in the same call.
+    Returns whether each system was done (a system whose shared shift does not apply is
+    left to the caller), or None where the pairs do not apply to the batch at all.
     """
     if qx.dtype != np.float64 or qx.shape[1] < 2 or not (qx.shape[2] <= 3 and 1 <= vx.shape[2] <= 3):
-        return False
+        return None
     kyT = np.ascontiguousarray(np.swapaxes(kx, 1, 2))
     vyT = kyT if vx is kx else np.ascontiguousarray(np.swapaxes(vx, 1, 2))
+    done = np.zeros(qx.shape[0], dtype=np.bool_)
     _threads.run("pairs-batch", qx.shape[0] * qx.shape[1] * kx.shape[1] // 2, _kb.pairs_batch_serial,
-                 _kb.pairs_batch, qx, kyT, vyT, colw, normalize, out)
-    return True
+                 _kb.pairs_batch, qx, kyT, vyT, colw, normalize, out, done)
+    return done
+
+
+def _batched_rest(done, run, qx, kx, vx, colw, out):
+    """``run(qx, kx, vx, colw, out)`` (the generic batched kernel) on the systems not ``done``."""
+    if done is None:
+        run(qx, kx, vx, colw, out)
+    elif not done.all():
+        rest = np.flatnonzero(~done)
+        sub = np.empty((len(rest),) + out.shape[1:], dtype=out.dtype)
+        run(qx[rest], kx[rest], vx[rest], colw[rest], sub)
+        out[rest] = sub
 
 
 #: rows of a square tile of the symmetric pairs on the BLAS path (a 256 x 256 float64
@@ -890,10 +903,11 @@ class SoftmaxAttention(_FastSummation, Attention):
     def _kernel_batch(self, weights, qx, kx, vx, out, causal):
         colw = _log_weights(weights) + self._column_bias(kx)
         colw = _batch_rows(colw - np.max(colw, axis=-1, keepdims=True), kx)  # as in _softmax
-        if not causal and self._pairs_symmetric() and _symmetric_pairs_batch(qx, kx, vx, colw, True, out):
-            return
-        _batched("softmax", _kb.softmax_batch_serial, _kb.softmax_batch, qx, kx, vx, (colw, causal),
-                 out, _k.SOFTMAX, colw, 0.0, causal)
+        done = (_symmetric_pairs_batch(qx, kx, vx, colw, True, out)
+                if not causal and self._pairs_symmetric() else None)
+        _batched_rest(done, lambda q, k, v, c, o: _batched(
+            "softmax", _kb.softmax_batch_serial, _kb.softmax_batch, q, k, v, (c, causal), o,
+            _k.SOFTMAX, c, 0.0, causal), qx, kx, vx, colw, out)
 
 
 class L2Attention(SoftmaxAttention):
@@ -1084,11 +1098,11 @@ class UnnormalizedAttention(_FastSummation, Attention):
         logw = _log_weights(weights)
         top = np.max(logw)  # factored out as in _kernel
         colw = _batch_rows(logw - top, kx)
-        if not causal and self._pairs_symmetric() and _symmetric_pairs_batch(qx, kx, vx, colw, False, out):
-            out *= np.exp(top)
-            return
-        _batched("exp", _kb.exp_batch_serial, _kb.exp_batch, qx, kx, vx, (colw, causal), out, _k.EXP,
-                 colw, 0.0, causal)
+        done = (_symmetric_pairs_batch(qx, kx, vx, colw, False, out)
+                if not causal and self._pairs_symmetric() else None)
+        _batched_rest(done, lambda q, k, v, c, o: _batched(
+            "exp", _kb.exp_batch_serial, _kb.exp_batch, q, k, v, (c, causal), o, _k.EXP,
+            c, 0.0, causal), qx, kx, vx, colw, out)
         out *= np.exp(top)
 
 

@@ -25,10 +25,8 @@ inline the whole tree into their Numba IR, so compiling takes a third of the tim
 installation and CI run pays it) at the same speed for large n. One level of calls
 only: a jitted caller links in and optimises again the code of its callees, so a row
 core called through a second jitted function compiled ~1.7x longer. The price is one
-call per row: about 35 % more time at n = 32, nothing measurable at n = 4096; the
-batches of many small systems therefore call :func:`softmax_system` / :func:`exp_system`,
-which inline the one-pass row (:func:`_small_row_sums`) and take their scratch from the
-caller (1.5x faster per system at n = 32).
+call per row: about 35 % more time at n = 32 (the batches of many small systems, which
+with Q = K = I take the symmetric pairs instead), nothing measurable at n = 4096.
 
 A target row works through its sources in blocks of :data:`BLOCK` (O(BLOCK) scratch
 per thread, in L1 cache; never an n x n array); block sums are added to float64
@@ -89,11 +87,9 @@ from numba.extending import intrinsic, overload
 __all__ = [
     "softmax_field",
     "softmax_field_serial",
-    "softmax_system",
     "pairs_shift",
     "symmetric_field",
     "symmetric_field_serial",
-    "exp_system",
     "weight_rows",
     "exp_shifted",
     "exp_field",
@@ -469,7 +465,8 @@ def _logit(qx, i, kyT, colw, j):
     return s
 
 
-def _fused_row_py(qx, i, kyT, vyT, colw, nj, shift, acc):
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _fused_row(qx, i, kyT, vyT, colw, nj, shift, acc):
     """One pass for k, d <= 3 (the circle and S^2): returns sum_j w_j and sets
     acc[c] = sum_j w_j vyT[c, j], w_j = exp(colw_j + <qx_i, ky_j> - shift) (j < nj),
     the weights never stored.
@@ -511,10 +508,6 @@ def _fused_row_py(qx, i, kyT, vyT, colw, nj, shift, acc):
         acc[2] = a2
     return total
 
-
-_fused_row = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)(_fused_row_py)
-#: the same loop inlined into its caller, for :func:`_small_row_sums`
-_fused_row_inlined = numba.njit(inline="always")(_fused_row_py)
 
 
 @numba.njit(inline="always")
@@ -574,20 +567,6 @@ def _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
     return m, total
 
 
-@numba.njit(inline="always")
-def _small_row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top):
-    """:func:`_row_sums` with its one-pass loop (k, d <= 3) inlined into the caller.
-
-    For the batches of small systems (:mod:`transformer_pde._kernels.batched`): at
-    n = 32 the two calls per row of :func:`_row_sums` cost as much as the row's
-    arithmetic. Rows that need the online pass, or larger k, d, call :func:`_row_sums`.
-    """
-    shift = _one_pass_shift(qx, i, kyT, colw, nj, stats, top)
-    if shift != np.inf and 1 <= vyT.shape[0] <= 3 and qx.shape[1] <= 3:
-        return shift, _fused_row_inlined(qx, i, kyT, vyT, colw, nj, _typed(buf, shift), acc)
-    return _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, top)
-
-
 def _scratch(like, nd):
     """Per-row scratch: a block of logits (dtype of ``like``), float64 accumulators."""
     raise NotImplementedError  # pragma: no cover - typed by the overload below
@@ -601,9 +580,9 @@ def _scratch_overload(like, nd):
 
 # -- softmax ----------------------------------------------------------------------------
 @numba.njit(inline="always")
-def _softmax_row(row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+def _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    _, total = row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
+    _, total = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, np.inf)
     inv = 1.0 / total
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * inv
@@ -628,7 +607,7 @@ def softmax_field(qx, kyT, vyT, colw, causal, out):
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _softmax_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+            _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
@@ -638,15 +617,15 @@ def softmax_field_serial(qx, kyT, vyT, colw, causal, out):
     stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _softmax_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+        _softmax_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
 # -- unnormalised (USA) -----------------------------------------------------------------
 @numba.njit(inline="always")
-def _exp_row(row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
+def _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats):
     nj = i + 1 if causal else kyT.shape[1]
-    m, _ = row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
+    m, _ = _row_sums(qx, i, kyT, vyT, colw, nj, buf, acc, stats, _EXP_TOP)
     scale = np.exp(m)  # float64 even for float32 data: exp(m) > 3.4e38 gives inf on the store
     for c in range(vyT.shape[0]):
         out[i, c] = acc[c] * scale
@@ -664,7 +643,7 @@ def exp_field(qx, kyT, vyT, colw, causal, out):
     for c in numba.prange(chunks):
         buf, acc = _scratch(qx, vyT.shape[0])
         for i in range(c, m, chunks):
-            _exp_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+            _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 
@@ -674,29 +653,7 @@ def exp_field_serial(qx, kyT, vyT, colw, causal, out):
     stats = _source_stats(kyT, colw, causal)
     buf, acc = _scratch(qx, vyT.shape[0])
     for i in range(qx.shape[0]):
-        _exp_row(_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
-    return out
-
-
-# -- one small system, for batches ------------------------------------------------------
-@numba.njit(**_SERIAL)
-def softmax_system(qx, kyT, vyT, colw, causal, out, buf, acc, stats):
-    """:func:`softmax_field_serial` with the scratch and the source bounds' array
-    (``stats``, (3, n) if causal else (3, 1)) given, and the one-pass rows inlined
-    (:func:`_small_row_sums`): what a batch of many small systems calls per system
-    (one call per system, where :func:`softmax_field_serial` makes two per row)."""
-    _fill_source_stats(kyT, colw, causal, stats)
-    for i in range(qx.shape[0]):
-        _softmax_row(_small_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
-    return out
-
-
-@numba.njit(**_SERIAL)
-def exp_system(qx, kyT, vyT, colw, causal, out, buf, acc, stats):
-    """:func:`exp_field_serial` as :func:`softmax_system` is :func:`softmax_field_serial`."""
-    _fill_source_stats(kyT, colw, causal, stats)
-    for i in range(qx.shape[0]):
-        _exp_row(_small_row_sums, qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
+        _exp_row(qx, kyT, vyT, colw, causal, out, i, buf, acc, stats)
     return out
 
 

@@ -8,20 +8,17 @@ here takes the per-system projections
 - ``vyT`` (B, d, n): ``V_b y_j``, transposed per system,
 - ``colw`` (B, n): the additive log-weight of each source (``weights`` (B, n) for sigmoid),
 
-and calls :func:`~transformer_pde._kernels.attention.softmax_system` (resp.
-``exp_system``, ``sigmoid_field_serial``) on each system with scratch allocated once per
-thread: ``name_batch`` spreads the systems over Numba's threads (``numba.prange``),
-``name_batch_serial`` runs them one after the other on the calling thread;
-:mod:`transformer_pde._threads` chooses between the two per call. ``softmax_system`` is
-the serial single-system kernel with its one-pass rows inlined (at n = 32 the two calls
-per row of the single-system kernel cost as much as the row, and each call of it
-allocates its scratch): the same arithmetic, so a batch gives the separate calls'
-numbers to rounding (measured 6e-16 relative; LLVM may contract the inlined loop
-differently). With Q = K = I (per-system beta and V allowed) and no mask, SA and USA
-batches go through ``pairs_batch``: each system by the symmetric pairs of
+and calls the single-system serial kernel of :mod:`transformer_pde._kernels.attention`
+on each system: ``name_batch`` spreads the systems over Numba's threads
+(``numba.prange``), ``name_batch_serial`` runs them one after the other on the calling
+thread; :mod:`transformer_pde._threads` chooses between the two per call. Each system is
+computed by exactly the kernel a separate call would use on it, so a batch gives the
+separate calls' numbers. With Q = K = I (per-system beta and V allowed) and no mask, SA
+and USA batches go through ``pairs_batch``: each system by the symmetric pairs of
 :func:`~transformer_pde._kernels.attention.symmetric_field` in one chunk (half the
 exponentials; equal to the separate calls, which use the same pairs in 8 chunks, to
-rounding).
+rounding); a system whose shared shift does not apply is marked undone, and the caller
+gives those systems to the generic kernels.
 
 Not cached on disk (``cache=False``): Numba's cache checks only the file of the cached
 function, so a cached batch kernel would keep an old copy of the row kernels it calls
@@ -38,12 +35,11 @@ import numpy as np
 
 from .attention import (
     _n_chunks,
-    _scratch,
     _sym_chunk,
-    exp_system,
+    exp_field_serial,
     pairs_shift,
     sigmoid_field_serial,
-    softmax_system,
+    softmax_field_serial,
 )
 
 __all__ = [
@@ -61,100 +57,77 @@ _PARALLEL = dict(parallel=True, cache=False)
 _SERIAL = dict(parallel=False, nogil=True, cache=False)
 
 
-@numba.njit(inline="always")
-def _batch_scratch(qx, vyT, causal):
-    """One system's scratch: a block of logits, the accumulators and the source bounds."""
-    buf, acc = _scratch(qx, vyT.shape[1])
-    return buf, acc, np.empty((3, vyT.shape[2] if causal else 1))
-
-
 @numba.njit(**_PARALLEL)
 def softmax_batch(qx, kyT, vyT, colw, causal, out):
-    """out[b] = softmax_system(qx[b], kyT[b], vyT[b], colw[b], causal), systems in parallel."""
-    n_sys = qx.shape[0]
-    chunks = _n_chunks(n_sys)
-    for c in numba.prange(chunks):
-        buf, acc, stats = _batch_scratch(qx, vyT, causal)
-        for b in range(c, n_sys, chunks):
-            softmax_system(qx[b], kyT[b], vyT[b], colw[b], causal, out[b], buf, acc, stats)
+    """out[b] = softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal), systems in parallel."""
+    for b in numba.prange(qx.shape[0]):
+        softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 
 @numba.njit(**_SERIAL)
 def softmax_batch_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`softmax_batch` on the calling thread only (releases the GIL)."""
-    buf, acc, stats = _batch_scratch(qx, vyT, causal)
     for b in range(qx.shape[0]):
-        softmax_system(qx[b], kyT[b], vyT[b], colw[b], causal, out[b], buf, acc, stats)
+        softmax_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 
 @numba.njit(**_PARALLEL)
 def exp_batch(qx, kyT, vyT, colw, causal, out):
-    """out[b] = exp_system(qx[b], kyT[b], vyT[b], colw[b], causal) (unnormalised), in parallel."""
-    n_sys = qx.shape[0]
-    chunks = _n_chunks(n_sys)
-    for c in numba.prange(chunks):
-        buf, acc, stats = _batch_scratch(qx, vyT, causal)
-        for b in range(c, n_sys, chunks):
-            exp_system(qx[b], kyT[b], vyT[b], colw[b], causal, out[b], buf, acc, stats)
+    """out[b] = exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal) (unnormalised), in parallel."""
+    for b in numba.prange(qx.shape[0]):
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 
 @numba.njit(**_SERIAL)
 def exp_batch_serial(qx, kyT, vyT, colw, causal, out):
     """:func:`exp_batch` on the calling thread only (releases the GIL)."""
-    buf, acc, stats = _batch_scratch(qx, vyT, causal)
     for b in range(qx.shape[0]):
-        exp_system(qx[b], kyT[b], vyT[b], colw[b], causal, out[b], buf, acc, stats)
+        exp_field_serial(qx[b], kyT[b], vyT[b], colw[b], causal, out[b])
     return out
 
 
 @numba.njit(inline="always")
-def _pairs_system(qx, kyT, vyT, colw, normalize, out, tu, aw, buf, acc, stats):
+def _pairs_system(qx, kyT, vyT, colw, normalize, out, tu, aw):
     """One system by the symmetric pairs (all rows in one chunk; ``tu`` (1, 4, n), ``aw``
-    (n,) scratch), or, where their shared shift does not apply, by the generic rows."""
+    (n,) scratch); False, ``out`` untouched, where their shared shift does not apply."""
     shift = pairs_shift(qx, kyT, colw, normalize)
     if shift == np.inf:
-        if normalize:
-            softmax_system(qx, kyT, vyT, colw, False, out, buf, acc, stats)
-        else:
-            exp_system(qx, kyT, vyT, colw, False, out, buf, acc, stats)
-        return
+        return False
     scale = 1.0 if normalize else np.exp(shift)
     tu[:] = 0.0
-    a = aw[: colw.shape[0]]
     for j in range(colw.shape[0]):
-        a[j] = np.exp(colw[j])
-    _sym_chunk(qx, kyT, vyT, a, shift, 0, 1, tu[0])
+        aw[j] = np.exp(colw[j])
+    # the argument types of symmetric_field's call (literal 0 and 1 would compile another one)
+    _sym_chunk(qx, kyT, vyT, aw, shift, np.int64(0), np.int64(1), tu[0])
     for i in range(out.shape[0]):
         f = 1.0 / tu[0, 0, i] if normalize else scale
         for r in range(out.shape[1]):
             out[i, r] = tu[0, r + 1, i] * f
+    return True
 
 
 @numba.njit(**_PARALLEL)
-def pairs_batch(qx, kyT, vyT, colw, normalize, out):
-    """out[b] = the field of system b by the symmetric pairs (or the generic rows where
-    their shift does not apply), systems in parallel (see
-    :func:`~transformer_pde._kernels.attention.symmetric_field`)."""
+def pairs_batch(qx, kyT, vyT, colw, normalize, out, done):
+    """out[b] = the field of system b by the symmetric pairs, done[b] whether they applied
+    (see :func:`~transformer_pde._kernels.attention.symmetric_field`), systems in parallel."""
     n_sys = qx.shape[0]
     chunks = _n_chunks(n_sys)
     for c in numba.prange(chunks):
         tu, aw = np.empty((1, 4, qx.shape[1])), np.empty(qx.shape[1])
-        buf, acc, stats = _batch_scratch(qx, vyT, False)
         for b in range(c, n_sys, chunks):
-            _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw, buf, acc, stats)
+            done[b] = _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw)
     return out
 
 
 @numba.njit(**_SERIAL)
-def pairs_batch_serial(qx, kyT, vyT, colw, normalize, out):
+def pairs_batch_serial(qx, kyT, vyT, colw, normalize, out, done):
     """:func:`pairs_batch` on the calling thread only (releases the GIL)."""
     tu, aw = np.empty((1, 4, qx.shape[1])), np.empty(qx.shape[1])
-    buf, acc, stats = _batch_scratch(qx, vyT, False)
     for b in range(qx.shape[0]):
-        _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw, buf, acc, stats)
+        done[b] = _pairs_system(qx[b], kyT[b], vyT[b], colw[b], normalize, out[b], tu, aw)
     return out
 
 
