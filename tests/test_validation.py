@@ -187,6 +187,10 @@ def test_validate_help_names_the_default_folder(capsys):
     assert "./transformer_pde_validation" in " ".join(capsys.readouterr().out.split())
 
 
+# slow (CI's slow set runs it): a whole quick validation in a fresh interpreter, ~6 s cold
+# beside a busy process; the runner's paths are checked by the two tests below in the
+# default suite
+@pytest.mark.slow
 def test_one_cheap_validation_from_outside_the_repo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
