@@ -301,6 +301,25 @@ def test_bench_contention_quick(bench, capsys, tmp_path):
     assert all(a["value"] > 0 for a in data["acceptance"])
 
 
+@pytest.mark.parallel
+@pytest.mark.parametrize("normalize", [True, False], ids=["softmax", "usa"])
+def test_symmetric_pairs_serial_and_parallel_bit_for_bit(normalize, rng):
+    """The serial and the parallel symmetric-pairs kernels give the same bits: a resumed run
+    repeats the uninterrupted one whichever version the chooser takes (found by the slow
+    set's kill-and-resume test, when the chunk sums were added by code inlined into each)."""
+    from transformer_pde._kernels import attention as k
+
+    for n in (40, 400):
+        x = rng.normal(size=(n, 2))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        q, xT = np.ascontiguousarray(4.0 * x), np.ascontiguousarray(x.T)
+        colw = np.log(rng.uniform(0.5, 1.0, n))
+        serial, parallel = np.empty((n, 2)), np.empty((n, 2))
+        assert k.symmetric_field_serial(q, xT, xT, colw, normalize, serial)
+        assert k.symmetric_field(q, xT, xT, colw, normalize, parallel)
+        assert np.array_equal(serial, parallel)
+
+
 def test_docstring_examples():
     import doctest
 

@@ -781,10 +781,14 @@ def _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu):
         u2[i] += a2 + e * v2[i]
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True, nogil=True)
 def _sym_finish(tu, normalize, scale, out):
     """out_i = (sum over chunks of the component sums) / (of the totals) (softmax), or
-    times ``scale`` (USA)."""
+    times ``scale`` (USA).
+
+    One compiled function (no fastmath) for the serial and the parallel kernel: inlined
+    into each, LLVM reordered the sums over chunks differently in the two (1 ulp apart).
+    """
     n, d = out.shape
     for i in range(n):
         t = 0.0
