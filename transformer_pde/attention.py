@@ -180,8 +180,7 @@ def _pair_group(qx, kx, va, shift, tiles, sums, g):
 
 
 def _pair_groups_serial(qx, kx, va, shift, tiles, sums):
-    for g in range(len(sums)):
-        _pair_group(qx, kx, va, shift, tiles, sums, g)
+    _pair_groups_of(qx, kx, va, shift, tiles, sums, 0, 1)
 
 
 def _pair_groups_parallel(qx, kx, va, shift, tiles, sums):

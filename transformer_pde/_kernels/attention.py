@@ -422,12 +422,13 @@ def _gap_overload(buf):
     return lambda buf: g
 
 
-@numba.njit(inline="always")
-def _fill_source_stats(kyT, colw, causal, stats):
-    """Write the bounds of :func:`_row_sums` into ``stats`` (3, >= p): max_l |ky_l|,
-    max_l colw_l and its first index, over l <= j for each j (p = n) if ``causal`` (a
-    causal row i then depends on the sources l <= i only), else over all sources (p = 1)."""
+@numba.njit(cache=True, nogil=True)
+def _source_stats(kyT, colw, causal):
+    """The bounds of :func:`_row_sums`, a (3, p) array: max_l |ky_l|, max_l colw_l and
+    its first index, over l <= j for each j (p = n) if ``causal`` (a causal row i then
+    depends on the sources l <= i only), else over all sources (p = 1)."""
     n = kyT.shape[1]
+    stats = np.empty((3, n if causal else 1))
     k2 = 0.0
     c = -np.inf
     t = 0
@@ -448,12 +449,6 @@ def _fill_source_stats(kyT, colw, causal, stats):
         stats[1, 0] = c
         stats[2, 0] = t
     return stats
-
-
-@numba.njit(cache=True, nogil=True)
-def _source_stats(kyT, colw, causal):
-    """The bounds of :func:`_row_sums` as a new (3, p) array (:func:`_fill_source_stats`)."""
-    return _fill_source_stats(kyT, colw, causal, np.empty((3, kyT.shape[1] if causal else 1)))
 
 
 @numba.njit(inline="always")
@@ -836,12 +831,13 @@ def pairs_shift(qx, kyT, colw, normalize):
 
 
 @numba.njit(inline="always")
-def _pairs_weights(colw, normalize, shift):
-    """The source factors a_j = e^{c_j} and the USA scale e^b (1 for softmax)."""
+def _pairs_scratch(colw, normalize, shift, n_chunks):
+    """The source factors a_j = e^{c_j}, the USA scale e^b (1 for softmax) and the
+    zeroed column sums (n_chunks, 4, n) of the symmetric kernels."""
     a = np.empty(colw.shape[0])
     for j in range(colw.shape[0]):
         a[j] = np.exp(colw[j])
-    return a, (1.0 if normalize else np.exp(shift))
+    return a, (1.0 if normalize else np.exp(shift)), np.zeros((n_chunks, 4, colw.shape[0]))
 
 
 @numba.njit(**_JIT)
@@ -858,10 +854,8 @@ def symmetric_field(qx, kyT, vyT, colw, normalize, out):
     shift = pairs_shift(qx, kyT, colw, normalize)
     if shift == np.inf:
         return False
-    a, scale = _pairs_weights(colw, normalize, shift)
-    n = qx.shape[0]
-    chunks = _n_chunks(n)
-    tu = np.zeros((chunks, 4, n))
+    chunks = _n_chunks(qx.shape[0])
+    a, scale, tu = _pairs_scratch(colw, normalize, shift, chunks)
     for c in numba.prange(chunks):
         _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
     _sym_finish(tu, normalize, scale, out)
@@ -874,10 +868,8 @@ def symmetric_field_serial(qx, kyT, vyT, colw, normalize, out):
     shift = pairs_shift(qx, kyT, colw, normalize)
     if shift == np.inf:
         return False
-    a, scale = _pairs_weights(colw, normalize, shift)
-    n = qx.shape[0]
-    chunks = _n_chunks(n)
-    tu = np.zeros((chunks, 4, n))
+    chunks = _n_chunks(qx.shape[0])
+    a, scale, tu = _pairs_scratch(colw, normalize, shift, chunks)
     for c in range(chunks):
         _sym_chunk(qx, kyT, vyT, a, shift, c, chunks, tu[c])
     _sym_finish(tu, normalize, scale, out)

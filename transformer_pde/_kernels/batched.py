@@ -36,6 +36,7 @@ import numpy as np
 from .attention import (
     _n_chunks,
     _sym_chunk,
+    _sym_finish,
     exp_field_serial,
     pairs_shift,
     sigmoid_field_serial,
@@ -102,10 +103,7 @@ def _pairs_system(qx, kyT, vyT, colw, normalize, out, tu, aw):
         aw[j] = np.exp(colw[j])
     # the argument types of symmetric_field's call (literal 0 and 1 would compile another one)
     _sym_chunk(qx, kyT, vyT, aw, shift, np.int64(0), np.int64(1), tu[0])
-    for i in range(out.shape[0]):
-        f = 1.0 / tu[0, 0, i] if normalize else scale
-        for r in range(out.shape[1]):
-            out[i, r] = tu[0, r + 1, i] * f
+    _sym_finish(tu, normalize, scale, out)
     return True
 
 
